@@ -1,0 +1,89 @@
+"""Read and validate a model bundle (the contract written by export/onnx_bundle.py)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+REQUIRED_GRAPHS = ("mapping", "synthesis", "scorer")
+REQUIRED_KEYS = ("format_version", "model", "z_dim", "label_dim", "w_dim", "resolution",
+                 "score_names", "group_medians", "files")
+# Scores the later stages cannot run without: edited properties and grouping scores.
+NEEDED_SCORES = ("eyes", "mouth", "pose", "hair_color", "hair_length", "background_mean")
+
+
+class BundleError(ValueError):
+    """A bundle directory is missing, incomplete, corrupt or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: dict
+    manifest_sha256: str
+
+    @property
+    def score_names(self) -> list[str]:
+        return list(self.manifest["score_names"])
+
+    @property
+    def z_dim(self) -> int:
+        return int(self.manifest["z_dim"])
+
+    @property
+    def w_dim(self) -> int:
+        return int(self.manifest["w_dim"])
+
+    @property
+    def resolution(self) -> int:
+        return int(self.manifest["resolution"])
+
+    def has_graph(self, stem: str) -> bool:
+        return stem in self.manifest["files"]
+
+    def graph_bytes(self, stem: str) -> bytes:
+        if not self.has_graph(stem):
+            raise BundleError(f"bundle {self.path} has no '{stem}' graph")
+        return (self.path / self.manifest["files"][stem]["file"]).read_bytes()
+
+
+def load_bundle(path, check_graphs: bool = True) -> Bundle:
+    """Open a bundle directory, checking manifest, file hashes and (optionally) onnx.checker."""
+    path = Path(path)
+    manifest_file = path / "manifest.json"
+    if not path.is_dir():
+        raise BundleError(f"bundle directory not found: {path}")
+    if not manifest_file.is_file():
+        raise BundleError(f"{path} is not a bundle: no manifest.json (export one with `python -m jobs.export`)")
+    raw = manifest_file.read_bytes()
+    try:
+        manifest = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_file} is not valid JSON: {exc}") from exc
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f"{manifest_file} lacks keys: {', '.join(missing)}")
+    absent_scores = [s for s in NEEDED_SCORES if s not in manifest["score_names"]]
+    if absent_scores:
+        raise BundleError(f"{manifest_file} score_names lack {', '.join(absent_scores)}, "
+                          f"which grouping and testing need (has: {', '.join(manifest['score_names'])})")
+    missing_graphs = [g for g in REQUIRED_GRAPHS if g not in manifest["files"]]
+    if missing_graphs:
+        raise BundleError(f"{manifest_file} lists no {', '.join(missing_graphs)} graph")
+
+    for stem, entry in manifest["files"].items():
+        file = path / entry["file"]
+        if not file.is_file():
+            raise BundleError(f"bundle {path} is missing {entry['file']}")
+        data = file.read_bytes()
+        if "sha256" in entry and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise BundleError(f"{file} does not match the sha256 in the manifest (corrupt or edited)")
+        if check_graphs:
+            try:
+                onnx.checker.check_model(onnx.load_from_string(data))
+            except Exception as exc:  # checker and protobuf raise several types
+                raise BundleError(f"{file} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+    return Bundle(path=path, manifest=manifest, manifest_sha256=hashlib.sha256(raw).hexdigest())

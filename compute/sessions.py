@@ -1,0 +1,37 @@
+"""ONNX Runtime session creation: providers, thread counts, honest GPU detection."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+
+def make_session(model_bytes: bytes, threads: int = 1, use_gpu: bool = False) -> ort.InferenceSession:
+    """A session with `threads` intra-op threads, on CUDA when asked and really available.
+
+    onnxruntime-gpu reports CUDA as available even on machines without a GPU and then falls
+    back silently, so success is read from the providers the session actually got.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    # Sessions run one after another (mapping -> synthesis -> scorer); spinning worker
+    # threads of an idle session would steal the cores of the busy one.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = ["CPUExecutionProvider"]
+    if use_gpu:
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    session = ort.InferenceSession(model_bytes, options, providers=providers)
+    if use_gpu and "CUDAExecutionProvider" not in session.get_providers():
+        log.warning("CUDA was requested but ONNX Runtime runs this session on the CPU "
+                    "(no GPU, or onnxruntime-gpu/CUDA libraries missing)")
+    return session
+
+
+def run_single(session: ort.InferenceSession, array: np.ndarray) -> np.ndarray:
+    """Run a one-input, one-output graph; names come from the session, not literals."""
+    return session.run(None, {session.get_inputs()[0].name: array})[0]

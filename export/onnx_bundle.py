@@ -1,0 +1,170 @@
+"""torch -> ONNX model bundle: mapping.onnx, synthesis.onnx, scorer.onnx, manifest.json.
+
+The bundle is the contract every downstream stage reads (see compute/bundle.py): graphs with
+a dynamic batch axis and fixed input/output names, plus a manifest with dims, resolution,
+ordered score names, default group medians, the exporter used and parity figures. The
+export is written to a temporary sibling directory and renamed into place at the end, so
+an interrupted export never leaves a directory that looks like a bundle.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+OPSET = 17
+FORMAT_VERSION = 1
+# (file stem, input name, output name) of the three graphs every bundle has.
+GRAPHS = (("mapping", "z", "w"), ("synthesis", "w", "image"), ("scorer", "image", "scores"))
+
+
+class ExportError(RuntimeError):
+    """The export could not produce a bundle that meets its contract."""
+
+
+@dataclass
+class ModelSpec:
+    """Everything the exporter needs to know about one generator + scorer pair."""
+
+    name: str
+    mapping: nn.Module            # z [B, z_dim] -> w [B, w_dim]
+    synthesis: nn.Module          # w [B, w_dim] -> image [B, 3, R, R] in [-1, 1]
+    scorer: nn.Module             # image -> scores [B, len(score_names)]
+    z_dim: int
+    label_dim: int
+    w_dim: int
+    resolution: int
+    score_names: list[str]
+    group_medians: dict[str, float]
+    source_sha256: str
+    parity_tolerance: float
+    # Optional extra graphs, e.g. the synthetic world's ground truth: stem -> (module, in, out).
+    extra_graphs: dict[str, tuple[nn.Module, str, str]] = field(default_factory=dict)
+    extra_manifest: dict = field(default_factory=dict)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def to_onnx_bytes(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str) -> bytes:
+    """Export one module with a dynamic batch axis; returns the serialised model."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter is deprecated in favour of dynamo, which needs the
+        # extra onnxscript package; it still gives exact parity here, so keep it quiet.
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        torch.onnx.export(
+            module.eval(), (example,), buffer, dynamo=False, opset_version=OPSET,
+            input_names=[input_name], output_names=[output_name],
+            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+        )
+    model = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(model, full_check=True)
+    return buffer.getvalue()
+
+
+def _ort_run(model_bytes: bytes, array: np.ndarray) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: array})[0]
+
+
+def _parity(spec: ModelSpec, graphs: dict[str, bytes], codes: int, seed: int) -> dict[str, float]:
+    """Max abs difference torch vs ONNX Runtime, stage by stage, on `codes` random codes."""
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(codes, spec.z_dim, generator=generator)
+    with torch.no_grad():
+        w = spec.mapping(z)
+        image = spec.synthesis(w)
+        scores = spec.scorer(image)
+    ort_w = _ort_run(graphs["mapping"], z.numpy())
+    ort_image = _ort_run(graphs["synthesis"], w.numpy())
+    ort_scores = _ort_run(graphs["scorer"], image.numpy())
+    return {
+        "codes": codes,
+        "w": float(np.abs(ort_w - w.numpy()).max()),
+        "image": float(np.abs(ort_image - image.numpy()).max()),
+        "scores": float(np.abs(ort_scores - scores.numpy()).max()),
+    }
+
+
+def export_bundle(spec: ModelSpec, out: Path, overwrite: bool = False,
+                  parity_codes: int = 64, seed: int = 0) -> dict:
+    """Export `spec` to the bundle directory `out`; returns the manifest."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ExportError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    examples = {"mapping": torch.zeros(2, spec.z_dim), "synthesis": torch.zeros(2, spec.w_dim),
+                "scorer": torch.zeros(2, 3, spec.resolution, spec.resolution)}
+    modules = {"mapping": spec.mapping, "synthesis": spec.synthesis, "scorer": spec.scorer}
+    graphs = {stem: to_onnx_bytes(modules[stem], examples[stem], i, o) for stem, i, o in GRAPHS}
+    parity = _parity(spec, graphs, parity_codes, seed)
+    worst = max(parity["w"], parity["image"], parity["scores"])
+    if worst > spec.parity_tolerance:
+        raise ExportError(f"ONNX Runtime differs from torch by {worst:.3g} "
+                          f"(> {spec.parity_tolerance:g}): {parity}")
+
+    extra = {stem: (to_onnx_bytes(m, torch.zeros(2, spec.w_dim), i, o), i, o)
+             for stem, (m, i, o) in spec.extra_graphs.items()}
+    files = {stem: {"file": f"{stem}.onnx", "input": i, "output": o} for stem, i, o in GRAPHS}
+    files.update({stem: {"file": f"{stem}.onnx", "input": i, "output": o}
+                  for stem, (_, i, o) in extra.items()})
+    payload = dict(graphs, **{stem: b for stem, (b, _, _) in extra.items()})
+    for stem, data in payload.items():
+        files[stem]["sha256"] = hashlib.sha256(data).hexdigest()
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model": spec.name,
+        "source_sha256": spec.source_sha256,
+        "z_dim": spec.z_dim,
+        "label_dim": spec.label_dim,
+        "w_dim": spec.w_dim,
+        "resolution": spec.resolution,
+        "score_names": list(spec.score_names),
+        "group_medians": spec.group_medians,
+        "opset": OPSET,
+        "exporter": f"torch.onnx.export(dynamo=False), torch {torch.__version__}, onnx {onnx.__version__}",
+        "parity": dict(parity, tolerance=spec.parity_tolerance),
+        "files": files,
+        **spec.extra_manifest,
+    }
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        for stem, data in payload.items():
+            (staging / files[stem]["file"]).write_bytes(data)
+        # The manifest goes last: a staging directory without one is never a bundle.
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            retired = out.with_name(f".{out.name}.retired")
+            shutil.rmtree(retired, ignore_errors=True)
+            out.rename(retired)
+            staging.rename(out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest

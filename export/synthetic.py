@@ -1,0 +1,68 @@
+"""The built-in synthetic face model as an exportable ModelSpec."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.checkpoints import load_state_dict_strict
+from export.onnx_bundle import ModelSpec
+from export.render import FaceRenderer
+from export.scorer import WEIGHTS, ScoreCNN
+from export.world import (GROUPING, LABEL_DIM, PARAMS, SCORED, W_DIM, Z_DIM, SemanticReadout,
+                          WorldConfig, build_world)
+
+DEFAULT_RESOLUTION = 64
+MEDIAN_SAMPLES = 2048
+MEDIAN_SEED = 7
+
+
+class SyntheticSynthesis(nn.Module):
+    """w [B, 512] -> image [B, 3, R, R]: read the face parameters out of w, then draw them."""
+
+    def __init__(self, readout: SemanticReadout, resolution: int):
+        super().__init__()
+        self.readout = readout
+        self.renderer = FaceRenderer(resolution)
+
+    def forward(self, w):
+        return self.renderer(self.readout(w))
+
+
+@torch.no_grad()
+def _median_scores(mapping, synthesis, scorer) -> dict[str, float]:
+    """Default group medians: the scorer's medians over a fixed seeded sample."""
+    generator = torch.Generator().manual_seed(MEDIAN_SEED)
+    scores = []
+    for _ in range(MEDIAN_SAMPLES // 256):
+        z = torch.randn(256, Z_DIM + LABEL_DIM, generator=generator)
+        scores.append(scorer(synthesis(mapping(z))))
+    scores = torch.cat(scores).numpy()
+    return {name: round(float(np.median(scores[:, SCORED.index(name)])), 6) for name in GROUPING}
+
+
+def synthetic_spec(resolution: int = DEFAULT_RESOLUTION, weights: Path = WEIGHTS,
+                   cfg: WorldConfig = WorldConfig()) -> ModelSpec:
+    scorer = load_state_dict_strict(ScoreCNN(resolution), weights).eval()  # fail fast on bad weights
+    mapping, readout = build_world(cfg)
+    synthesis = SyntheticSynthesis(readout, resolution).eval()
+    world = asdict(cfg)
+    source = hashlib.sha256(Path(weights).read_bytes() + json.dumps(world, sort_keys=True).encode())
+    return ModelSpec(
+        name="synthetic",
+        mapping=mapping, synthesis=synthesis, scorer=scorer,
+        z_dim=Z_DIM + LABEL_DIM, label_dim=LABEL_DIM, w_dim=W_DIM,
+        resolution=resolution,
+        score_names=list(SCORED),
+        group_medians=_median_scores(mapping, synthesis, scorer),
+        source_sha256=source.hexdigest(),
+        parity_tolerance=1e-4,
+        # The world's ground truth, so runtime stages can measure true properties without torch.
+        extra_graphs={"truth": (readout, "w", "params")},
+        extra_manifest={"truth_names": list(PARAMS), "world": world},
+    )

@@ -1,0 +1,142 @@
+"""The synthetic face world: a seeded mapping network z -> w and the semantic read-out
+w -> true face parameters.
+
+The mapping has the reference StyleGAN's shape (3-dim label embedded to 16 dims, concat
+with z, pixel norm, 8 dense layers with LeakyReLU 0.2) with fixed seeded weights. Its
+output is re-centred and scaled once, from a seeded calibration sample, so that the
+property subspace has unit variance: the reference's edit sizes (+-1.2, +-1.8 along a unit
+vector) then move a property by about as many standard deviations.
+
+Face parameters live in the top principal subspace of w (as GANSpace found for real
+StyleGANs). Eyes, mouth and pose add group-dependent interactions: their gradient in w
+turns with the soft signs of hair colour, hair length and background brightness, so each
+of the 8 groups has its own best linear direction. Because the mapping is a deep random
+MLP, the same parameters are far less linear in z than in w.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+Z_DIM, LABEL_DIM, W_DIM = 512, 3, 512
+EMBED_DIM = 16
+N_DENSE = 8
+
+# Order of the true parameters returned by SemanticReadout.
+SCORED = ("eyes", "mouth", "pose", "hair_color", "hair_length", "background_mean")
+IDENTITY = ("face_width", "skin_tone", "eye_spacing", "hair_parting")
+PARAMS = SCORED + IDENTITY
+EDITED = ("eyes", "mouth", "pose")
+GROUPING = ("hair_color", "hair_length", "background_mean")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    seed: int = 20261123
+    calibration_samples: int = 16384
+    subspace_dim: int = 32       # properties live in the top principal components of w
+    interaction: float = 0.5     # weight of the group-dependent part of eyes/mouth/pose
+    group_sharpness: float = 2.5  # tanh slope of the soft group indicator
+
+
+class PixelNorm(nn.Module):
+    def forward(self, x):  # (B, C)
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+
+class SyntheticMapping(nn.Module):
+    """z [B, 515] (512 latent + 3 label dims, label last) -> w [B, 512]."""
+
+    def __init__(self, rng: np.random.Generator):
+        super().__init__()
+        self.label_embed = nn.Linear(LABEL_DIM, EMBED_DIM, bias=False)
+        self.norm = PixelNorm()
+        dims = [Z_DIM + EMBED_DIM] + [W_DIM] * N_DENSE
+        self.dense = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
+        self.act = nn.LeakyReLU(0.2)
+        gain = np.sqrt(2.0 / (1.0 + 0.2**2))  # He init for LeakyReLU 0.2 keeps the scale
+        with torch.no_grad():
+            self.label_embed.weight.copy_(_normal(rng, (EMBED_DIM, LABEL_DIM)))
+            for layer, fan_in in zip(self.dense, dims[:-1]):
+                layer.weight.copy_(_normal(rng, layer.weight.shape) * gain / np.sqrt(fan_in))
+                layer.bias.copy_(_normal(rng, layer.bias.shape) * 0.1)
+        # Filled by calibration: w = (h - offset) * scale.
+        self.register_buffer("w_offset", torch.zeros(W_DIM))
+        self.register_buffer("w_scale", torch.ones(()))
+
+    def forward(self, z):  # (B, 515)
+        x = torch.cat([z[:, :Z_DIM], self.label_embed(z[:, Z_DIM:])], dim=1)  # (B, 528)
+        x = self.norm(x)
+        for layer in self.dense:
+            x = self.act(layer(x))
+        return (x - self.w_offset) * self.w_scale  # (B, 512)
+
+
+class SemanticReadout(nn.Module):
+    """w [B, 512] -> true standardised face parameters [B, 10] in PARAMS order."""
+
+    def __init__(self, directions: np.ndarray, interactions: np.ndarray, cfg: WorldConfig):
+        super().__init__()
+        self.interaction = cfg.interaction
+        self.sharpness = cfg.group_sharpness
+        self.register_buffer("directions", _tensor(directions))      # (512, 10)
+        self.register_buffer("interactions", _tensor(interactions))  # (512, 9): edited x grouping
+        n = len(PARAMS)
+        self.register_buffer("lin_center", torch.zeros(n))
+        self.register_buffer("lin_scale", torch.ones(n))
+        self.register_buffer("out_center", torch.zeros(n))
+        self.register_buffer("out_scale", torch.ones(n))
+
+    def forward(self, w):  # (B, 512)
+        lin = (w @ self.directions - self.lin_center) / self.lin_scale  # (B, 10)
+        soft_group = torch.tanh(self.sharpness * lin[:, 3:6])           # (B, 3), +-1 per group letter
+        inter = (w @ self.interactions).reshape(-1, 3, 3)                # (B, edited, grouping)
+        edited = lin[:, :3] + self.interaction * (inter * soft_group.unsqueeze(1)).sum(dim=2)
+        raw = torch.cat([edited, lin[:, 3:]], dim=1)                    # (B, 10)
+        return (raw - self.out_center) / self.out_scale
+
+
+def build_world(cfg: WorldConfig = WorldConfig()) -> tuple[SyntheticMapping, SemanticReadout]:
+    """Construct and calibrate the mapping and read-out; a pure function of cfg."""
+    rng = np.random.default_rng(cfg.seed)
+    mapping = SyntheticMapping(rng).eval()
+    z = _tensor(rng.standard_normal((cfg.calibration_samples, Z_DIM + LABEL_DIM)))
+    with torch.no_grad():
+        h = mapping(z).double()
+    offset = h.mean(dim=0)
+    evals, evecs = torch.linalg.eigh(torch.cov((h - offset).T))
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    # Fix each eigenvector's sign so the world does not depend on the LAPACK build.
+    evecs = evecs * torch.sign(evecs[evecs.abs().argmax(dim=0), torch.arange(W_DIM)])
+    k = cfg.subspace_dim
+    scale = 1.0 / evals[:k].mean().sqrt()
+    mapping.w_offset.copy_(offset.float())
+    mapping.w_scale.copy_(scale.float())
+
+    rotation = np.linalg.qr(rng.standard_normal((k, k)))[0]
+    basis = evecs[:, :k].numpy() @ rotation                  # (512, k) orthonormal
+    n = len(PARAMS)
+    readout = SemanticReadout(basis[:, :n], basis[:, n:n + 9], cfg).eval()
+    w = ((h - offset) * scale).float()
+    with torch.no_grad():
+        lin = w @ readout.directions
+        # Grouping parameters are centred on their median so the group letters split evenly.
+        center = lin.mean(dim=0)
+        center[3:6] = lin[:, 3:6].median(dim=0).values
+        readout.lin_center.copy_(center)
+        readout.lin_scale.copy_(lin.std(dim=0))
+        raw = readout(w)
+        readout.out_center[:3] = raw[:, :3].mean(dim=0)
+        readout.out_scale[:3] = raw[:, :3].std(dim=0)
+    return mapping, readout
+
+
+def _normal(rng: np.random.Generator, shape) -> torch.Tensor:
+    return _tensor(rng.standard_normal(tuple(shape)))
+
+
+def _tensor(a) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a), dtype=torch.float32)

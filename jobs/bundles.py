@@ -1,0 +1,50 @@
+"""Finding the model bundle a job runs on: a user's directory, or the built-in default.
+
+The built-in synthetic model is exported on first use into a cache directory keyed by a
+hash of everything that defines it (world, renderer, scorer code and shipped weights), so
+an edit to any of them yields a fresh export instead of a stale bundle.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from compute.bundle import Bundle, BundleError, load_bundle
+from jobs.cli import UsageError
+
+_EXPORT_DIR = Path(__file__).resolve().parent.parent / "export"
+_DEFINING_FILES = ("world.py", "render.py", "scorer.py", "synthetic.py", "onnx_bundle.py",
+                   "assets/synthetic_scorer.pt")
+DEFAULT_RESOLUTION = 64
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("VECTORFIND_CACHE", Path.home() / ".cache" / "vectorfind"))
+
+
+def builtin_bundle_path(resolution: int = DEFAULT_RESOLUTION) -> Path:
+    digest = hashlib.sha256()
+    for name in _DEFINING_FILES:
+        digest.update((_EXPORT_DIR / name).read_bytes())
+    return cache_root() / "bundles" / f"synthetic-{resolution}px-{digest.hexdigest()[:12]}"
+
+
+def resolve_bundle(path: str | Path | None, resolution: int = DEFAULT_RESOLUTION) -> Bundle:
+    """Open `path`, or the built-in synthetic bundle (exported into the cache if absent)."""
+    try:
+        if path is not None:
+            return load_bundle(path)
+        target = builtin_bundle_path(resolution)
+        if not (target / "manifest.json").is_file():
+            from jobs.export import export_model  # torch only when an export is needed
+
+            print(f"exporting the built-in synthetic model to {target} (first use) ...", flush=True)
+            try:
+                export_model("synthetic", target, resolution=resolution)
+            except UsageError:
+                if not (target / "manifest.json").is_file():  # not a concurrent export winning
+                    raise
+        return load_bundle(target)
+    except BundleError as exc:
+        raise UsageError(str(exc)) from exc

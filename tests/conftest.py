@@ -1,0 +1,35 @@
+"""Shared fixtures: the synthetic world and one exported bundle per test session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def world():
+    from export.world import build_world
+
+    return build_world()
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory) -> Path:
+    """The built-in synthetic model exported once, at the default resolution."""
+    from jobs.export import export_model
+
+    out = tmp_path_factory.mktemp("bundle") / "synthetic"
+    export_model("synthetic", out)
+    return out
+
+
+def run_job(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 600):
+    """Run `python -m <args>` as a user would; returns the CompletedProcess."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

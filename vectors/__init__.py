@@ -1,0 +1,1 @@
+"""Pure NumPy / scikit-learn: groups, top/bottom-k selection, SVM fits, directions, test statistics."""
