@@ -1,9 +1,14 @@
 """Benchmarks that print figures measured side by side in one run.
 
     python -m jobs.benchmark export [--batch-size 64] [--seconds 5] [--threads 2]
+    python -m jobs.benchmark sampling [--n 20000] [--reference-n 800]
 
-export: images/s of synthesis + scoring of the built-in synthetic model at its default
-        resolution, torch eager vs ONNX Runtime, same codes, same thread count.
+export:   images/s of synthesis + scoring of the built-in synthetic model at its default
+          resolution, torch eager vs ONNX Runtime, same codes, same thread count.
+sampling: images/s of sampling (code -> w -> image -> scores) on the same bundle:
+          (a) the Ray Data pipeline, (b) one process looping over batched ONNX Runtime
+          calls, (c) a reference-style loop (torch eager, generator batch 4, scorer batch
+          1, per-image numpy conversions; timed on --reference-n images), and a/b, a/c.
 """
 from __future__ import annotations
 
@@ -63,6 +68,59 @@ def bench_export(batch_size: int, seconds: float, threads: int) -> dict[str, flo
     return rates
 
 
+def bench_sampling(n: int, reference_n: int, batch_size: int = 512) -> dict[str, float]:
+    import torch
+
+    from compute.sampling import plan_resources, sample_table
+    from export.synthetic import synthetic_spec
+    from jobs.bundles import resolve_bundle
+    from jobs.raycluster import init_ray
+
+    bundle = resolve_bundle(None)
+    rates = {}
+
+    # (b) one process, batched ONNX Runtime calls on all cores.
+    sessions = [make_session(bundle.graph_bytes(s), threads=2) for s in ("mapping", "synthesis", "scorer")]
+    started = time.perf_counter()
+    for lo in range(0, n, batch_size):
+        z = draw_codes(0, np.arange(lo, min(n, lo + batch_size)), bundle.z_dim)
+        run_single(sessions[2], run_single(sessions[1], run_single(sessions[0], z)))
+    rates["b"] = n / (time.perf_counter() - started)
+
+    # (c) the reference's style: torch eager, generator batch 4, scorer batch 1, images
+    # converted to numpy and back one at a time.
+    torch.set_num_threads(2)
+    spec = synthetic_spec(bundle.resolution)
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(0, reference_n, 4):
+            z = torch.tensor(rng.standard_normal((4, bundle.z_dim)), dtype=torch.float32)
+            images = spec.synthesis(spec.mapping(z))
+            for image in images:
+                pixels = ((image.numpy().transpose(1, 2, 0) + 1) * 127.5).clip(0, 255).astype(np.uint8)
+                back = torch.tensor(pixels.transpose(2, 0, 1) / 127.5 - 1, dtype=torch.float32)
+                spec.scorer(back.unsqueeze(0)).numpy()
+    rates["c"] = reference_n / (time.perf_counter() - started)
+
+    # (a) the Ray Data pipeline with default resources. Ray's start-up and its first
+    # pipeline's one-time costs are not timed (a short warm-up run pays them); the timed
+    # run still starts its own actors and sessions.
+    init_ray()
+    sample_table(bundle, min(n, 1000), 1, None, batch_size=batch_size, resources=plan_resources(),
+                 progress=False)
+    started = time.perf_counter()
+    sample_table(bundle, n, 0, None, batch_size=batch_size, resources=plan_resources(), progress=False)
+    rates["a"] = n / (time.perf_counter() - started)
+
+    print(f"sampling, synthetic model {bundle.resolution} px, n = {n:,} (reference loop: {reference_n:,}):")
+    print(f"  (a) Ray Data pipeline           {rates['a']:9.1f} images/s")
+    print(f"  (b) single-process batched ORT  {rates['b']:9.1f} images/s")
+    print(f"  (c) reference-style torch loop  {rates['c']:9.1f} images/s")
+    print(f"  a/b = {rates['a'] / rates['b']:.2f}   a/c = {rates['a'] / rates['c']:.1f}")
+    return rates
+
+
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="which", required=True)
@@ -70,11 +128,18 @@ def main(argv=None) -> None:
     export.add_argument("--batch-size", type=int, default=64)
     export.add_argument("--seconds", type=float, default=5.0, help="minimum timed seconds per path")
     export.add_argument("--threads", type=int, default=2)
+    sampling = sub.add_parser("sampling", help="Ray Data pipeline vs one process vs reference-style loop")
+    sampling.add_argument("--n", type=int, default=20000)
+    sampling.add_argument("--reference-n", type=int, default=1600, help="images timed in the slow loop (c)")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or args.seconds <= 0 or args.threads < 1:
-        raise UsageError("--batch-size and --threads must be >= 1 and --seconds > 0")
     if args.which == "export":
+        if args.batch_size < 1 or args.seconds <= 0 or args.threads < 1:
+            raise UsageError("--batch-size and --threads must be >= 1 and --seconds > 0")
         bench_export(args.batch_size, args.seconds, args.threads)
+    elif args.which == "sampling":
+        if args.n < 1 or args.reference_n < 4:
+            raise UsageError("--n must be >= 1 and --reference-n >= 4")
+        bench_sampling(args.n, args.reference_n)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,24 @@ def bundle_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray instance for the whole session, on loopback only."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def bundle(bundle_dir):
+    from compute.bundle import load_bundle
+
+    return load_bundle(bundle_dir)
+
+
 def run_job(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 600):
     """Run `python -m <args>` as a user would; returns the CompletedProcess."""
     full_env = dict(os.environ, **(env or {}))

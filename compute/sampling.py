@@ -1,0 +1,256 @@
+"""The training phase's sampling stage on Ray Data (SPEC.md "Sample").
+
+    ray.data.range(n) -> drop ids of finished chunks -> map_batches(SampleActor) -> driver
+
+Each actor draws z for its sample ids (a pure function of the run seed and the id), runs
+mapping -> synthesis -> scorer in ONNX Runtime and returns sample_id, z, w and one column
+per score; images never leave the actor. The driver files rows into fixed chunks of ids
+and writes each chunk atomically as soon as it is complete, so a killed run resumes with
+only the missing chunks, and the final table is assembled from the chunks in id order:
+identical whatever the actor count, batch size, arrival order or retries.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from compute.bundle import Bundle
+from compute.seeding import check_seed, draw_codes
+from compute.sessions import make_session, run_single
+from compute.tables import vector_column, with_metadata, write_json_atomic, write_parquet_atomic
+
+log = logging.getLogger(__name__)
+
+SAMPLES_FILE = "samples.parquet"
+CHUNK_DIR = "sample_chunks"
+CONFIG_FILE = "sampling.json"
+
+
+class SamplingError(ValueError):
+    """Bad sampling input, or a run directory that belongs to another run."""
+
+
+def _resolve(value):
+    """Model bytes arrive as Ray object refs on a cluster, or as plain bytes in-process."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    import ray
+
+    return ray.get(value)
+
+
+class SampleActor:
+    """Callable class for `map_batches`: {"id": int64[B]} -> sample_id, z, w and scores.
+
+    Testable without Ray: `SampleActor(graphs={stem: bytes}, ...)({"id": ids})`.
+    """
+
+    def __init__(self, graphs: dict, seed: int, z_dim: int, score_names: list[str],
+                 threads: int = 1, use_gpu: bool = False, crash_once: str | None = None):
+        self.sessions = {stem: make_session(_resolve(graphs[stem]), threads, use_gpu)
+                         for stem in ("mapping", "synthesis", "scorer")}
+        self.seed, self.z_dim, self.score_names = seed, z_dim, list(score_names)
+        self.crash_once = crash_once  # test-only: path of a marker; the first actor to claim it dies
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = np.asarray(batch["id"], dtype=np.int64)
+        if self.crash_once and len(ids):
+            try:
+                os.close(os.open(self.crash_once, os.O_CREAT | os.O_EXCL))
+                os._exit(1)  # a hard crash, as an OOM kill or a lost node would look
+            except FileExistsError:
+                pass
+        z = draw_codes(self.seed, ids, self.z_dim)
+        w = run_single(self.sessions["mapping"], z)
+        scores = run_single(self.sessions["scorer"], run_single(self.sessions["synthesis"], w))
+        out = {"sample_id": ids, "z": z, "w": w.astype(np.float32, copy=False)}
+        for i, name in enumerate(self.score_names):
+            out[name] = scores[:, i].astype(np.float32, copy=False)
+        return out
+
+
+@dataclass(frozen=True)
+class Resources:
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    threads: int
+
+
+def plan_resources(actors: int | None = None, cpus_per_actor: float | None = None,
+                   gpus_per_actor: float = 0.0) -> Resources:
+    """Defaults that use the cluster without starving Ray Data's own tasks.
+
+    Actors that take every CPU deadlock the pipeline (its read tasks never get one), so by
+    default the actors together leave one CPU free; ONNX Runtime gets one intra-op thread
+    per whole CPU of the actor, at least one.
+    """
+    import ray
+
+    total = ray.cluster_resources()
+    cpus, gpus = float(total.get("CPU", 1)), float(total.get("GPU", 0))
+    if gpus_per_actor < 0 or (cpus_per_actor is not None and cpus_per_actor <= 0):
+        raise SamplingError("--cpus-per-actor must be > 0 and --gpus-per-actor >= 0")
+    if gpus_per_actor > 0 and gpus < gpus_per_actor:
+        log.warning("asked for %s GPU per actor but the cluster has %s GPUs: actors wait until "
+                    "GPU nodes join (the cluster autoscaler may add them)", gpus_per_actor, gpus)
+    if actors is None:
+        actors = max(1, int(gpus // gpus_per_actor)) if gpus_per_actor > 0 and gpus else max(1, int(cpus))
+    if actors < 1:
+        raise SamplingError(f"--actors must be >= 1, got {actors}")
+    if cpus_per_actor is None:
+        cpus_per_actor = max(0.25, min(1.0, (cpus - 1) / actors)) if cpus > 1 else 0.5
+    threads = max(1, int(cpus_per_actor))
+    return Resources(actors, float(cpus_per_actor), float(gpus_per_actor), threads)
+
+
+def samples_schema(bundle: Bundle) -> pa.Schema:
+    fields = [pa.field("sample_id", pa.int64()),
+              pa.field("z", pa.list_(pa.float32(), bundle.z_dim)),
+              pa.field("w", pa.list_(pa.float32(), bundle.w_dim))]
+    fields += [pa.field(name, pa.float32()) for name in bundle.score_names]
+    return pa.schema(fields)
+
+
+def _chunk_table(parts: list[dict], schema: pa.Schema) -> pa.Table:
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.argsort(merged["sample_id"], kind="stable")
+    columns = []
+    for field in schema:
+        values = merged[field.name][order]
+        columns.append(vector_column(values) if pa.types.is_fixed_size_list(field.type) else pa.array(values))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _check_run_config(run_dir: Path, config: dict) -> None:
+    """A run directory belongs to one (n, seed, chunking, bundle): refuse to mix."""
+    path = run_dir / CONFIG_FILE
+    if path.is_file():
+        import json
+
+        previous = json.loads(path.read_text())
+        different = [k for k in config if previous.get(k) != config[k]]
+        if different:
+            details = ", ".join(f"{k}: run has {previous.get(k)!r}, asked {config[k]!r}" for k in different)
+            raise SamplingError(f"{run_dir} holds samples of another run ({details}); "
+                                f"use a new --out or the original settings")
+    else:
+        write_json_atomic(config, path)
+
+
+def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None = None, *,
+                 batch_size: int = 512, resources: Resources | None = None,
+                 chunk_size: int = 16384, crash_once: str | None = None,
+                 progress: bool = True) -> pa.Table:
+    """Sample n faces on the Ray cluster; returns the table (id order) and, with run_dir,
+    writes RUN/samples.parquet, reusing any chunks a previous attempt completed."""
+    import ray
+
+    if not isinstance(n, (int, np.integer)) or n <= 0:
+        raise SamplingError(f"--n must be a positive integer, got {n!r}")
+    try:
+        seed = check_seed(seed)
+    except ValueError as exc:
+        raise SamplingError(f"--seed: {exc}") from exc
+    if batch_size < 1 or chunk_size < 1:
+        raise SamplingError("--batch-size and the chunk size must be >= 1")
+    resources = resources or plan_resources()
+    schema = samples_schema(bundle)
+    config = {"n": int(n), "seed": seed, "chunk_size": chunk_size, "bundle_manifest_sha256": bundle.manifest_sha256,
+              "model": bundle.manifest["model"], "z_dim": bundle.z_dim, "w_dim": bundle.w_dim,
+              "score_names": bundle.score_names, "group_medians": bundle.manifest["group_medians"]}
+
+    n_chunks = math.ceil(n / chunk_size)
+    chunk_len = [min(chunk_size, n - c * chunk_size) for c in range(n_chunks)]
+    chunks: dict[int, pa.Table] = {}
+    chunk_dir = None
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SamplingError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from exc
+        _check_run_config(run_dir, config)
+        if (run_dir / SAMPLES_FILE).is_file():  # the stage is complete: reuse it
+            if progress:
+                print(f"reusing {run_dir / SAMPLES_FILE} (n={n:,}, seed={seed})", flush=True)
+            return pq.read_table(run_dir / SAMPLES_FILE)
+        chunk_dir = run_dir / CHUNK_DIR
+        for c in range(n_chunks):
+            if (chunk_dir / f"{c:06d}.parquet").is_file():
+                chunks[c] = None  # done; read back at the end
+    missing = [c for c in range(n_chunks) if c not in chunks]
+
+    started = time.perf_counter()
+    if missing:
+        done = np.array(sorted(chunks), dtype=np.int64)
+        graphs = {stem: ray.put(bundle.graph_bytes(stem)) for stem in ("mapping", "synthesis", "scorer")}
+
+        def drop_finished(batch):
+            ids = batch["id"]
+            return {"id": ids[~np.isin(ids // chunk_size, done)]}
+
+        ds = ray.data.range(n, override_num_blocks=max(1, math.ceil(n / batch_size)))
+        if len(done):
+            ds = ds.map_batches(drop_finished, batch_format="numpy")
+        ds = ds.map_batches(
+            SampleActor, batch_size=batch_size, batch_format="numpy",
+            fn_constructor_kwargs=dict(graphs=graphs, seed=seed, z_dim=bundle.z_dim,
+                                       score_names=bundle.score_names, threads=resources.threads,
+                                       use_gpu=resources.gpus_per_actor > 0, crash_once=crash_once),
+            compute=ray.data.ActorPoolStrategy(size=resources.actors),
+            num_cpus=resources.cpus_per_actor, num_gpus=resources.gpus_per_actor or None,
+        )
+        ray.data.DataContext.get_current().enable_progress_bars = progress
+        pending: dict[int, list] = {}
+        counts = dict.fromkeys(missing, 0)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            if not len(batch["sample_id"]):
+                continue
+            owner = batch["sample_id"] // chunk_size
+            for c in np.unique(owner):
+                part = {k: v[owner == c] for k, v in batch.items()}
+                pending.setdefault(int(c), []).append(part)
+                counts[int(c)] += len(part["sample_id"])
+                if counts[int(c)] == chunk_len[c]:
+                    table = _chunk_table(pending.pop(int(c)), schema)
+                    if chunk_dir is not None:
+                        write_parquet_atomic(table, chunk_dir / f"{int(c):06d}.parquet")
+                        table = None  # re-read at the end; keeps driver memory to one copy
+                    chunks[int(c)] = table
+        incomplete = [c for c in missing if counts[c] != chunk_len[c]]
+        if incomplete:
+            raise RuntimeError(f"sampling lost rows of chunks {incomplete[:5]}: got "
+                               f"{[counts[c] for c in incomplete[:5]]} of {[chunk_len[c] for c in incomplete[:5]]}")
+    elapsed = time.perf_counter() - started
+
+    parts = [chunks[c] if chunks[c] is not None else pq.read_table(chunk_dir / f"{c:06d}.parquet")
+             for c in range(n_chunks)]
+    table = pa.concat_tables(parts)
+    # Only what defines the result goes in the metadata: the same run with other actor
+    # counts or batch sizes writes an identical file.
+    table = with_metadata(table, {"sampling": config})
+    if run_dir is not None:
+        write_parquet_atomic(table, run_dir / SAMPLES_FILE)
+        # The chunks only served resumption; the finished table supersedes them.
+        for c in range(n_chunks):
+            (chunk_dir / f"{c:06d}.parquet").unlink(missing_ok=True)
+        chunk_dir.rmdir()
+    computed = sum(chunk_len[c] for c in missing)
+    if progress:
+        rate = computed / elapsed if elapsed > 0 and computed else float("nan")
+        import resource
+
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+        print(f"sampled n={n:,} ({computed:,} computed, {n - computed:,} reused) in {elapsed:.1f}s: "
+              f"{rate:,.0f} images/s with {resources.actors} actors; peak driver memory {peak_gb:.2f} GB",
+              flush=True)
+    return table

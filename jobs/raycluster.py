@@ -1,0 +1,26 @@
+"""Connecting to Ray: the cluster a job was submitted to, or a private local instance."""
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_ray_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join (default: $RAY_ADDRESS, as set by `ray job submit`, "
+                        "else a local instance on 127.0.0.1)")
+    p.add_argument("--num-cpus", type=float, default=None,
+                   help="CPUs of a local instance (default: all of this machine's)")
+
+
+def init_ray(address: str | None = None, num_cpus: float | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=True)
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A local instance stays on loopback and runs no dashboard.
+    ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False)
