@@ -1,7 +1,8 @@
 """Benchmarks that print figures measured side by side in one run.
 
     python -m jobs.benchmark export [--batch-size 64] [--seconds 5] [--threads 2]
-    python -m jobs.benchmark sampling [--n 20000] [--reference-n 800]
+    python -m jobs.benchmark sampling [--n 20000] [--reference-n 1600]
+    python -m jobs.benchmark fit [--n 80000] [--run DIR]
 
 export:   images/s of synthesis + scoring of the built-in synthetic model at its default
           resolution, torch eager vs ONNX Runtime, same codes, same thread count.
@@ -9,6 +10,10 @@ sampling: images/s of sampling (code -> w -> image -> scores) on the same bundle
           (a) the Ray Data pipeline, (b) one process looping over batched ONNX Runtime
           calls, (c) a reference-style loop (torch eager, generator batch 4, scorer batch
           1, per-image numpy conversions; timed on --reference-n images), and a/b, a/c.
+fit:      wall time and mean validation accuracy of the 24 fits (w, ratio 0.2) for (a)
+          parallel Ray tasks with the default solver, (b) the reference set-up (LinearSVC,
+          C=1, unscaled) sequentially in one process, and each alternative solver as
+          parallel Ray tasks; samples come from --run, sampled there first if absent.
 """
 from __future__ import annotations
 
@@ -121,6 +126,56 @@ def bench_sampling(n: int, reference_n: int, batch_size: int = 512) -> dict[str,
     return rates
 
 
+def bench_fit(n: int, run) -> dict[str, tuple[float, float]]:
+    from pathlib import Path
+
+    from compute.sampling import sample_table
+    from jobs.bundles import resolve_bundle
+    from jobs.fit import fit_all, load_samples
+    from jobs.raycluster import init_ray
+    from vectors.groups import GROUP_NAMES, PROPERTIES, assign_groups, select
+    from vectors.svm import SvmConfig, fit_selection
+
+    init_ray()
+    run = Path(run or f"runs/benchmark-fit-{n}")
+    if not (run / "samples.parquet").is_file():
+        sample_table(resolve_bundle(None), n, 0, run)
+    latents, scores, sampling, _ = load_samples(run, "w")
+    if len(latents) != n:
+        raise UsageError(f"{run} holds {len(latents):,} samples, not --n {n:,}; pass another --run")
+    groups = assign_groups(scores, sampling["group_medians"])
+    ratio, seed = 0.2, 0
+
+    def parallel(cfg):
+        rows = fit_all(latents, scores, groups, ratio, seed, cfg, "w", progress=False)
+        return float(np.mean([r["val_accuracy"] for r in rows]))
+
+    def sequential(cfg):
+        accs = [fit_selection(latents, select(scores, groups, g, p, ratio, seed), cfg).val_accuracy
+                for g in GROUP_NAMES for p in PROPERTIES]
+        return float(np.mean(accs))
+
+    cases = [("(a) Ray tasks, LinearSVC C=1 unscaled (default)", parallel, SvmConfig()),
+             ("(b) one process, LinearSVC C=1 unscaled (reference)", sequential, SvmConfig()),
+             ("(c) Ray tasks, LinearSVC scaled inputs", parallel, SvmConfig(scale=True)),
+             ("(c) Ray tasks, LinearSVC dual", parallel, SvmConfig(dual="true")),
+             ("(c) Ray tasks, LinearSVC primal", parallel, SvmConfig(dual="false")),
+             ("(c) Ray tasks, SVC(kernel='linear') C=1", parallel, SvmConfig(solver="svc", max_iter=100000)),
+             ("(c) Ray tasks, SVC(kernel='linear') C=0.001", parallel, SvmConfig(solver="svc", C=0.001, max_iter=100000))]
+    parallel(SvmConfig())  # warm-up: workers import scikit-learn once, untimed
+    results = {}
+    for name, how, cfg in cases:
+        started = time.perf_counter()
+        accuracy = how(cfg)
+        results[name] = (time.perf_counter() - started, accuracy)
+    print(f"24 fits (8 groups x eyes/mouth/pose), w, ratio 0.2, n = {n:,}:")
+    for name, (seconds, accuracy) in results.items():
+        print(f"  {name:52s} {seconds:7.2f} s   mean val acc {accuracy:.4f}")
+    a, b = results[cases[0][0]], results[cases[1][0]]
+    print(f"  a/b speed-up = {b[0] / a[0]:.2f}x, accuracy a - b = {a[1] - b[1]:+.4f}")
+    return results
+
+
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="which", required=True)
@@ -131,8 +186,15 @@ def main(argv=None) -> None:
     sampling = sub.add_parser("sampling", help="Ray Data pipeline vs one process vs reference-style loop")
     sampling.add_argument("--n", type=int, default=20000)
     sampling.add_argument("--reference-n", type=int, default=1600, help="images timed in the slow loop (c)")
+    fitting = sub.add_parser("fit", help="parallel Ray fits vs the sequential reference set-up, and alternatives")
+    fitting.add_argument("--n", type=int, default=80000)
+    fitting.add_argument("--run", default=None, help="run directory with n samples (default: runs/benchmark-fit-N)")
     args = p.parse_args(argv)
-    if args.which == "export":
+    if args.which == "fit":
+        if args.n < 1000:
+            raise UsageError("--n must be >= 1000")
+        bench_fit(args.n, args.run)
+    elif args.which == "export":
         if args.batch_size < 1 or args.seconds <= 0 or args.threads < 1:
             raise UsageError("--batch-size and --threads must be >= 1 and --seconds > 0")
         bench_export(args.batch_size, args.seconds, args.threads)

@@ -1,0 +1,49 @@
+"""RUN/vectors.parquet: one row per (space, group, property) direction."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from compute.tables import read_metadata, vector_column, vector_matrix
+
+VECTORS_FILE = "vectors.parquet"
+COLUMNS = ("space", "group", "property", "direction", "val_accuracy", "group_size", "k", "ratio",
+           "converged", "fit_seconds")
+
+
+def vectors_to_table(rows: list[dict]) -> pa.Table:
+    """rows: dicts with the COLUMNS keys; `direction` a (D,) array. Sorted by space, group, property."""
+    rows = sorted(rows, key=lambda r: (r["space"], r["group"], r["property"]))
+    return pa.table({
+        "space": pa.array([r["space"] for r in rows], pa.string()),
+        "group": pa.array([r["group"] for r in rows], pa.string()),
+        "property": pa.array([r["property"] for r in rows], pa.string()),
+        "direction": vector_column(np.stack([r["direction"] for r in rows])),
+        "val_accuracy": pa.array([r["val_accuracy"] for r in rows], pa.float64()),
+        "group_size": pa.array([r["group_size"] for r in rows], pa.int64()),
+        "k": pa.array([r["k"] for r in rows], pa.int64()),
+        "ratio": pa.array([r["ratio"] for r in rows], pa.float64()),
+        "converged": pa.array([r["converged"] for r in rows], pa.bool_()),
+        "fit_seconds": pa.array([r["fit_seconds"] for r in rows], pa.float64()),
+    })
+
+
+def read_vectors(path: Path) -> tuple[pa.Table, dict[tuple[str, str], np.ndarray], dict]:
+    """(table, {(group, property): unit direction}, metadata) of a vectors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no vectors at {path}: run `python -m jobs.fit` first")
+    table = pq.read_table(path)
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path} lacks columns {', '.join(missing)}")
+    spaces = set(table["space"].to_pylist())
+    if len(spaces) != 1:
+        raise ValueError(f"{path} mixes latent spaces {sorted(spaces)}; one file holds one space")
+    matrix = vector_matrix(table["direction"])
+    directions = {(g, p): matrix[i] for i, (g, p) in
+                  enumerate(zip(table["group"].to_pylist(), table["property"].to_pylist()))}
+    return table, directions, read_metadata(path)

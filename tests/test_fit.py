@@ -1,0 +1,160 @@
+"""`jobs.fit` on the synthetic world: accuracy, ground truth, the vectors.parquet contract,
+exports and bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from compute.sampling import Resources, sample_table
+from compute.sessions import make_session, run_single
+from compute.tables import read_metadata, vector_matrix, write_parquet_atomic
+from compute.vectors_table import read_vectors
+from conftest import run_job
+from jobs import fit, import_vectors
+from jobs.cli import UsageError
+from vectors.groups import PROPERTIES, assign_groups
+
+N = 8000
+
+
+@pytest.fixture(scope="module")
+def run8k(ray_session, bundle, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run8k")
+    sample_table(bundle, N, 11, run, resources=Resources(2, 0.5, 0.0, 1), progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def fitted(run8k):
+    fit.main(["--run", str(run8k), "--ratio", "0.2"])
+    fit.main(["--run", str(run8k), "--ratio", "0.2", "--space", "z", "--out", str(run8k / "vectors_z.parquet")])
+    return run8k
+
+
+def _accuracy(path, prop):
+    table, _, _ = read_vectors(path)
+    acc = np.array(table["val_accuracy"].to_pylist())
+    props = np.array(table["property"].to_pylist())
+    return acc[props == prop]
+
+
+def test_accuracy_in_w_and_w_beats_z(fitted):
+    for prop in PROPERTIES:
+        assert _accuracy(fitted / "vectors.parquet", prop).mean() >= 0.9, prop
+    w_mean = np.mean([_accuracy(fitted / "vectors.parquet", p).mean() for p in PROPERTIES])
+    z_mean = np.mean([_accuracy(fitted / "vectors_z.parquet", p).mean() for p in PROPERTIES])
+    assert w_mean > z_mean
+
+
+def test_directions_move_their_true_parameter_the_intended_way(fitted, bundle):
+    truth = make_session(bundle.graph_bytes("truth"), threads=2)
+    names = bundle.manifest["truth_names"]
+    samples = pq.read_table(fitted / "samples.parquet")
+    w = vector_matrix(samples["w"])
+    groups = assign_groups({k: samples[k].to_numpy() for k in samples.column_names if k not in ("z", "w")},
+                           bundle.manifest["group_medians"])
+    _, directions, _ = read_vectors(fitted / "vectors.parquet")
+    for (group, prop), d in directions.items():
+        base = w[groups == group][:200]
+        change = run_single(truth, base + d) - run_single(truth, base)
+        moved = change[:, names.index(prop)]
+        assert moved.mean() > 0.3 and (moved > 0).mean() > 0.95, (group, prop, moved.mean())
+
+
+def test_vectors_parquet_contract(fitted, bundle):
+    table = pq.read_table(fitted / "vectors.parquet")
+    assert table.num_rows == 24
+    assert table.schema.field("direction").type == pa.list_(pa.float32(), 512)
+    for name, kind in (("space", pa.string()), ("group", pa.string()), ("property", pa.string()),
+                       ("val_accuracy", pa.float64()), ("group_size", pa.int64()), ("k", pa.int64()),
+                       ("ratio", pa.float64()), ("converged", pa.bool_()), ("fit_seconds", pa.float64())):
+        assert table.schema.field(name).type == kind, name
+    norms = np.linalg.norm(vector_matrix(table["direction"]), axis=1)
+    assert np.allclose(norms, 1, atol=1e-5)
+    sizes = dict(zip(table["group"].to_pylist(), table["group_size"].to_pylist()))
+    assert sum(sizes.values()) == N
+    for size, k in zip(table["group_size"].to_pylist(), table["k"].to_pylist()):
+        assert k == max(int(0.2 * size), 1)
+    config = read_metadata(fitted / "vectors.parquet")["fit"]
+    assert config["space"] == "w" and config["svm"]["solver"] == "linearsvc" and config["svm"]["C"] == 1.0
+    assert config["bundle_manifest_sha256"] == bundle.manifest_sha256
+    assert config["medians"] == bundle.manifest["group_medians"]
+    z_table = pq.read_table(fitted / "vectors_z.parquet")
+    assert z_table.schema.field("direction").type == pa.list_(pa.float32(), 515)
+
+
+def test_orthogonalize_projects_out_the_other_two_original_directions(fitted):
+    out = fitted / "vectors_orth.parquet"
+    fit.main(["--run", str(fitted), "--orthogonalize", "--out", str(out)])
+    _, directions, meta = read_vectors(out)
+    _, original, _ = read_vectors(fitted / "vectors.parquet")  # same seed and ratio: same fits
+    assert meta["fit"]["orthogonalize"] is True
+    for (group, prop), d in directions.items():
+        for other in PROPERTIES:
+            if other != prop:
+                assert abs(d @ original[(group, other)]) < 1e-5
+        assert d @ original[(group, prop)] > 0.5
+
+
+def test_sample_medians_balance_the_groups(fitted):
+    out = fitted / "vectors_balanced.parquet"
+    fit.main(["--run", str(fitted), "--medians", "samples", "--out", str(out)])
+    table, _, meta = read_vectors(out)
+    assert meta["fit"]["medians_source"] == "samples"
+    # Each grouping score splits exactly in half; groups are near N/8 unless scores correlate.
+    sizes = np.array(table["group_size"].to_pylist()[::3])
+    assert sizes.sum() == N and sizes.min() > 0.5 * N / 8
+
+
+def test_csv_and_boundary_exports_round_trip(fitted, tmp_path):
+    out = tmp_path / "v.parquet"
+    fit.main(["--run", str(fitted), "--out", str(out), "--export-csv", str(tmp_path / "csv"),
+              "--export-boundaries", str(tmp_path / "npy")])
+    assert len(list((tmp_path / "csv").glob("*_change_w_vector_*.csv"))) == 24
+    boundary = np.load(tmp_path / "npy" / "pose_w_hlh_boundary.npy")
+    _, directions, _ = read_vectors(out)
+    np.testing.assert_allclose(boundary[0], directions[("hlh", "pose")], atol=1e-6)
+    import_vectors.main(["--csv-dir", str(tmp_path / "csv"), "--out", str(tmp_path / "imported.parquet")])
+    _, imported, meta = read_vectors(tmp_path / "imported.parquet")
+    assert meta["fit"]["imported_from"] == str(tmp_path / "csv")
+    for key, d in directions.items():
+        np.testing.assert_allclose(imported[key], d, atol=1e-6)
+
+
+def test_nonfinite_scores_error_with_count_or_are_dropped(fitted, tmp_path):
+    table = pq.read_table(fitted / "samples.parquet")
+    eyes = table["eyes"].to_numpy().copy()
+    eyes[[3, 50, 700]] = [np.nan, np.inf, -np.inf]
+    run = tmp_path / "run"
+    write_parquet_atomic(table.set_column(table.schema.get_field_index("eyes"), "eyes", pa.array(eyes)),
+                         run / "samples.parquet")
+    with pytest.raises(UsageError, match="3 rows with NaN or inf"):
+        fit.main(["--run", str(run)])
+    fit.main(["--run", str(run), "--drop-nonfinite"])
+    assert read_metadata(run / "vectors.parquet")["fit"]["dropped_nonfinite"] == 3
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--ratio", "0.7"], "ratio must be in (0, 0.5]"),
+    (["--ratio", "0"], "ratio must be in (0, 0.5]"),
+    (["--space", "x"], "unknown --space"),
+    (["--C", "-1"], "C must be > 0"),
+])
+def test_bad_arguments_are_one_line_exit_2(fitted, extra, message):
+    result = run_job("jobs.fit", "--run", str(fitted), "--out", "/nonexistent/never.parquet", *extra)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr
+
+
+def test_missing_samples_columns_and_small_groups(fitted, tmp_path):
+    with pytest.raises(UsageError, match="no samples"):
+        fit.main(["--run", str(tmp_path)])
+    table = pq.read_table(fitted / "samples.parquet")
+    write_parquet_atomic(table.drop(["pose"]), tmp_path / "nopose" / "samples.parquet")
+    with pytest.raises(UsageError, match="lacks columns pose"):
+        fit.main(["--run", str(tmp_path / "nopose")])
+    write_parquet_atomic(table.slice(0, 80), tmp_path / "tiny" / "samples.parquet")
+    with pytest.raises(UsageError, match=r"group '\w{3}' has \d+ samples"):
+        fit.main(["--run", str(tmp_path / "tiny"), "--ratio", "0.1"])
