@@ -10,8 +10,11 @@ vector) then move a property by about as many standard deviations.
 Face parameters live in the top principal subspace of w (as GANSpace found for real
 StyleGANs). Eyes, mouth and pose add group-dependent interactions: their gradient in w
 turns with the soft signs of hair colour, hair length and background brightness, so each
-of the 8 groups has its own best linear direction. Because the mapping is a deep random
-MLP, the same parameters are far less linear in z than in w.
+of the 8 groups has its own best linear direction. They also carry nonlinear cross-talk
+that no linear direction can remove (turning the head narrows the eyes, the mouth opens
+with eyes x turn, the turn drifts with the mouth), so edits along one property disturb the
+others' scores and only some test cases pass, as with real generators. Because the mapping
+is a deep random MLP, the same parameters are far less linear in z than in w.
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ class WorldConfig:
     subspace_dim: int = 32       # properties live in the top principal components of w
     interaction: float = 0.5     # weight of the group-dependent part of eyes/mouth/pose
     group_sharpness: float = 2.5  # tanh slope of the soft group indicator
+    # Cross-talk: eyes += a (pose^2 - 1), mouth += b eyes * pose, pose += c (mouth^2 - 1),
+    # on the standardised linear parts.
+    cross_talk: tuple[float, float, float] = (0.2, 0.25, 0.15)
 
 
 class PixelNorm(nn.Module):
@@ -82,6 +88,7 @@ class SemanticReadout(nn.Module):
         super().__init__()
         self.interaction = cfg.interaction
         self.sharpness = cfg.group_sharpness
+        self.cross_talk = tuple(float(c) for c in cfg.cross_talk)
         self.register_buffer("directions", _tensor(directions))      # (512, 10)
         self.register_buffer("interactions", _tensor(interactions))  # (512, 9): edited x grouping
         n = len(PARAMS)
@@ -95,7 +102,10 @@ class SemanticReadout(nn.Module):
         soft_group = torch.tanh(self.sharpness * lin[:, 3:6])           # (B, 3), +-1 per group letter
         inter = (w @ self.interactions).reshape(-1, 3, 3)                # (B, edited, grouping)
         edited = lin[:, :3] + self.interaction * (inter * soft_group.unsqueeze(1)).sum(dim=2)
-        raw = torch.cat([edited, lin[:, 3:]], dim=1)                    # (B, 10)
+        eyes, mouth, pose = lin[:, 0:1], lin[:, 1:2], lin[:, 2:3]
+        a, b, c = self.cross_talk
+        cross = torch.cat([a * (pose * pose - 1), b * eyes * pose, c * (mouth * mouth - 1)], dim=1)
+        raw = torch.cat([edited + cross, lin[:, 3:]], dim=1)            # (B, 10)
         return (raw - self.out_center) / self.out_scale
 
 
