@@ -3,6 +3,7 @@
     python -m jobs.benchmark export [--batch-size 64] [--seconds 5] [--threads 2]
     python -m jobs.benchmark sampling [--n 20000] [--reference-n 1600]
     python -m jobs.benchmark fit [--n 80000] [--run DIR]
+    python -m jobs.benchmark test [--cases 200] [--reference-cases 20]
 
 export:   images/s of synthesis + scoring of the built-in synthetic model at its default
           resolution, torch eager vs ONNX Runtime, same codes, same thread count.
@@ -14,6 +15,10 @@ fit:      wall time and mean validation accuracy of the 24 fits (w, ratio 0.2) f
           parallel Ray tasks with the default solver, (b) the reference set-up (LinearSVC,
           C=1, unscaled) sequentially in one process, and each alternative solver as
           parallel Ray tasks; samples come from --run, sampled there first if absent.
+test:     images/s of the generation test stage (Ray Data actors, batched) vs
+          reference-style loops on the same model (one image at a time, each written to a
+          JPEG file and read back, scorer batch 1; timed on --reference-cases cases), run
+          once with the bundle's ONNX graphs and once in torch eager as the reference did.
 """
 from __future__ import annotations
 
@@ -176,6 +181,86 @@ def bench_fit(n: int, run) -> dict[str, tuple[float, float]]:
     return results
 
 
+def bench_test(cases: int, reference_cases: int) -> dict[str, float]:
+    import tempfile
+    from pathlib import Path
+
+    from PIL import Image
+
+    from compute.generation import Schedule, run_cases
+    from compute.sampling import plan_resources, sample_table
+    from compute.seeding import CASES
+    from jobs.bundles import resolve_bundle
+    from jobs.fit import run_fit
+    from jobs.raycluster import init_ray
+    from compute.vectors_table import read_vectors
+    from compute.generation import direction_matrices
+
+    init_ray()
+    bundle = resolve_bundle(None)
+    run = Path("runs/benchmark-test")
+    sample_table(bundle, 8000, 0, run, progress=False)
+    _, directions, meta = read_vectors(run_fit(run, progress=False))
+    matrices = direction_matrices(directions)
+    medians = meta["fit"]["medians"]
+    schedule = Schedule()
+    weights = schedule.weights()
+    images_per_case = len(weights) + 1
+
+    # Warm-up (untimed), then the test stage as jobs.test runs it.
+    run_cases(bundle, 4, 1, "w", [matrices], medians, schedule, plan_resources(), progress=False)
+    started = time.perf_counter()
+    run_cases(bundle, cases, 0, "w", [matrices], medians, schedule, plan_resources(), progress=False)
+    ours = cases * images_per_case / (time.perf_counter() - started)
+
+    sessions = {s: make_session(bundle.graph_bytes(s), threads=2) for s in ("mapping", "synthesis", "scorer")}
+    names = bundle.score_names
+    cols = [names.index(g) for g in ("hair_color", "hair_length", "background_mean")]
+    med = np.array([medians[g] for g in ("hair_color", "hair_length", "background_mean")])
+
+    def through_jpeg(image, path):
+        pixels = ((image.transpose(1, 2, 0) + 1) * 127.5).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(path, quality=95)
+        back = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+        return (back.transpose(2, 0, 1) / 127.5 - 1)[None]
+
+    import torch
+
+    from export.synthetic import synthetic_spec
+
+    torch.set_num_threads(2)
+    spec = synthetic_spec(bundle.resolution)
+
+    def torch_run(module):
+        def call(x):
+            with torch.no_grad():
+                return module(torch.from_numpy(x)).numpy()
+        return call
+
+    engines = {"onnx runtime": {s: (lambda x, s=s: run_single(sessions[s], x)) for s in sessions},
+               "torch eager": {"mapping": torch_run(spec.mapping), "synthesis": torch_run(spec.synthesis),
+                               "scorer": torch_run(spec.scorer)}}
+    reference = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine, run in engines.items():
+            started = time.perf_counter()
+            for case in range(reference_cases):
+                z = draw_codes(0, [case], bundle.z_dim, CASES)
+                w = run["mapping"](z)
+                base = run["scorer"](through_jpeg(run["synthesis"](w)[0], f"{tmp}/base.jpg"))
+                group = "".join("h" if v >= m else "l" for v, m in zip(base[0, cols], med))
+                for i, row in enumerate(weights):
+                    image = run["synthesis"]((w + row @ matrices[group]).astype(np.float32))[0]
+                    run["scorer"](through_jpeg(image, f"{tmp}/{case}_{i}.jpg"))
+            reference[engine] = reference_cases * images_per_case / (time.perf_counter() - started)
+
+    print(f"generation test, synthetic model {bundle.resolution} px, {images_per_case} images per case:")
+    print(f"  Ray Data actors, batched ({cases} cases)  {ours:9.1f} images/s")
+    for engine, rate in reference.items():
+        print(f"  one image at a time + JPEG, {engine:12s}   {rate:9.1f} images/s   ratio {ours / rate:.1f}x")
+    return {"ours": ours, **reference}
+
+
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="which", required=True)
@@ -189,8 +274,15 @@ def main(argv=None) -> None:
     fitting = sub.add_parser("fit", help="parallel Ray fits vs the sequential reference set-up, and alternatives")
     fitting.add_argument("--n", type=int, default=80000)
     fitting.add_argument("--run", default=None, help="run directory with n samples (default: runs/benchmark-fit-N)")
+    testing = sub.add_parser("test", help="generation test stage vs a reference-style JPEG loop")
+    testing.add_argument("--cases", type=int, default=200)
+    testing.add_argument("--reference-cases", type=int, default=20)
     args = p.parse_args(argv)
-    if args.which == "fit":
+    if args.which == "test":
+        if args.cases < 1 or args.reference_cases < 1:
+            raise UsageError("--cases and --reference-cases must be >= 1")
+        bench_test(args.cases, args.reference_cases)
+    elif args.which == "fit":
         if args.n < 1000:
             raise UsageError("--n must be >= 1000")
         bench_fit(args.n, args.run)

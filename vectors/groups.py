@@ -13,6 +13,7 @@ import numpy as np
 GROUPING_SCORES = ("hair_color", "hair_length", "background_mean")
 PROPERTIES = ("eyes", "mouth", "pose")
 GROUP_NAMES = tuple(a + b + c for a in "hl" for b in "hl" for c in "hl")  # hhh, hhl, ..., lll
+GLOBAL = "all"  # the single group of a fit without grouping (one direction per property)
 VALIDATION_FRACTION = 0.2
 
 
@@ -79,6 +80,7 @@ def select(scores: Mapping[str, np.ndarray], groups: np.ndarray, group: str, pro
         raise ValueError(
             f"group '{group}' has {len(rows)} samples: ratio {ratio} gives k={k} per class, too few "
             f"for 2 training and 1 validation sample per class; use a larger n or ratio")
-    rng = np.random.default_rng([seed, GROUP_NAMES.index(group), PROPERTIES.index(prop)])
+    group_index = len(GROUP_NAMES) if group == GLOBAL else GROUP_NAMES.index(group)
+    rng = np.random.default_rng([seed, group_index, PROPERTIES.index(prop)])
     top, bottom = rng.permutation(top), rng.permutation(bottom)
     return Selection(group, prop, len(rows), k, top[n_val:], bottom[n_val:], top[:n_val], bottom[:n_val])
