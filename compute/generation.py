@@ -66,21 +66,23 @@ class CaseActor:
 
     def __init__(self, graphs: dict, seed: int, z_dim: int, space: str, direction_sets,
                  medians: dict[str, float], score_names: list[str], weights: np.ndarray,
-                 threads: int = 1, use_gpu: bool = False, with_truth: bool = False):
+                 threads: int = 1, use_gpu: bool = False, with_truth: bool = False,
+                 set_spaces: list[str] | None = None):
         stems = ("mapping", "synthesis", "scorer") + (("truth",) if with_truth else ())
         self.sessions = {s: make_session(_resolve(graphs[s]), threads, use_gpu) for s in stems}
         self.seed, self.z_dim, self.space = seed, z_dim, space
         self.sets = _resolve(direction_sets) if not isinstance(direction_sets, list) else direction_sets
+        self.set_spaces = list(set_spaces or [space] * len(self.sets))  # w or z per direction set
         self.medians = np.array([medians[g] for g in GROUPING], dtype=np.float64)
         self.grouping_cols = [score_names.index(g) for g in GROUPING]
         self.weights = np.asarray(weights, dtype=np.float32)  # (E, 3)
 
-    def _score(self, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def _score(self, latents: np.ndarray, space: str) -> tuple[np.ndarray, np.ndarray | None]:
         """Scores (and true parameters) of edited latents (M, D), in bounded sub-batches."""
         scores, truths = [], []
         for lo in range(0, len(latents), IMAGES_PER_CALL):
             part = latents[lo:lo + IMAGES_PER_CALL]
-            w = run_single(self.sessions["mapping"], part) if self.space == "z" else part
+            w = run_single(self.sessions["mapping"], part) if space == "z" else part
             scores.append(run_single(self.sessions["scorer"], run_single(self.sessions["synthesis"], w)))
             if "truth" in self.sessions:
                 truths.append(run_single(self.sessions["truth"], w))
@@ -93,16 +95,17 @@ class CaseActor:
         base = run_single(self.sessions["scorer"], run_single(self.sessions["synthesis"], w))
         high = base[:, self.grouping_cols] >= self.medians                  # (B, 3)
         groups = np.array(["".join("h" if h else "l" for h in row) for row in high])
-        latent = z if self.space == "z" else w                              # (B, D)
-        offsets = np.stack([np.stack([self.weights @ (s[g] if g in s else s["all"]) for g in groups])
-                            for s in self.sets], axis=1)                      # (B, K, E, D)
-        edited = (latent[:, None, None, :] + offsets).reshape(-1, latent.shape[1])
-        scores, truth = self._score(edited.astype(np.float32))
-        shape = (len(ids), len(self.sets), len(self.weights))
+        per_set = []
+        for s, space in zip(self.sets, self.set_spaces):
+            latent = z if space == "z" else w                                # (B, D)
+            offsets = np.stack([self.weights @ (s[g] if g in s else s["all"]) for g in groups])  # (B, E, D)
+            edited = (latent[:, None, :] + offsets).reshape(-1, latent.shape[1]).astype(np.float32)
+            per_set.append(self._score(edited, space))
+        shape = (len(ids), len(self.weights), -1)
         out = {"case_id": ids, "z": z, "w": w.astype(np.float32), "group": groups, "base_scores": base,
-               "edit_scores": scores.reshape(*shape, -1)}                   # (B, K, E, P)
-        if truth is not None:
-            out["edit_truth"] = truth.reshape(*shape, -1)
+               "edit_scores": np.stack([sc.reshape(shape) for sc, _ in per_set], axis=1)}  # (B, K, E, P)
+        if per_set[0][1] is not None:
+            out["edit_truth"] = np.stack([t.reshape(shape) for _, t in per_set], axis=1)
         return out
 
 
@@ -120,18 +123,26 @@ class CaseResults:
 
 
 def run_cases(bundle, cases: int, seed: int, space: str, direction_sets: list[dict[str, np.ndarray]],
-              medians: dict[str, float], schedule: Schedule, resources, cases_per_batch: int = 8,
-              progress: bool = True) -> CaseResults:
-    """Run the generation test's synthesis and scoring for case ids 0..cases-1 on Ray."""
+              medians: dict[str, float], schedule: Schedule, resources, cases_per_batch: int | None = None,
+              progress: bool = True, set_spaces: list[str] | None = None, on_batch=None) -> CaseResults:
+    """Run the generation test's synthesis and scoring for case ids 0..cases-1 on Ray.
+
+    set_spaces gives each direction set its own space (default: `space` for all);
+    on_batch(cases_done) is called as results arrive (progress reporting)."""
     import ray
 
     if cases < 1:
         raise ValueError(f"cases must be >= 1, got {cases}")
-    dim = bundle.z_dim if space == "z" else bundle.w_dim
-    for s in direction_sets:
+    set_spaces = list(set_spaces or [space] * len(direction_sets))
+    if cases_per_batch is None:
+        # About one ORT sub-batch of edits per actor call: big enough to amortise the call,
+        # small enough that the last calls spread evenly over the actors.
+        cases_per_batch = max(1, min(8, IMAGES_PER_CALL // (len(direction_sets) * len(schedule.weights()))))
+    for s, set_space in zip(direction_sets, set_spaces):
+        dim = bundle.z_dim if set_space == "z" else bundle.w_dim
         for g, m in s.items():
             if m.shape != (3, dim):
-                raise ValueError(f"directions of group {g} have shape {m.shape}, expected (3, {dim}) for space {space}")
+                raise ValueError(f"directions of group {g} have shape {m.shape}, expected (3, {dim}) for space {set_space}")
     with_truth = bundle.has_graph("truth")
     graphs = {stem: ray.put(bundle.graph_bytes(stem))
               for stem in ("mapping", "synthesis", "scorer") + (("truth",) if with_truth else ())}
@@ -141,12 +152,18 @@ def run_cases(bundle, cases: int, seed: int, space: str, direction_sets: list[di
                                    direction_sets=ray.put(direction_sets), medians=medians,
                                    score_names=bundle.score_names, weights=schedule.weights(),
                                    threads=resources.threads, use_gpu=resources.gpus_per_actor > 0,
-                                   with_truth=with_truth),
+                                   with_truth=with_truth, set_spaces=set_spaces),
         compute=ray.data.ActorPoolStrategy(size=resources.actors),
         num_cpus=resources.cpus_per_actor, num_gpus=resources.gpus_per_actor or None,
     )
     ray.data.DataContext.get_current().enable_progress_bars = progress
-    parts = [b for b in ds.iter_batches(batch_size=None, batch_format="numpy") if len(b["case_id"])]
+    parts, done = [], 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        if len(batch["case_id"]):
+            parts.append(batch)
+            done += len(batch["case_id"])
+            if on_batch is not None:
+                on_batch(done)
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(merged["case_id"], kind="stable")
     merged = {k: v[order] for k, v in merged.items()}

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import onnxruntime as ort
 
 log = logging.getLogger(__name__)
+_warned_cpu_fallback = False  # one warning per process, not one per session
 
 
 def make_session(model_bytes: bytes, threads: int = 1, use_gpu: bool = False) -> ort.InferenceSession:
@@ -25,8 +27,12 @@ def make_session(model_bytes: bytes, threads: int = 1, use_gpu: bool = False) ->
     providers = ["CPUExecutionProvider"]
     if use_gpu:
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    session = ort.InferenceSession(model_bytes, options, providers=providers)
-    if use_gpu and "CUDAExecutionProvider" not in session.get_providers():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # ORT's own note; ours below says it once
+        session = ort.InferenceSession(model_bytes, options, providers=providers)
+    global _warned_cpu_fallback
+    if use_gpu and "CUDAExecutionProvider" not in session.get_providers() and not _warned_cpu_fallback:
+        _warned_cpu_fallback = True
         log.warning("CUDA was requested but ONNX Runtime runs this session on the CPU "
                     "(no GPU, or onnxruntime-gpu/CUDA libraries missing)")
     return session

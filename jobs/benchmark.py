@@ -4,6 +4,7 @@
     python -m jobs.benchmark sampling [--n 20000] [--reference-n 1600]
     python -m jobs.benchmark fit [--n 80000] [--run DIR]
     python -m jobs.benchmark test [--cases 200] [--reference-cases 20]
+    python -m jobs.benchmark grid [--n 4000,10000] [--ratio 0.1,0.2,0.3] [--cases 50]
 
 export:   images/s of synthesis + scoring of the built-in synthetic model at its default
           resolution, torch eager vs ONNX Runtime, same codes, same thread count.
@@ -19,6 +20,8 @@ test:     images/s of the generation test stage (Ray Data actors, batched) vs
           reference-style loops on the same model (one image at a time, each written to a
           JPEG file and read back, scorer batch 1; timed on --reference-cases cases), run
           once with the bundle's ONNX graphs and once in torch eager as the reference did.
+grid:     wall time of one grid job vs running jobs.vectorfind once per cell, same
+          cells, cases and Ray instance (so Ray's start-up is paid once by both).
 """
 from __future__ import annotations
 
@@ -261,6 +264,39 @@ def bench_test(cases: int, reference_cases: int) -> dict[str, float]:
     return {"ours": ours, **reference}
 
 
+def bench_grid(ns: str, ratios: str, cases: int) -> dict[str, float]:
+    import contextlib
+    import io
+    import shutil
+    import tempfile
+
+    from jobs import grid, vectorfind
+    from jobs.bundles import resolve_bundle
+    from jobs.raycluster import init_ray
+
+    resolve_bundle(None)  # export once, untimed
+    init_ray()
+    common = ["--cases", str(cases), "--seed", "0"]
+    cells = [(n, r) for n in ns.split(",") for r in ratios.split(",")]
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
+        quiet = contextlib.redirect_stdout(io.StringIO())
+        started = time.perf_counter()
+        with quiet:
+            grid.main(["--out", f"{tmp}/grid", "--n", ns, "--ratio", ratios, *common])
+        one_job = time.perf_counter() - started
+        started = time.perf_counter()
+        for n, r in cells:
+            with contextlib.redirect_stdout(io.StringIO()):
+                vectorfind.main(["--out", f"{tmp}/cell-{n}-{r}", "--n", n, "--ratio", r, *common])
+        per_cell = time.perf_counter() - started
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"grid of {len(cells)} cells (n {ns}; ratio {ratios}; {cases} cases each):")
+    print(f"  one jobs.grid run                   {one_job:7.1f} s")
+    print(f"  jobs.vectorfind once per cell       {per_cell:7.1f} s")
+    print(f"  speed-up: {per_cell / one_job:.1f}x")
+    return {"grid": one_job, "per_cell": per_cell}
+
+
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="which", required=True)
@@ -277,8 +313,16 @@ def main(argv=None) -> None:
     testing = sub.add_parser("test", help="generation test stage vs a reference-style JPEG loop")
     testing.add_argument("--cases", type=int, default=200)
     testing.add_argument("--reference-cases", type=int, default=20)
+    grid_p = sub.add_parser("grid", help="one grid job vs jobs.vectorfind once per cell")
+    grid_p.add_argument("--n", default="4000,10000")
+    grid_p.add_argument("--ratio", default="0.1,0.2,0.3")
+    grid_p.add_argument("--cases", type=int, default=50)
     args = p.parse_args(argv)
-    if args.which == "test":
+    if args.which == "grid":
+        if args.cases < 1:
+            raise UsageError("--cases must be >= 1")
+        bench_grid(args.n, args.ratio, args.cases)
+    elif args.which == "test":
         if args.cases < 1 or args.reference_cases < 1:
             raise UsageError("--cases and --reference-cases must be >= 1")
         bench_test(args.cases, args.reference_cases)

@@ -33,7 +33,9 @@ def ray_session():
     """One real local Ray instance for the whole session, on loopback only."""
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from jobs.raycluster import stay_on_loopback
+
+    stay_on_loopback()
     ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False)
     yield ray
     ray.shutdown()
