@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compute.sampling import _resolve
 from compute.seeding import CASES, draw_codes
-from compute.sessions import make_session, run_single
+from compute.sessions import make_session, resolve, run_single
 
 EDITED = ("eyes", "mouth", "pose")
 GROUPING = ("hair_color", "hair_length", "background_mean")
@@ -69,9 +68,9 @@ class CaseActor:
                  threads: int = 1, use_gpu: bool = False, with_truth: bool = False,
                  set_spaces: list[str] | None = None):
         stems = ("mapping", "synthesis", "scorer") + (("truth",) if with_truth else ())
-        self.sessions = {s: make_session(_resolve(graphs[s]), threads, use_gpu) for s in stems}
+        self.sessions = {s: make_session(resolve(graphs[s]), threads, use_gpu) for s in stems}
         self.seed, self.z_dim, self.space = seed, z_dim, space
-        self.sets = _resolve(direction_sets) if not isinstance(direction_sets, list) else direction_sets
+        self.sets = resolve(direction_sets)
         self.set_spaces = list(set_spaces or [space] * len(self.sets))  # w or z per direction set
         self.medians = np.array([medians[g] for g in GROUPING], dtype=np.float64)
         self.grouping_cols = [score_names.index(g) for g in GROUPING]

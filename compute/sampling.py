@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from compute.bundle import Bundle
 from compute.seeding import check_seed, draw_codes
-from compute.sessions import make_session, run_single
+from compute.sessions import make_session, resolve, run_single
 from compute.tables import vector_column, with_metadata, write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,6 @@ class SamplingError(ValueError):
     """Bad sampling input, or a run directory that belongs to another run."""
 
 
-def _resolve(value):
-    """Model bytes arrive as Ray object refs on a cluster, or as plain bytes in-process."""
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    import ray
-
-    return ray.get(value)
-
-
 class SampleActor:
     """Callable class for `map_batches`: {"id": int64[B]} -> sample_id, z, w and scores.
 
@@ -55,7 +46,7 @@ class SampleActor:
 
     def __init__(self, graphs: dict, seed: int, z_dim: int, score_names: list[str],
                  threads: int = 1, use_gpu: bool = False, crash_once: str | None = None):
-        self.sessions = {stem: make_session(_resolve(graphs[stem]), threads, use_gpu)
+        self.sessions = {stem: make_session(resolve(graphs[stem]), threads, use_gpu)
                          for stem in ("mapping", "synthesis", "scorer")}
         self.seed, self.z_dim, self.score_names = seed, z_dim, list(score_names)
         self.crash_once = crash_once  # test-only: path of a marker; the first actor to claim it dies

@@ -41,3 +41,12 @@ def make_session(model_bytes: bytes, threads: int = 1, use_gpu: bool = False) ->
 def run_single(session: ort.InferenceSession, array: np.ndarray) -> np.ndarray:
     """Run a one-input, one-output graph; names come from the session, not literals."""
     return session.run(None, {session.get_inputs()[0].name: array})[0]
+
+
+def resolve(value):
+    """Actor inputs arrive as Ray object refs on a cluster, or as plain values in-process."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    import ray
+
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from compute.generation import Schedule, direction_matrices, run_cases
 from compute.sampling import SamplingError, plan_resources, sample_table
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single
-from compute.tables import read_metadata, with_metadata, write_json_atomic, write_parquet_atomic
+from compute.tables import with_metadata, write_json_atomic, write_parquet_atomic
 from compute.vectors_table import read_vectors, vectors_to_table
 from jobs.bundles import resolve_bundle
 from jobs.cli import UsageError, parser, run_main

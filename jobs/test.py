@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from compute.generation import Schedule, direction_matrices, run_cases
 from compute.sampling import plan_resources
-from compute.tables import read_metadata, vector_column, with_metadata, write_json_atomic, write_parquet_atomic
+from compute.tables import (read_metadata, vector_column, vector_matrix, with_metadata, write_json_atomic,
+                            write_parquet_atomic)
 from compute.vectors_table import VECTORS_FILE, read_vectors
 from jobs.bundles import resolve_bundle
 from jobs.cli import UsageError, parser, run_main
@@ -78,8 +78,8 @@ def cases_table(results, stats: dict, passed: np.ndarray, identity_spread) -> pa
 def write_passed(cases: pa.Table, run: Path) -> None:
     chosen = cases.filter(cases["passed"])
     write_parquet_atomic(chosen, run / "passed.parquet")
-    z = chosen["z"].combine_chunks().flatten().to_numpy().reshape(chosen.num_rows, -1) if chosen.num_rows else \
-        np.zeros((0, cases.schema.field("z").type.list_size), np.float32)
+    z_dim = cases.schema.field("z").type.list_size
+    z = vector_matrix(chosen["z"]) if chosen.num_rows else np.zeros((0, z_dim), np.float32)
     flat = chosen.select(["case_id", "group", "corr_eyes", "corr_mouth", "corr_pose", "sum_abs_corr", "consistency"])
     for i in range(z.shape[1]):
         flat = flat.append_column(f"z_{i}", pa.array(z[:, i], pa.float32()))

@@ -8,7 +8,7 @@ import torch
 
 from export.render import FaceRenderer
 from export.world import EDITED, LABEL_DIM, PARAMS, W_DIM, Z_DIM, build_world
-from export.world_report import GROUP_NAMES, measure
+from export.world_report import measure
 
 
 def _sample(world, n, seed=0):
