@@ -190,14 +190,13 @@ def bench_test(cases: int, reference_cases: int) -> dict[str, float]:
 
     from PIL import Image
 
-    from compute.generation import Schedule, run_cases
+    from compute.generation import Schedule, direction_matrices, run_cases
     from compute.sampling import plan_resources, sample_table
     from compute.seeding import CASES
+    from compute.vectors_table import read_vectors
     from jobs.bundles import resolve_bundle
     from jobs.fit import run_fit
     from jobs.raycluster import init_ray
-    from compute.vectors_table import read_vectors
-    from compute.generation import direction_matrices
 
     init_ray()
     bundle = resolve_bundle(None)

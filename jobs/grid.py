@@ -29,8 +29,8 @@ from jobs.cli import UsageError, parser, run_main
 from jobs.fit import SPACES, direction_rows, load_samples, plan_selections, submit_fits
 from jobs.raycluster import add_ray_arguments, init_ray
 from jobs.sample import add_resource_arguments
-from jobs.test import parse_floats
-from vectors.groups import GROUP_NAMES, PROPERTIES, assign_groups, check_ratio
+from jobs.test import mean_accuracy, parse_floats
+from vectors.groups import GROUP_NAMES, PROPERTIES, assign_groups, check_ratio, measured_medians
 from vectors.stats import DEFAULT_CUTOFFS, case_statistics, check_cutoffs, passes, summarize
 from vectors.svm import SvmConfig
 
@@ -161,8 +161,7 @@ def grid_table(run: Path, cells: list) -> pa.Table:
         directory = run / "grid" / cell_name(*cell)
         vectors, _, _ = read_vectors(directory / "vectors.parquet")
         summary = json.loads((directory / "summary.json").read_text())
-        acc = {p: float(np.mean([a for a, q in zip(vectors["val_accuracy"].to_pylist(), vectors["property"].to_pylist())
-                                 if q == p])) for p in PROPERTIES}
+        acc = mean_accuracy(vectors)
         k = dict(zip(vectors["group"].to_pylist(), vectors["k"].to_pylist()))
         rows.append({"space": cell[0], "n": cell[1], "ratio": cell[2], "k": [k[g] for g in GROUP_NAMES],
                      **{f"svm_acc_{p}": acc[p] for p in PROPERTIES},
@@ -280,8 +279,7 @@ def main(argv=None) -> None:
         latents, scores, sampling, _ = load_samples(run, space)
         samples_by_space[space] = (latents, scores)
         medians_by_space[space] = (sampling["group_medians"] if args.medians == "manifest"
-                                   else {k: float(np.median(scores[k])) for k in ("hair_color", "hair_length",
-                                                                                  "background_mean")})
+                                   else measured_medians(scores))
     print(f"[2/3] fitting {len(cells)} cells x 24 directions", flush=True)
     fit_cells(run, cells, args.seed, SvmConfig(), medians_by_space, samples_by_space)
     print(f"[3/3] testing {len(cells)} cells on {args.cases} cases", flush=True)

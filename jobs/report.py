@@ -95,17 +95,21 @@ def edit_grid(bundle, cases, directions, space: str, schedule: dict, out: Path) 
     return [int(cases["case_id"][i]) for i in chosen]
 
 
+def _fmt(value, digits: int = 4) -> str:
+    """A figure, or '-' where there is none (imported vectors carry no fit statistics)."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def group_table(vectors, summary: dict) -> list[str]:
     acc = {(g, p): a for g, p, a in zip(vectors["group"].to_pylist(), vectors["property"].to_pylist(),
                                         vectors["val_accuracy"].to_pylist())}
     size = dict(zip(vectors["group"].to_pylist(), vectors["group_size"].to_pylist()))
     lines = ["| group | samples | SVM acc eyes | mouth | pose | test cases | passed |", "|---|---|---|---|---|---|---|"]
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for g in GROUP_NAMES:
         key = g if g in size else "all"
         per = summary["per_group"][g]
-        lines.append(f"| {g} | {size.get(key, '-')} | {fmt(acc.get((key, 'eyes')))} | {fmt(acc.get((key, 'mouth')))} "
-                     f"| {fmt(acc.get((key, 'pose')))} | {per['cases']} | {per['passed']} |")
+        lines.append(f"| {g} | {size.get(key, '-')} | {_fmt(acc.get((key, 'eyes')), 3)} | {_fmt(acc.get((key, 'mouth')), 3)} "
+                     f"| {_fmt(acc.get((key, 'pose')), 3)} | {per['cases']} | {per['passed']} |")
     return lines
 
 
@@ -127,7 +131,6 @@ def write_report(run: Path, bundle, vectors_path: Path | None = None) -> Path:
     passes_per_group(summary, run / "passes_per_group.png")
     shown = edit_grid(bundle, cases, directions, space, summary["schedule"], run / "edits.png")
     acc = summary.get("svm_val_accuracy") or {}
-    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     lines = [
         f"# vectorfind report: {run.name}", "",
         f"Latent space **{space}** ({'v7' if space == 'w' else 'v6'}), model `{bundle.manifest['model']}`, "
@@ -137,7 +140,7 @@ def write_report(run: Path, bundle, vectors_path: Path | None = None) -> Path:
         "| property | SVM val accuracy | mean corr | mean abs corr | cutoff |", "|---|---|---|---|---|",
     ]
     for p in PROPERTIES:
-        lines.append(f"| {p} | {fmt(acc.get(p))} | {summary['mean_corr'][p]:.4f} | "
+        lines.append(f"| {p} | {_fmt(acc.get(p))} | {summary['mean_corr'][p]:.4f} | "
                      f"{summary['mean_abs_corr'][p]:.4f} | {summary['cutoffs'][p]:.2f} |")
     lines += ["", f"Sum of mean |corr|: **{summary['sum_mean_abs_corr']:.4f}**. "
                   f"Passed: **{summary['passed']} / {summary['cases']}** ({100 * summary['passed_ratio']:.1f}%)"
