@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compute.seeding import CASES, draw_codes
-from compute.sessions import make_session, resolve, run_single
+from compute.sessions import BATCH_PIXELS, make_session, resolve, run_single, synthesize_and_score
 
 EDITED = ("eyes", "mouth", "pose")
 GROUPING = ("hair_color", "hair_length", "background_mean")
-IMAGES_PER_CALL = 512  # bounds actor memory however many edits a batch of cases expands to
 
 
 @dataclass(frozen=True)
@@ -77,21 +76,17 @@ class CaseActor:
         self.weights = np.asarray(weights, dtype=np.float32)  # (E, 3)
 
     def _score(self, latents: np.ndarray, space: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """Scores (and true parameters) of edited latents (M, D), in bounded sub-batches."""
-        scores, truths = [], []
-        for lo in range(0, len(latents), IMAGES_PER_CALL):
-            part = latents[lo:lo + IMAGES_PER_CALL]
-            w = run_single(self.sessions["mapping"], part) if space == "z" else part
-            scores.append(run_single(self.sessions["scorer"], run_single(self.sessions["synthesis"], w)))
-            if "truth" in self.sessions:
-                truths.append(run_single(self.sessions["truth"], w))
-        return np.concatenate(scores), (np.concatenate(truths) if truths else None)
+        """Scores (and true parameters) of edited latents (M, D); synthesis in memory-bounded sub-batches."""
+        w = run_single(self.sessions["mapping"], latents) if space == "z" else latents
+        scores = synthesize_and_score(self.sessions["synthesis"], self.sessions["scorer"], w)
+        truths = run_single(self.sessions["truth"], w) if "truth" in self.sessions else None
+        return scores, truths
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = np.asarray(batch["id"], dtype=np.int64)
         z = draw_codes(self.seed, ids, self.z_dim, CASES)
         w = run_single(self.sessions["mapping"], z)
-        base = run_single(self.sessions["scorer"], run_single(self.sessions["synthesis"], w))
+        base = synthesize_and_score(self.sessions["synthesis"], self.sessions["scorer"], w)
         high = base[:, self.grouping_cols] >= self.medians                  # (B, 3)
         groups = np.array(["".join("h" if h else "l" for h in row) for row in high])
         per_set = []
@@ -136,7 +131,8 @@ def run_cases(bundle, cases: int, seed: int, space: str, direction_sets: list[di
     if cases_per_batch is None:
         # About one ORT sub-batch of edits per actor call: big enough to amortise the call,
         # small enough that the last calls spread evenly over the actors.
-        cases_per_batch = max(1, min(8, IMAGES_PER_CALL // (len(direction_sets) * len(schedule.weights()))))
+        per_call = max(1, BATCH_PIXELS // bundle.resolution ** 2)
+        cases_per_batch = max(1, min(8, per_call // (len(direction_sets) * len(schedule.weights()))))
     for s, set_space in zip(direction_sets, set_spaces):
         dim = bundle.z_dim if set_space == "z" else bundle.w_dim
         for g, m in s.items():

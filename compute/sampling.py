@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from compute.bundle import Bundle
 from compute.seeding import check_seed, draw_codes
-from compute.sessions import make_session, resolve, run_single
+from compute.sessions import BATCH_PIXELS, make_session, resolve, run_single, synthesize_and_score
 from compute.tables import vector_column, with_metadata, write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class SampleActor:
                 pass
         z = draw_codes(self.seed, ids, self.z_dim)
         w = run_single(self.sessions["mapping"], z)
-        scores = run_single(self.sessions["scorer"], run_single(self.sessions["synthesis"], w))
+        scores = synthesize_and_score(self.sessions["synthesis"], self.sessions["scorer"], w)
         out = {"sample_id": ids, "z": z, "w": w.astype(np.float32, copy=False)}
         for i, name in enumerate(self.score_names):
             out[name] = scores[:, i].astype(np.float32, copy=False)
@@ -138,7 +138,7 @@ def _check_run_config(run_dir: Path, config: dict) -> None:
 
 
 def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None = None, *,
-                 batch_size: int = 512, resources: Resources | None = None,
+                 batch_size: int | None = None, resources: Resources | None = None,
                  chunk_size: int = 16384, crash_once: str | None = None,
                  progress: bool = True) -> pa.Table:
     """Sample n faces on the Ray cluster; returns the table (id order) and, with run_dir,
@@ -151,6 +151,8 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
         seed = check_seed(seed)
     except ValueError as exc:
         raise SamplingError(f"--seed: {exc}") from exc
+    if batch_size is None:  # one synthesis sub-batch per actor call: 512 at 64 px, 32 at 256 px
+        batch_size = max(1, BATCH_PIXELS // bundle.resolution ** 2)
     if batch_size < 1 or chunk_size < 1:
         raise SamplingError("--batch-size and the chunk size must be >= 1")
     resources = resources or plan_resources()

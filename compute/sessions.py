@@ -8,6 +8,15 @@ import numpy as np
 import onnxruntime as ort
 
 log = logging.getLogger(__name__)
+# Images per actor call, as output pixels: sampling's default --batch-size and the test's
+# cases per call aim at this (512 images at 64 px, 32 at 256 px).
+BATCH_PIXELS = 512 * 64 * 64
+# Images per ONNX Runtime synthesis call, as output pixels; bounds an actor's activation
+# memory at any resolution and batch size. On CPUs big activations fall out of cache: the
+# 256-px reference generator runs about 1.5x faster at 1-4 images per call than at 16-32
+# (`jobs.benchmark reference`), while the 64-px built-in model is as fast at 64 as at 512.
+# GPUs want bigger calls (not measured here: no GPU on the development machines).
+CALL_PIXELS = {"cpu": 64 * 64 * 64, "cuda": BATCH_PIXELS}
 _warned_cpu_fallback = False  # one warning per process, not one per session
 
 
@@ -50,3 +59,38 @@ def resolve(value):
     import ray
 
     return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+
+def _device(session: ort.InferenceSession) -> str:
+    return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+
+def images_per_call(synthesis: ort.InferenceSession) -> int:
+    """Images per synthesis call for this graph's output size and device (see CALL_PIXELS)."""
+    height, width = synthesis.get_outputs()[0].shape[-2:]
+    if not (isinstance(height, int) and isinstance(width, int)):
+        height = width = 256  # a graph with dynamic image size: assume the reference's
+    return max(1, CALL_PIXELS[_device(synthesis)] // (height * width))
+
+
+def synthesize_and_score(synthesis: ort.InferenceSession, scorer: ort.InferenceSession,
+                         w: np.ndarray) -> np.ndarray:
+    """Scores of the images of latents w (B, w_dim), in memory-bounded sub-batches."""
+    step = images_per_call(synthesis)
+    parts = [score_images(synthesis, scorer, w[lo:lo + step]) for lo in range(0, len(w), step)]
+    return np.concatenate(parts) if parts else np.zeros((0, scorer.get_outputs()[0].shape[1]), np.float32)
+
+
+def score_images(synthesis: ort.InferenceSession, scorer: ort.InferenceSession, w: np.ndarray) -> np.ndarray:
+    """w -> images -> scores with IO binding: the images stay where synthesis wrote them
+    (GPU memory under CUDA) and go straight into the scorer; only scores come back."""
+    device = _device(synthesis)
+    make = synthesis.io_binding()
+    make.bind_cpu_input(synthesis.get_inputs()[0].name, np.ascontiguousarray(w, dtype=np.float32))
+    make.bind_output(synthesis.get_outputs()[0].name, device)
+    synthesis.run_with_iobinding(make)
+    score = scorer.io_binding()
+    score.bind_ortvalue_input(scorer.get_inputs()[0].name, make.get_outputs()[0])
+    score.bind_output(scorer.get_outputs()[0].name, "cpu")
+    scorer.run_with_iobinding(score)
+    return score.copy_outputs_to_cpu()[0]

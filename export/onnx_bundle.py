@@ -49,6 +49,7 @@ class ModelSpec:
     group_medians: dict[str, float]
     source_sha256: str
     parity_tolerance: float
+    parity_codes: int = 64        # random codes the torch vs ONNX Runtime check runs on
     # Optional extra graphs, e.g. the synthetic world's ground truth: stem -> (module, in, out).
     extra_graphs: dict[str, tuple[nn.Module, str, str]] = field(default_factory=dict)
     extra_manifest: dict = field(default_factory=dict)
@@ -106,8 +107,7 @@ def _parity(spec: ModelSpec, graphs: dict[str, bytes], codes: int, seed: int) ->
     }
 
 
-def export_bundle(spec: ModelSpec, out: Path, overwrite: bool = False,
-                  parity_codes: int = 64, seed: int = 0) -> dict:
+def export_bundle(spec: ModelSpec, out: Path, overwrite: bool = False, seed: int = 0) -> dict:
     """Export `spec` to the bundle directory `out`; returns the manifest."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -118,7 +118,7 @@ def export_bundle(spec: ModelSpec, out: Path, overwrite: bool = False,
                 "scorer": torch.zeros(2, 3, spec.resolution, spec.resolution)}
     modules = {"mapping": spec.mapping, "synthesis": spec.synthesis, "scorer": spec.scorer}
     graphs = {stem: to_onnx_bytes(modules[stem], examples[stem], i, o) for stem, i, o in GRAPHS}
-    parity = _parity(spec, graphs, parity_codes, seed)
+    parity = _parity(spec, graphs, spec.parity_codes, seed)
     worst = max(parity["w"], parity["image"], parity["scores"])
     if worst > spec.parity_tolerance:
         raise ExportError(f"ONNX Runtime differs from torch by {worst:.3g} "

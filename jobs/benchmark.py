@@ -5,6 +5,7 @@
     python -m jobs.benchmark fit [--n 80000] [--run DIR]
     python -m jobs.benchmark test [--cases 200] [--reference-cases 20]
     python -m jobs.benchmark grid [--n 4000,10000] [--ratio 0.1,0.2,0.3] [--cases 50]
+    python -m jobs.benchmark reference [--images 32] [--batch-sizes 1,4,16] [--threads 2] [--gpu]
 
 export:   images/s of synthesis + scoring of the built-in synthetic model at its default
           resolution, torch eager vs ONNX Runtime, same codes, same thread count.
@@ -22,11 +23,18 @@ test:     images/s of the generation test stage (Ray Data actors, batched) vs
           once with the bundle's ONNX graphs and once in torch eager as the reference did.
 grid:     wall time of one grid job vs running jobs.vectorfind once per cell, same
           cells, cases and Ray instance (so Ray's start-up is paid once by both).
+reference: images/s of synthesis + scoring of the reference architecture (genforce
+          StyleGAN 256 px + Property Score CNN, random weights in the reference's key
+          layout): the reference's style (torch eager, generator batch 4, scorer batch 1,
+          per-image numpy conversions), torch eager batched, and ONNX Runtime batched with
+          IO binding (images stay on the device between synthesis and scoring) over a
+          batch-size sweep. --gpu runs ONNX Runtime on CUDA and torch on the GPU.
 """
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -296,6 +304,71 @@ def bench_grid(ns: str, ratios: str, cases: int) -> dict[str, float]:
     return {"grid": one_job, "per_cell": per_cell}
 
 
+def bench_reference(images: int, batch_sizes: list[int], threads: int, gpu: bool) -> dict[str, float]:
+    import tempfile
+
+    import torch
+
+    from compute.sessions import score_images
+    from export.ohlora import ohlora_spec, write_random_checkpoints
+    from export.onnx_bundle import GRAPHS, to_onnx_bytes
+
+    torch.set_num_threads(threads)
+    device = torch.device("cuda" if gpu else "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = ohlora_spec(*write_random_checkpoints(Path(tmp), seed=0))
+    examples = {"mapping": torch.zeros(2, spec.z_dim), "synthesis": torch.zeros(2, spec.w_dim),
+                "scorer": torch.zeros(2, 3, spec.resolution, spec.resolution)}
+    sessions = {stem: make_session(to_onnx_bytes(getattr(spec, stem), examples[stem], i, o), threads, gpu)
+                for stem, i, o in GRAPHS}
+    mapping, synthesis, scorer = (m.to(device) for m in (spec.mapping, spec.synthesis, spec.scorer))
+    codes = draw_codes(0, np.arange(images), spec.z_dim)
+    rates = {}
+
+    def timed(name, run):
+        run(codes[:min(4, images)])  # warm-up: allocations, kernel selection
+        started = time.perf_counter()
+        run(codes)
+        rates[name] = images / (time.perf_counter() - started)
+        print(f"  {name:34s} {rates[name]:8.2f} images/s", flush=True)
+
+    @torch.no_grad()
+    def reference_style(z):
+        for lo in range(0, len(z), 4):
+            batch = mapping(torch.from_numpy(z[lo:lo + 4]).to(device))
+            for image in synthesis(batch):
+                pixels = ((image.cpu().numpy().transpose(1, 2, 0) + 1) * 127.5).clip(0, 255).astype(np.uint8)
+                back = torch.tensor(pixels.transpose(2, 0, 1) / 127.5 - 1, dtype=torch.float32, device=device)
+                scorer(back.unsqueeze(0)).cpu().numpy()
+
+    def torch_batched(size):
+        @torch.no_grad()
+        def run(z):
+            for lo in range(0, len(z), size):
+                scorer(synthesis(mapping(torch.from_numpy(z[lo:lo + size]).to(device)))).cpu().numpy()
+        return run
+
+    def ort_batched(size):
+        def run(z):
+            for lo in range(0, len(z), size):
+                w = run_single(sessions["mapping"], z[lo:lo + size])
+                score_images(sessions["synthesis"], sessions["scorer"], w)
+        return run
+
+    where = "CUDA" if gpu else f"CPU, {threads} threads"
+    print(f"reference architecture (256 px, random weights), synthesis + scoring of {images} images, {where}:")
+    timed("reference style (torch, 4 / 1)", reference_style)
+    for size in batch_sizes:
+        timed(f"torch eager, batch {size}", torch_batched(size))
+    for size in batch_sizes:
+        timed(f"onnx runtime + io binding, batch {size}", ort_batched(size))
+    best_ort = max(v for k, v in rates.items() if k.startswith("onnx"))
+    best_torch = max(v for k, v in rates.items() if k.startswith("torch"))
+    print(f"  best onnx runtime / reference style: {best_ort / rates['reference style (torch, 4 / 1)']:.1f}x; "
+          f"/ best torch eager: {best_ort / best_torch:.2f}x")
+    return rates
+
+
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="which", required=True)
@@ -316,8 +389,21 @@ def main(argv=None) -> None:
     grid_p.add_argument("--n", default="4000,10000")
     grid_p.add_argument("--ratio", default="0.1,0.2,0.3")
     grid_p.add_argument("--cases", type=int, default=50)
+    reference = sub.add_parser("reference", help="the reference architecture: torch eager vs ONNX Runtime")
+    reference.add_argument("--images", type=int, default=32, help="images timed per path")
+    reference.add_argument("--batch-sizes", default="1,4,16", help="batch sizes swept (torch and ONNX Runtime)")
+    reference.add_argument("--threads", type=int, default=2)
+    reference.add_argument("--gpu", action="store_true", help="ONNX Runtime on CUDA, torch on the GPU")
     args = p.parse_args(argv)
-    if args.which == "grid":
+    if args.which == "reference":
+        try:
+            sizes = [int(v) for v in args.batch_sizes.split(",")]
+        except ValueError:
+            raise UsageError(f"--batch-sizes must be integers separated by commas, got {args.batch_sizes!r}") from None
+        if args.images < 4 or min(sizes) < 1 or args.threads < 1:
+            raise UsageError("--images must be >= 4, --batch-sizes and --threads >= 1")
+        bench_reference(args.images, sizes, args.threads, args.gpu)
+    elif args.which == "grid":
         if args.cases < 1:
             raise UsageError("--cases must be >= 1")
         bench_grid(args.n, args.ratio, args.cases)
