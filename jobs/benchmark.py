@@ -5,7 +5,7 @@
     python -m jobs.benchmark fit [--n 80000] [--run DIR]
     python -m jobs.benchmark test [--cases 200] [--reference-cases 20]
     python -m jobs.benchmark grid [--n 4000,10000] [--ratio 0.1,0.2,0.3] [--cases 50]
-    python -m jobs.benchmark reference [--images 32] [--batch-sizes 1,4,16] [--threads 2] [--gpu]
+    python -m jobs.benchmark reference [--images 32] [--batch-sizes 1,4,16] [--threads 2] [--gpu] [--fp16]
 
 export:   images/s of synthesis + scoring of the built-in synthetic model at its default
           resolution, torch eager vs ONNX Runtime, same codes, same thread count.
@@ -28,7 +28,8 @@ reference: images/s of synthesis + scoring of the reference architecture (genfor
           layout): the reference's style (torch eager, generator batch 4, scorer batch 1,
           per-image numpy conversions), torch eager batched, and ONNX Runtime batched with
           IO binding (images stay on the device between synthesis and scoring) over a
-          batch-size sweep. --gpu runs ONNX Runtime on CUDA and torch on the GPU.
+          batch-size sweep. --gpu runs ONNX Runtime on CUDA and torch on the GPU; --fp16
+          adds fp16 graphs (fp32 inputs and outputs) and their difference from fp32.
 """
 from __future__ import annotations
 
@@ -304,7 +305,7 @@ def bench_grid(ns: str, ratios: str, cases: int) -> dict[str, float]:
     return {"grid": one_job, "per_cell": per_cell}
 
 
-def bench_reference(images: int, batch_sizes: list[int], threads: int, gpu: bool) -> dict[str, float]:
+def bench_reference(images: int, batch_sizes: list[int], threads: int, gpu: bool, fp16: bool) -> dict[str, float]:
     import tempfile
 
     import torch
@@ -319,8 +320,12 @@ def bench_reference(images: int, batch_sizes: list[int], threads: int, gpu: bool
         spec = ohlora_spec(*write_random_checkpoints(Path(tmp), seed=0))
     examples = {"mapping": torch.zeros(2, spec.z_dim), "synthesis": torch.zeros(2, spec.w_dim),
                 "scorer": torch.zeros(2, 3, spec.resolution, spec.resolution)}
-    sessions = {stem: make_session(to_onnx_bytes(getattr(spec, stem), examples[stem], i, o), threads, gpu)
-                for stem, i, o in GRAPHS}
+    graphs = {stem: to_onnx_bytes(getattr(spec, stem), examples[stem], i, o) for stem, i, o in GRAPHS}
+    sessions = {stem: make_session(graph, threads, gpu) for stem, graph in graphs.items()}
+    if fp16:
+        from export.fp16 import to_fp16
+
+        half = {stem: make_session(to_fp16(graphs[stem]), threads, gpu) for stem in ("synthesis", "scorer")}
     mapping, synthesis, scorer = (m.to(device) for m in (spec.mapping, spec.synthesis, spec.scorer))
     codes = draw_codes(0, np.arange(images), spec.z_dim)
     rates = {}
@@ -330,7 +335,7 @@ def bench_reference(images: int, batch_sizes: list[int], threads: int, gpu: bool
         started = time.perf_counter()
         run(codes)
         rates[name] = images / (time.perf_counter() - started)
-        print(f"  {name:34s} {rates[name]:8.2f} images/s", flush=True)
+        print(f"  {name:40s} {rates[name]:8.2f} images/s", flush=True)
 
     @torch.no_grad()
     def reference_style(z):
@@ -348,11 +353,11 @@ def bench_reference(images: int, batch_sizes: list[int], threads: int, gpu: bool
                 scorer(synthesis(mapping(torch.from_numpy(z[lo:lo + size]).to(device)))).cpu().numpy()
         return run
 
-    def ort_batched(size):
+    def ort_batched(size, graphs):
         def run(z):
             for lo in range(0, len(z), size):
                 w = run_single(sessions["mapping"], z[lo:lo + size])
-                score_images(sessions["synthesis"], sessions["scorer"], w)
+                score_images(graphs["synthesis"], graphs["scorer"], w)
         return run
 
     where = "CUDA" if gpu else f"CPU, {threads} threads"
@@ -361,7 +366,15 @@ def bench_reference(images: int, batch_sizes: list[int], threads: int, gpu: bool
     for size in batch_sizes:
         timed(f"torch eager, batch {size}", torch_batched(size))
     for size in batch_sizes:
-        timed(f"onnx runtime + io binding, batch {size}", ort_batched(size))
+        timed(f"onnx runtime + io binding, batch {size}", ort_batched(size, sessions))
+    if fp16:
+        for size in batch_sizes:
+            timed(f"onnx runtime fp16 + io binding, batch {size}", ort_batched(size, half))
+        w = run_single(sessions["mapping"], codes[:4])
+        images = [run_single(s["synthesis"], w) for s in (sessions, half)]
+        scores = [score_images(s["synthesis"], s["scorer"], w) for s in (sessions, half)]
+        print(f"  fp16 vs fp32 on 4 codes: max abs diff image {np.abs(images[0] - images[1]).max():.3g}, "
+              f"scores {np.abs(scores[0] - scores[1]).max():.3g}")
     best_ort = max(v for k, v in rates.items() if k.startswith("onnx"))
     best_torch = max(v for k, v in rates.items() if k.startswith("torch"))
     print(f"  best onnx runtime / reference style: {best_ort / rates['reference style (torch, 4 / 1)']:.1f}x; "
@@ -394,6 +407,7 @@ def main(argv=None) -> None:
     reference.add_argument("--batch-sizes", default="1,4,16", help="batch sizes swept (torch and ONNX Runtime)")
     reference.add_argument("--threads", type=int, default=2)
     reference.add_argument("--gpu", action="store_true", help="ONNX Runtime on CUDA, torch on the GPU")
+    reference.add_argument("--fp16", action="store_true", help="also ONNX Runtime with fp16 graphs (fp32 I/O)")
     args = p.parse_args(argv)
     if args.which == "reference":
         try:
@@ -402,7 +416,7 @@ def main(argv=None) -> None:
             raise UsageError(f"--batch-sizes must be integers separated by commas, got {args.batch_sizes!r}") from None
         if args.images < 4 or min(sizes) < 1 or args.threads < 1:
             raise UsageError("--images must be >= 4, --batch-sizes and --threads >= 1")
-        bench_reference(args.images, sizes, args.threads, args.gpu)
+        bench_reference(args.images, sizes, args.threads, args.gpu, args.fp16)
     elif args.which == "grid":
         if args.cases < 1:
             raise UsageError("--cases must be >= 1")

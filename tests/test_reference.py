@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -237,3 +238,27 @@ def test_main_job_and_reference_vectors_run_on_the_reference_bundle(tmp_path, re
                      "--cases", "1", *SMALL_SCHEDULE, "--address", address, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tested / "summary.json").read_text())["cases"] == 1
+
+
+def test_fp16_graphs_keep_float32_io_and_stay_close(reference_bundle):
+    from export.fp16 import to_fp16
+
+    data = (reference_bundle / "scorer.onnx").read_bytes()
+    half = ort.InferenceSession(to_fp16(data), providers=["CPUExecutionProvider"])
+    assert [i.type for i in half.get_inputs()] == ["tensor(float)"]
+    assert [o.type for o in half.get_outputs()] == ["tensor(float)"]
+    image = np.random.default_rng(2).uniform(-1, 1, (2, 3, 256, 256)).astype(np.float32)
+    full = _run(ort.InferenceSession(data, providers=["CPUExecutionProvider"]), image)
+    np.testing.assert_allclose(_run(half, image), full, atol=2e-3)
+    initializers = onnx.load_from_string(to_fp16(data)).graph.initializer
+    assert {t.data_type for t in initializers if len(t.dims) > 1} == {10}  # FLOAT16 weights
+
+
+def test_reference_benchmark_runs_every_path():
+    result = run_job("jobs.benchmark", "reference", "--images", "4", "--batch-sizes", "2", "--fp16")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for row in ("reference style", "torch eager, batch 2", "onnx runtime + io binding, batch 2",
+                "onnx runtime fp16 + io binding, batch 2", "fp16 vs fp32"):
+        assert row in result.stdout, result.stdout
+    bad = run_job("jobs.benchmark", "reference", "--batch-sizes", "4,x")
+    assert bad.returncode == 2 and "--batch-sizes" in bad.stderr
