@@ -151,11 +151,12 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
         seed = check_seed(seed)
     except ValueError as exc:
         raise SamplingError(f"--seed: {exc}") from exc
-    if batch_size is None:  # one synthesis sub-batch per actor call: 512 at 64 px, 32 at 256 px
-        batch_size = max(1, BATCH_PIXELS // bundle.resolution ** 2)
+    resources = resources or plan_resources()
+    if batch_size is None:
+        # As big as BATCH_PIXELS allows, but at least 4 calls per actor so work spreads evenly.
+        batch_size = max(1, min(BATCH_PIXELS // bundle.resolution ** 2, math.ceil(n / (4 * resources.actors))))
     if batch_size < 1 or chunk_size < 1:
         raise SamplingError("--batch-size and the chunk size must be >= 1")
-    resources = resources or plan_resources()
     schema = samples_schema(bundle)
     config = {"n": int(n), "seed": seed, "chunk_size": chunk_size, "bundle_manifest_sha256": bundle.manifest_sha256,
               "model": bundle.manifest["model"], "z_dim": bundle.z_dim, "w_dim": bundle.w_dim,

@@ -18,7 +18,8 @@ from jobs.raycluster import add_ray_arguments, init_ray
 
 def add_resource_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None,
-                   help="sample ids per actor call (default: 512 at 64 px, 32 at 256 px)")
+                   help="sample ids per actor call (default: up to 2048 at 64 px, 128 at 256 px, "
+                        "and at least 4 calls per actor)")
     p.add_argument("--actors", type=int, default=None,
                    help="ONNX Runtime actors (default: one per GPU when --gpus-per-actor > 0, else one per CPU)")
     p.add_argument("--cpus-per-actor", type=float, default=None,
