@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compute.seeding import CASES, draw_codes
-from compute.sessions import BATCH_PIXELS, make_session, resolve, run_single, synthesize_and_score
+from compute.sessions import images_per_batch, make_session, resolve, run_single, synthesize_and_score
 
 EDITED = ("eyes", "mouth", "pose")
 GROUPING = ("hair_color", "hair_length", "background_mean")
@@ -131,8 +131,7 @@ def run_cases(bundle, cases: int, seed: int, space: str, direction_sets: list[di
     if cases_per_batch is None:
         # About one ORT sub-batch of edits per actor call: big enough to amortise the call,
         # small enough that the last calls spread evenly over the actors.
-        per_call = max(1, BATCH_PIXELS // bundle.resolution ** 2)
-        cases_per_batch = max(1, min(8, per_call // (len(direction_sets) * len(schedule.weights()))))
+        cases_per_batch = max(1, min(8, images_per_batch(bundle.resolution) // (len(direction_sets) * len(schedule.weights()))))
     for s, set_space in zip(direction_sets, set_spaces):
         dim = bundle.z_dim if set_space == "z" else bundle.w_dim
         for g, m in s.items():

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from compute.bundle import Bundle
 from compute.seeding import check_seed, draw_codes
-from compute.sessions import BATCH_PIXELS, make_session, resolve, run_single, synthesize_and_score
+from compute.sessions import images_per_batch, make_session, resolve, run_single, synthesize_and_score
 from compute.tables import vector_column, with_metadata, write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -153,8 +153,8 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
         raise SamplingError(f"--seed: {exc}") from exc
     resources = resources or plan_resources()
     if batch_size is None:
-        # As big as BATCH_PIXELS allows, but at least 4 calls per actor so work spreads evenly.
-        batch_size = max(1, min(BATCH_PIXELS // bundle.resolution ** 2, math.ceil(n / (4 * resources.actors))))
+        # As big as images_per_batch allows, but at least 4 calls per actor so work spreads evenly.
+        batch_size = max(1, min(images_per_batch(bundle.resolution), math.ceil(n / (4 * resources.actors))))
     if batch_size < 1 or chunk_size < 1:
         raise SamplingError("--batch-size and the chunk size must be >= 1")
     schema = samples_schema(bundle)

@@ -62,6 +62,11 @@ def resolve(value):
     return ray.get(value) if isinstance(value, ray.ObjectRef) else value
 
 
+def images_per_batch(resolution: int) -> int:
+    """Most images per actor call at this resolution (see BATCH_PIXELS)."""
+    return max(1, BATCH_PIXELS // resolution ** 2)
+
+
 def _device(session: ort.InferenceSession) -> str:
     return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 

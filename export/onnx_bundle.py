@@ -81,6 +81,13 @@ def to_onnx_bytes(module: nn.Module, example: torch.Tensor, input_name: str, out
     return buffer.getvalue()
 
 
+def export_graphs(spec: ModelSpec) -> dict[str, bytes]:
+    """The three bundle graphs of `spec` (GRAPHS), serialised, without the parity check."""
+    examples = {"mapping": torch.zeros(2, spec.z_dim), "synthesis": torch.zeros(2, spec.w_dim),
+                "scorer": torch.zeros(2, 3, spec.resolution, spec.resolution)}
+    return {stem: to_onnx_bytes(getattr(spec, stem), examples[stem], i, o) for stem, i, o in GRAPHS}
+
+
 def _ort_run(model_bytes: bytes, array: np.ndarray) -> np.ndarray:
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -114,10 +121,7 @@ def export_bundle(spec: ModelSpec, out: Path, overwrite: bool = False, seed: int
         raise ExportError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    examples = {"mapping": torch.zeros(2, spec.z_dim), "synthesis": torch.zeros(2, spec.w_dim),
-                "scorer": torch.zeros(2, 3, spec.resolution, spec.resolution)}
-    modules = {"mapping": spec.mapping, "synthesis": spec.synthesis, "scorer": spec.scorer}
-    graphs = {stem: to_onnx_bytes(modules[stem], examples[stem], i, o) for stem, i, o in GRAPHS}
+    graphs = export_graphs(spec)
     parity = _parity(spec, graphs, spec.parity_codes, seed)
     worst = max(parity["w"], parity["image"], parity["scores"])
     if worst > spec.parity_tolerance:

@@ -61,16 +61,14 @@ def bench_export(batch_size: int, seconds: float, threads: int) -> dict[str, flo
 
     from export.scorer import WEIGHTS
     from export.synthetic import synthetic_spec
-    from export.onnx_bundle import GRAPHS, to_onnx_bytes
+    from export.onnx_bundle import export_graphs
 
     torch.set_num_threads(threads)
     spec = synthetic_spec()
     z = torch.from_numpy(draw_codes(0, np.arange(batch_size), spec.z_dim))
     with torch.no_grad():
         w = spec.mapping(z)
-    examples = {"synthesis": w[:2], "scorer": torch.zeros(2, 3, spec.resolution, spec.resolution)}
-    sessions = {stem: make_session(to_onnx_bytes(getattr(spec, stem), examples[stem], i, o), threads)
-                for stem, i, o in GRAPHS if stem in examples}
+    sessions = {stem: make_session(graph, threads) for stem, graph in export_graphs(spec).items()}
     w_np = w.numpy()
 
     def torch_step():
@@ -311,15 +309,13 @@ def bench_reference(images: int, batch_sizes: list[int], threads: int, gpu: bool
 
     from compute.sessions import score_images
     from export.ohlora import ohlora_spec, write_random_checkpoints
-    from export.onnx_bundle import GRAPHS, to_onnx_bytes
+    from export.onnx_bundle import export_graphs
 
     torch.set_num_threads(threads)
     device = torch.device("cuda" if gpu else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         spec = ohlora_spec(*write_random_checkpoints(Path(tmp), seed=0))
-    examples = {"mapping": torch.zeros(2, spec.z_dim), "synthesis": torch.zeros(2, spec.w_dim),
-                "scorer": torch.zeros(2, 3, spec.resolution, spec.resolution)}
-    graphs = {stem: to_onnx_bytes(getattr(spec, stem), examples[stem], i, o) for stem, i, o in GRAPHS}
+    graphs = export_graphs(spec)
     sessions = {stem: make_session(graph, threads, gpu) for stem, graph in graphs.items()}
     if fp16:
         from export.fp16 import to_fp16
@@ -409,10 +405,9 @@ def main(argv=None) -> None:
     reference.add_argument("--fp16", action="store_true", help="also ONNX Runtime with fp16 graphs (fp32 I/O)")
     args = p.parse_args(argv)
     if args.which == "reference":
-        try:
-            sizes = [int(v) for v in args.batch_sizes.split(",")]
-        except ValueError:
-            raise UsageError(f"--batch-sizes must be integers separated by commas, got {args.batch_sizes!r}") from None
+        from jobs.grid import parse_list
+
+        sizes = parse_list(args.batch_sizes, "--batch-sizes", int)
         if args.images < 4 or min(sizes) < 1 or args.threads < 1:
             raise UsageError("--images must be >= 4, --batch-sizes and --threads >= 1")
         bench_reference(args.images, sizes, args.threads, args.gpu, args.fp16)
