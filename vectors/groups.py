@@ -1,44 +1,63 @@
-"""Groups and the top/bottom-k selection of SPEC.md steps 2-3.
+"""Groups and the top/bottom-k selection (method steps 2-3). Pure NumPy.
 
-Pure NumPy. A sample's group is three letters from hair_color, hair_length and
-background_mean, in that order: 'h' if the score is >= that score's median, else 'l'.
+A sample's group is one letter per grouping score, in the method's order: 'h' if the
+score is >= that score's median, else 'l'. With no grouping score every sample is in the
+one group 'all'.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-GROUPING_SCORES = ("hair_color", "hair_length", "background_mean")
-PROPERTIES = ("eyes", "mouth", "pose")
-GROUP_NAMES = tuple(a + b + c for a in "hl" for b in "hl" for c in "hl")  # hhh, hhl, ..., lll
-GLOBAL = "all"  # the single group of a fit without grouping (one direction per property)
-VALIDATION_FRACTION = 0.2
+from vectors.errors import InputError
+from vectors.method import GLOBAL_GROUP, Method
 
 
-def check_ratio(ratio: float) -> float:
-    if not (isinstance(ratio, (int, float)) and 0 < ratio <= 0.5):
-        raise ValueError(f"ratio must be in (0, 0.5], got {ratio!r}")
-    return float(ratio)
-
-
-def measured_medians(scores: Mapping[str, np.ndarray]) -> dict[str, float]:
+def measured_medians(scores: Mapping[str, np.ndarray], group_by: Sequence[str]) -> dict[str, float]:
     """Medians of the grouping scores over these samples (balanced groups)."""
-    return {name: float(np.median(scores[name])) for name in GROUPING_SCORES}
+    return {name: float(np.median(scores[name])) for name in group_by}
 
 
-def assign_groups(scores: Mapping[str, np.ndarray], medians: Mapping[str, float]) -> np.ndarray:
-    """Group name per sample, shape (n,), dtype '<U3'."""
-    missing = [s for s in GROUPING_SCORES if s not in scores or s not in medians]
+def group_medians(method: Method, manifest_medians: Mapping[str, float],
+                  scores: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """The medians the method asks for: the bundle's fixed ones, or measured on `scores`."""
+    if method.medians == "samples":
+        return measured_medians(scores, method.group_by)
+    missing = [g for g in method.group_by if g not in manifest_medians]
     if missing:
-        raise ValueError(f"grouping needs scores and medians for {', '.join(missing)}")
-    letters = [np.where(np.asarray(scores[s]) >= medians[s], "h", "l") for s in GROUPING_SCORES]
-    return np.char.add(np.char.add(letters[0], letters[1]), letters[2])
+        raise InputError(f"the bundle records no fixed median for {', '.join(missing)}; "
+                         f"measure the medians on the samples instead (medians: samples)")
+    return {g: float(manifest_medians[g]) for g in method.group_by}
 
 
-def group_sizes(groups: np.ndarray) -> dict[str, int]:
-    return {g: int((groups == g).sum()) for g in GROUP_NAMES}
+def assign_groups(scores: Mapping[str, np.ndarray], group_by: Sequence[str],
+                  medians: Mapping[str, float]) -> np.ndarray:
+    """Group name per sample, shape (n,), a string dtype; 'all' for every sample without grouping."""
+    missing = [s for s in group_by if s not in scores or s not in medians]
+    if missing:
+        raise InputError(f"grouping needs scores and medians for {', '.join(missing)}")
+    if not group_by:
+        n = len(next(iter(scores.values()))) if scores else 0
+        return np.full(n, GLOBAL_GROUP)
+    names = np.full(len(np.asarray(scores[group_by[0]])), "", dtype=f"<U{len(group_by)}")
+    for s in group_by:
+        names = np.char.add(names, np.where(np.asarray(scores[s]) >= medians[s], "h", "l"))
+    return names
+
+
+def groups_of_matrix(scores: np.ndarray, score_names: Sequence[str], group_by: Sequence[str],
+                     medians: Mapping[str, float]) -> np.ndarray:
+    """assign_groups for a (N, P) score matrix whose columns are `score_names`."""
+    if not group_by:
+        return np.full(len(scores), GLOBAL_GROUP)
+    columns = {name: scores[:, list(score_names).index(name)] for name in group_by}
+    return assign_groups(columns, group_by, medians)
+
+
+def group_sizes(groups: np.ndarray, names: Sequence[str]) -> dict[str, int]:
+    return {g: int((groups == g).sum()) for g in names}
 
 
 @dataclass(frozen=True)
@@ -60,27 +79,32 @@ def select_extremes(values: np.ndarray, rows: np.ndarray, ratio: float) -> tuple
 
     Ties break by row order (stable sort), so the selection is deterministic.
     """
-    ratio = check_ratio(ratio)
+    if not (isinstance(ratio, (int, float)) and 0 < ratio <= 0.5):
+        raise InputError(f"ratio must be in (0, 0.5], got {ratio!r}")
     k = max(int(ratio * len(rows)), 1)
     order = rows[np.argsort(values[rows], kind="stable")]
     return order[::-1][:k], order[:k], k
 
 
 def select(scores: Mapping[str, np.ndarray], groups: np.ndarray, group: str, prop: str,
-           ratio: float, seed: int) -> Selection:
-    """Top/bottom-k of `prop` within `group`, split 80/20 per class with a seeded shuffle.
+           method: Method, seed: int) -> Selection:
+    """Top/bottom-k of `prop` within `group`, each class split train/validation with a seeded shuffle.
 
-    The shuffle's stream is a function of (seed, group, property) only, so a fit does not
-    depend on which other fits run or in what order.
+    The shuffle's stream is a function of (seed, group index, property index) only, so a
+    fit does not depend on which other fits run or in what order.
     """
     rows = np.flatnonzero(groups == group)
-    top, bottom, k = select_extremes(np.asarray(scores[prop]), rows, ratio)
-    n_val = max(1, int(round(VALIDATION_FRACTION * k)))
+    top, bottom, k = select_extremes(np.asarray(scores[prop]), rows, method.ratio)
+    n_val = max(1, int(round(method.validation_fraction * k)))
     if k - n_val < 2:
-        raise ValueError(
-            f"group '{group}' has {len(rows)} samples: ratio {ratio} gives k={k} per class, too few "
+        raise InputError(
+            f"group '{group}' has {len(rows)} samples: ratio {method.ratio} gives k={k} per class, too few "
             f"for 2 training and 1 validation sample per class; use a larger n or ratio")
-    group_index = len(GROUP_NAMES) if group == GLOBAL else GROUP_NAMES.index(group)
-    rng = np.random.default_rng([seed, group_index, PROPERTIES.index(prop)])
+    rng = np.random.default_rng([seed, method.group_names.index(group), method.property_names.index(prop)])
     top, bottom = rng.permutation(top), rng.permutation(bottom)
     return Selection(group, prop, len(rows), k, top[n_val:], bottom[n_val:], top[:n_val], bottom[:n_val])
+
+
+def plan_selections(scores: Mapping[str, np.ndarray], groups: np.ndarray, method: Method, seed: int) -> list:
+    """Every (group, property) selection of the method; a too-small group fails before any fit."""
+    return [select(scores, groups, g, p, method, seed) for g in method.group_names for p in method.property_names]

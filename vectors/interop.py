@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 SPACES = ("w", "z")
-_CSV_NAME = re.compile(r"^(?P<prop>[a-z_]+)_change_(?P<space>[wz])_vector_(?P<group>[hl]{3})\.csv$")
+_CSV_NAME = re.compile(r"^(?P<prop>.+)_change_(?P<space>[wz])_vector_(?P<group>[hl]{1,4}|all)\.csv$")
 
 
 def reference_csv_name(prop: str, space: str, group: str) -> str:

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
+from vectors.errors import InputError
+
 log = logging.getLogger(__name__)
 
 SOLVERS = ("linearsvc", "svc")
@@ -33,13 +35,13 @@ class SvmConfig:
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
-        if not self.C > 0:
-            raise ValueError(f"C must be > 0, got {self.C!r}")
+            raise InputError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if not (isinstance(self.C, (int, float)) and self.C > 0):
+            raise InputError(f"C must be > 0, got {self.C!r}")
         if self.dual not in ("auto", "true", "false"):
-            raise ValueError(f"dual must be auto, true or false, got {self.dual!r}")
-        if self.max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1, got {self.max_iter!r}")
+            raise InputError(f"dual must be auto, true or false, got {self.dual!r}")
+        if not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise InputError(f"max_iter must be >= 1, got {self.max_iter!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -97,7 +99,8 @@ def fit_direction(x_pos: np.ndarray, x_neg: np.ndarray, v_pos: np.ndarray, v_neg
     normal = np.asarray(model.coef_, dtype=np.float64).reshape(-1) / std
     norm = np.linalg.norm(normal)
     if not np.isfinite(norm) or norm == 0:
-        raise ValueError("the SVM found no separating direction (zero normal vector)")
+        raise InputError("the SVM found no separating direction (zero normal vector); the selected samples "
+                         "do not differ in this space: check the scores or use a larger n")
     return FitResult(
         direction=(normal / norm).astype(np.float32),
         val_accuracy=float(model.score((v - mean) / std, vy)),
@@ -119,7 +122,7 @@ def orthogonalize(directions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rest = d.astype(np.float64) - basis @ (basis.T @ d)
         norm = np.linalg.norm(rest)
         if norm < 1e-6:
-            raise ValueError(f"direction {name!r} lies in the span of the others; cannot orthogonalize")
+            raise InputError(f"direction {name!r} lies in the span of the others; cannot orthogonalize")
         out[name] = (rest / norm).astype(np.float32)
     return out
 

@@ -1,0 +1,245 @@
+"""The method as data: one frozen, validated value that says everything the method decides.
+
+Which scores are edited (each with its edit schedule and pass cutoff), which scores split
+the samples into groups, where the group medians come from, the selection ratio, the
+latent space, the validation fraction and the SVM settings. It is saved (JSON) beside
+every artifact and read back, so a run says exactly what produced it, and a stage reuses
+an earlier output only when the part of the method that output depends on is unchanged.
+
+The default instance is the seeds' method (docs/method.md). Edit weights are in this
+project's sign convention (directions point toward larger scores): the reference's pose
+grid {-1.8, -1.2, -0.6, 0, 0.6} was defined along vectors pointing toward smaller scores,
+so in our convention it is {-0.6, 0, 0.6, 1.2, 1.8}.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from vectors.errors import InputError
+from vectors.svm import SvmConfig
+
+SPACES = ("w", "z")
+MEDIAN_SOURCES = ("manifest", "samples")
+MAX_PROPERTIES, MAX_GROUPING, MAX_EDITS = 6, 4, 1000
+GLOBAL_GROUP = "all"  # the one group when no score defines groups
+
+
+class MethodError(InputError):
+    """A method that cannot run: a bad value, or a score the bundle does not have."""
+
+
+@dataclass(frozen=True)
+class EditedProperty:
+    """A score the method finds a direction for: its test edits and its pass cutoff."""
+
+    name: str
+    schedule: tuple[float, ...]   # edit weights along the unit direction
+    cutoff: float                 # a case passes this property if |corr| >= cutoff
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise MethodError(f"a property needs a score name, got {self.name!r}")
+        try:
+            schedule = tuple(float(v) for v in self.schedule)
+            cutoff = float(self.cutoff)
+        except (TypeError, ValueError):
+            raise MethodError(f"property {self.name}: schedule and cutoff must be numbers, got "
+                              f"{self.schedule!r} and {self.cutoff!r}") from None
+        if len(set(schedule)) < 2 or not all(math.isfinite(v) for v in schedule):
+            raise MethodError(f"the {self.name} schedule needs at least 2 distinct finite weights, "
+                              f"got {list(schedule)}")
+        if not 0.0 <= cutoff <= 1.0:
+            raise MethodError(f"the {self.name} cutoff must be in [0, 1], got {cutoff}")
+        object.__setattr__(self, "schedule", schedule)
+        object.__setattr__(self, "cutoff", cutoff)
+
+
+# The seeds' vocabulary and constants (v7); v6 used cutoffs 0.75 / 0.77 / 0.80.
+SEEDS_PROPERTIES = (
+    EditedProperty("eyes", (-1.2, 1.2), 0.92),
+    EditedProperty("mouth", (-1.8, -0.9, 0.0, 0.9, 1.8), 0.88),
+    EditedProperty("pose", (-0.6, 0.0, 0.6, 1.2, 1.8), 0.92),
+)
+SEEDS_GROUPING = ("hair_color", "hair_length", "background_mean")
+# A property outside the seeds' vocabulary starts from these until the user sets its own.
+DEFAULT_SCHEDULE = (-1.8, -0.9, 0.0, 0.9, 1.8)
+DEFAULT_CUTOFF = 0.9
+
+
+def default_property(name: str) -> EditedProperty:
+    """The seeds' schedule and cutoff for their names; generic ones for any other score."""
+    for p in SEEDS_PROPERTIES:
+        if p.name == name:
+            return p
+    return EditedProperty(name, DEFAULT_SCHEDULE, DEFAULT_CUTOFF)
+
+
+@dataclass(frozen=True)
+class Method:
+    properties: tuple[EditedProperty, ...] = SEEDS_PROPERTIES
+    group_by: tuple[str, ...] = SEEDS_GROUPING   # 0-4 scores; 2^G groups named by h/l letters
+    medians: str = "manifest"       # "manifest": the bundle's fixed medians; "samples": measured
+    ratio: float = 0.2              # k = max(int(ratio * group size), 1) per class
+    space: str = "w"                # "w" (v7) or "z" (v6)
+    validation_fraction: float = 0.2
+    orthogonalize: bool = False     # each direction orthogonal to the others of its group
+    max_spread: float | None = None  # extra pass condition on consistency, if set
+    svm: SvmConfig = field(default_factory=SvmConfig)
+
+    def __post_init__(self):
+        object.__setattr__(self, "properties", tuple(self.properties))
+        object.__setattr__(self, "group_by", tuple(self.group_by))
+        names = self.property_names
+        if not 1 <= len(names) <= MAX_PROPERTIES:
+            raise MethodError(f"a method edits 1 to {MAX_PROPERTIES} properties, got {len(names)}")
+        if len(self.group_by) > MAX_GROUPING:
+            raise MethodError(f"at most {MAX_GROUPING} grouping scores (16 groups), got {len(self.group_by)}")
+        for label, values in (("properties", names), ("grouping scores", self.group_by)):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise MethodError(f"{label} named twice: {', '.join(repeated)}")
+        both = [p for p in names if p in self.group_by]
+        if both:
+            raise MethodError(f"{', '.join(both)} cannot be both edited and used for grouping")
+        if self.medians not in MEDIAN_SOURCES:
+            raise MethodError(f"medians must be 'manifest' or 'samples', got {self.medians!r}")
+        if not (isinstance(self.ratio, (int, float)) and 0 < self.ratio <= 0.5):
+            raise MethodError(f"ratio must be in (0, 0.5], got {self.ratio!r}")
+        if self.space not in SPACES:
+            raise MethodError(f"space must be w (v7) or z (v6), got {self.space!r}")
+        if not (isinstance(self.validation_fraction, (int, float)) and 0 < self.validation_fraction < 1):
+            raise MethodError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        if self.orthogonalize and len(names) < 2:
+            raise MethodError("orthogonalize needs at least 2 properties (one direction has no others)")
+        if self.max_spread is not None:
+            if not (isinstance(self.max_spread, (int, float)) and math.isfinite(self.max_spread)
+                    and self.max_spread >= 0):
+                raise MethodError(f"max_spread must be a number >= 0, got {self.max_spread!r}")
+            if not self.group_by:
+                raise MethodError("max_spread limits the spread of the grouping scores; with no grouping "
+                                  "scores there is nothing to limit")
+        if self.edits_per_case > MAX_EDITS:
+            raise MethodError(f"the schedules give {self.edits_per_case:,} edits per case (the product of their "
+                              f"lengths), more than {MAX_EDITS:,}; shorten a schedule")
+        object.__setattr__(self, "ratio", float(self.ratio))
+        object.__setattr__(self, "validation_fraction", float(self.validation_fraction))
+
+    # ---- derived views -------------------------------------------------------------
+    @property
+    def property_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.properties)
+
+    @property
+    def cutoffs(self) -> dict[str, float]:
+        return {p.name: p.cutoff for p in self.properties}
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """hh.., .., ll.. in the order of `group_by` ('h' before 'l'); ('all',) without grouping."""
+        if not self.group_by:
+            return (GLOBAL_GROUP,)
+        return tuple("".join(letters) for letters in itertools.product("hl", repeat=len(self.group_by)))
+
+    @property
+    def edits_per_case(self) -> int:
+        return math.prod(len(p.schedule) for p in self.properties)
+
+    def edit_weights(self) -> np.ndarray:
+        """(E, P) float32: every combination of the schedules, the first property outermost."""
+        return np.array(list(itertools.product(*(p.schedule for p in self.properties))),
+                        dtype=np.float32).reshape(-1, len(self.properties))
+
+    def fit_config(self) -> dict:
+        """What a fitted direction depends on (schedules and cutoffs do not matter to it)."""
+        full = self.to_dict()
+        return {"properties": list(self.property_names), **{k: full[k] for k in (
+            "group_by", "medians", "ratio", "space", "validation_fraction", "orthogonalize", "svm")}}
+
+    def check_scores(self, score_names) -> None:
+        """Every property and grouping score must be an output of the bundle's scorer."""
+        unknown = [s for s in (*self.property_names, *self.group_by) if s not in score_names]
+        if unknown:
+            raise MethodError(f"the scorer has no output named {', '.join(unknown)} "
+                              f"(its outputs: {', '.join(score_names)})")
+
+    def with_cutoffs(self, cutoffs: dict[str, float]) -> "Method":
+        unknown = [n for n in cutoffs if n not in self.property_names]
+        if unknown:
+            raise MethodError(f"cutoffs name {', '.join(unknown)}, which the method does not edit "
+                              f"(it edits {', '.join(self.property_names)})")
+        return replace(self, properties=tuple(replace(p, cutoff=cutoffs.get(p.name, p.cutoff))
+                                              for p in self.properties))
+
+    # ---- saving and loading --------------------------------------------------------
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["properties"] = [{"name": p.name, "schedule": list(p.schedule), "cutoff": p.cutoff}
+                              for p in self.properties]
+        data["group_by"] = list(self.group_by)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Method":
+        if not isinstance(data, dict):
+            raise MethodError(f"a method is a table of settings, got {type(data).__name__}")
+        allowed = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise MethodError(f"unknown method settings: {', '.join(unknown)} (known: {', '.join(sorted(allowed))})")
+        values = dict(data)
+        try:
+            if "properties" in values:
+                values["properties"] = tuple(_property_from(p) for p in values["properties"])
+            if "group_by" in values:
+                if isinstance(values["group_by"], str):
+                    raise TypeError("group_by must be a list of score names")
+                values["group_by"] = tuple(values["group_by"])
+            if "svm" in values:
+                values["svm"] = SvmConfig(**values["svm"])
+        except (TypeError, ValueError) as exc:
+            raise MethodError(f"bad method setting: {exc}") from exc
+        return cls(**values)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _property_from(item) -> EditedProperty:
+    if isinstance(item, str):
+        return default_property(item)
+    if not isinstance(item, dict) or "name" not in item:
+        raise TypeError(f"each property is a name or a table with name, schedule and cutoff, got {item!r}")
+    unknown = sorted(set(item) - {"name", "schedule", "cutoff"})
+    if unknown:
+        raise TypeError(f"property {item['name']}: unknown keys {', '.join(unknown)}")
+    base = default_property(item["name"])
+    return EditedProperty(item["name"], item.get("schedule", base.schedule), item.get("cutoff", base.cutoff))
+
+
+def load_method(path) -> Method:
+    """A method from a JSON or TOML file (by suffix; .toml is TOML, anything else JSON)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise MethodError(f"cannot read method file {path}: {exc.strerror or exc}") from exc
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise MethodError(f"{path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: "
+                          f"{str(exc).splitlines()[0]}") from exc
+    try:
+        return Method.from_dict(data)
+    except MethodError as exc:
+        raise MethodError(f"{path}: {exc}") from exc
