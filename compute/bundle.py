@@ -8,14 +8,14 @@ from pathlib import Path
 
 import onnx
 
+from vectors.errors import InputError
+
 REQUIRED_GRAPHS = ("mapping", "synthesis", "scorer")
 REQUIRED_KEYS = ("format_version", "model", "z_dim", "label_dim", "w_dim", "resolution",
                  "score_names", "group_medians", "files")
-# Scores the later stages cannot run without: edited properties and grouping scores.
-NEEDED_SCORES = ("eyes", "mouth", "pose", "hair_color", "hair_length", "background_mean")
 
 
-class BundleError(ValueError):
+class BundleError(InputError):
     """A bundle directory is missing, incomplete, corrupt or inconsistent."""
 
 
@@ -66,10 +66,7 @@ def load_bundle(path, check_graphs: bool = True) -> Bundle:
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise BundleError(f"{manifest_file} lacks keys: {', '.join(missing)}")
-    absent_scores = [s for s in NEEDED_SCORES if s not in manifest["score_names"]]
-    if absent_scores:
-        raise BundleError(f"{manifest_file} score_names lack {', '.join(absent_scores)}, "
-                          f"which grouping and testing need (has: {', '.join(manifest['score_names'])})")
+    # Any score names are valid: the method picks from them (vectors.method).
     missing_graphs = [g for g in REQUIRED_GRAPHS if g not in manifest["files"]]
     if missing_graphs:
         raise BundleError(f"{manifest_file} lists no {', '.join(missing_graphs)} graph")
@@ -83,7 +80,34 @@ def load_bundle(path, check_graphs: bool = True) -> Bundle:
             raise BundleError(f"{file} does not match the sha256 in the manifest (corrupt or edited)")
         if check_graphs:
             try:
-                onnx.checker.check_model(onnx.load_from_string(data))
+                model = onnx.load_from_string(data)
+                onnx.checker.check_model(model)
             except Exception as exc:  # checker and protobuf raise several types
                 raise BundleError(f"{file} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+            _check_dims(stem, model, manifest, file)
     return Bundle(path=path, manifest=manifest, manifest_sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _static_dims(values) -> list[list]:
+    """Each graph input's or output's dims: an int where static, None where dynamic."""
+    return [[d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in values]
+
+
+def _check_dims(stem: str, model, manifest: dict, file: Path) -> None:
+    """The manifest's dims must be the graphs' own, or every later stage misreads them."""
+    expected = {"mapping": ((1, manifest["z_dim"]), (1, manifest["w_dim"])),
+                "synthesis": ((-1, manifest["w_dim"]), None),
+                "scorer": (None, (1, len(manifest["score_names"])))}.get(stem)
+    if expected is None:
+        return
+    ins, outs = _static_dims(model.graph.input), _static_dims(model.graph.output)
+    for (where, dims), want in zip((("input", ins[0]), ("output", outs[0])), expected):
+        if want is None:
+            continue
+        axis, size = want
+        got = dims[axis] if dims and -len(dims) <= axis < len(dims) else None
+        if got is not None and got != size:
+            what = {"scorer": f"scores but the manifest names {size}"}.get(stem, f"dims but the manifest says {size}")
+            raise BundleError(f"{file.name} {where}s {got} {what}; the manifest does not describe this graph "
+                              f"(export the bundle again)")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +22,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from compute.bundle import Bundle
+from compute.runs import SAMPLES_FILE
 from compute.seeding import check_seed, draw_codes
 from compute.sessions import images_per_batch, make_session, resolve, run_single, synthesize_and_score
 from compute.tables import vector_column, with_metadata, write_json_atomic, write_parquet_atomic
+from vectors.errors import InputError
 
 log = logging.getLogger(__name__)
 
-SAMPLES_FILE = "samples.parquet"
 CHUNK_DIR = "sample_chunks"
 CONFIG_FILE = "sampling.json"
 
 
-class SamplingError(ValueError):
+# Driver peak memory / raw table size, measured at n = 300,000 (2.1 GB peak for 1.25 GB of Parquet).
+BYTES_PER_SAMPLE_FACTOR = 2.0
+
+
+class SamplingError(InputError):
     """Bad sampling input, or a run directory that belongs to another run."""
 
 
@@ -45,20 +49,13 @@ class SampleActor:
     """
 
     def __init__(self, graphs: dict, seed: int, z_dim: int, score_names: list[str],
-                 threads: int = 1, use_gpu: bool = False, crash_once: str | None = None):
+                 threads: int = 1, use_gpu: bool = False):
         self.sessions = {stem: make_session(resolve(graphs[stem]), threads, use_gpu)
                          for stem in ("mapping", "synthesis", "scorer")}
         self.seed, self.z_dim, self.score_names = seed, z_dim, list(score_names)
-        self.crash_once = crash_once  # test-only: path of a marker; the first actor to claim it dies
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = np.asarray(batch["id"], dtype=np.int64)
-        if self.crash_once and len(ids):
-            try:
-                os.close(os.open(self.crash_once, os.O_CREAT | os.O_EXCL))
-                os._exit(1)  # a hard crash, as an OOM kill or a lost node would look
-            except FileExistsError:
-                pass
         z = draw_codes(self.seed, ids, self.z_dim)
         w = run_single(self.sessions["mapping"], z)
         scores = synthesize_and_score(self.sessions["synthesis"], self.sessions["scorer"], w)
@@ -89,14 +86,14 @@ def plan_resources(actors: int | None = None, cpus_per_actor: float | None = Non
     total = ray.cluster_resources()
     cpus, gpus = float(total.get("CPU", 1)), float(total.get("GPU", 0))
     if gpus_per_actor < 0 or (cpus_per_actor is not None and cpus_per_actor <= 0):
-        raise SamplingError("--cpus-per-actor must be > 0 and --gpus-per-actor >= 0")
+        raise SamplingError("CPUs per actor must be > 0 and GPUs per actor >= 0")
     if gpus_per_actor > 0 and gpus < gpus_per_actor:
         log.warning("asked for %s GPU per actor but the cluster has %s GPUs: actors wait until "
                     "GPU nodes join (the cluster autoscaler may add them)", gpus_per_actor, gpus)
     if actors is None:
         actors = max(1, int(gpus // gpus_per_actor)) if gpus_per_actor > 0 and gpus else max(1, int(cpus))
     if actors < 1:
-        raise SamplingError(f"--actors must be >= 1, got {actors}")
+        raise SamplingError(f"the actor count must be >= 1, got {actors}")
     if cpus_per_actor is None:
         cpus_per_actor = max(0.25, min(1.0, (cpus - 1) / actors)) if cpus > 1 else 0.5
     threads = max(1, int(cpus_per_actor))
@@ -132,31 +129,52 @@ def _check_run_config(run_dir: Path, config: dict) -> None:
         if different:
             details = ", ".join(f"{k}: run has {previous.get(k)!r}, asked {config[k]!r}" for k in different)
             raise SamplingError(f"{run_dir} holds samples of another run ({details}); "
-                                f"use a new --out or the original settings")
+                                f"use a new run directory or the original settings")
     else:
         write_json_atomic(config, path)
 
 
+def check_memory(n: int, bundle: Bundle) -> None:
+    """Refuse an n whose samples would not fit in the driver's memory, before any work."""
+    need = n * (bundle.z_dim + bundle.w_dim + len(bundle.score_names)) * 4 * BYTES_PER_SAMPLE_FACTOR
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        available = info["MemAvailable"]
+    except (OSError, KeyError, ValueError):
+        return  # not Linux: no reliable figure, no check
+    if need > 0.8 * available:
+        raise SamplingError(f"n = {n:,} samples need about {need / 2**30:.1f} GiB in the driver, more than 80% of "
+                            f"the {available / 2**30:.1f} GiB available; use a smaller n or a bigger head node")
+
+
+def check_sampling_input(bundle: Bundle, n, seed) -> int:
+    """Checks that need no cluster; returns the seed as an int."""
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
+        raise SamplingError(f"n must be a positive integer, got {n!r}")
+    check_memory(int(n), bundle)
+    try:
+        return check_seed(seed)
+    except ValueError as exc:
+        raise SamplingError(str(exc)) from exc
+
+
 def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None = None, *,
                  batch_size: int | None = None, resources: Resources | None = None,
-                 chunk_size: int = 16384, crash_once: str | None = None,
+                 chunk_size: int = 16384, actor_class: type = SampleActor,
                  progress: bool = True) -> pa.Table:
     """Sample n faces on the Ray cluster; returns the table (id order) and, with run_dir,
-    writes RUN/samples.parquet, reusing any chunks a previous attempt completed."""
+    writes RUN/samples.parquet, reusing any chunks a previous attempt completed.
+    `actor_class` may be a subclass of SampleActor (tests use one that crashes once)."""
     import ray
 
-    if not isinstance(n, (int, np.integer)) or n <= 0:
-        raise SamplingError(f"--n must be a positive integer, got {n!r}")
-    try:
-        seed = check_seed(seed)
-    except ValueError as exc:
-        raise SamplingError(f"--seed: {exc}") from exc
+    seed = check_sampling_input(bundle, n, seed)
     resources = resources or plan_resources()
     if batch_size is None:
         # As big as images_per_batch allows, but at least 4 calls per actor so work spreads evenly.
         batch_size = max(1, min(images_per_batch(bundle.resolution), math.ceil(n / (4 * resources.actors))))
     if batch_size < 1 or chunk_size < 1:
-        raise SamplingError("--batch-size and the chunk size must be >= 1")
+        raise SamplingError("the batch size and the chunk size must be >= 1")
     schema = samples_schema(bundle)
     config = {"n": int(n), "seed": seed, "chunk_size": chunk_size, "bundle_manifest_sha256": bundle.manifest_sha256,
               "model": bundle.manifest["model"], "z_dim": bundle.z_dim, "w_dim": bundle.w_dim,
@@ -196,10 +214,10 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
         if len(done):
             ds = ds.map_batches(drop_finished, batch_format="numpy")
         ds = ds.map_batches(
-            SampleActor, batch_size=batch_size, batch_format="numpy",
+            actor_class, batch_size=batch_size, batch_format="numpy",
             fn_constructor_kwargs=dict(graphs=graphs, seed=seed, z_dim=bundle.z_dim,
                                        score_names=bundle.score_names, threads=resources.threads,
-                                       use_gpu=resources.gpus_per_actor > 0, crash_once=crash_once),
+                                       use_gpu=resources.gpus_per_actor > 0),
             compute=ray.data.ActorPoolStrategy(size=resources.actors),
             num_cpus=resources.cpus_per_actor, num_gpus=resources.gpus_per_actor or None,
         )

@@ -7,11 +7,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from compute.tables import read_metadata, vector_column, vector_matrix
+from compute.tables import read_metadata, vector_column, vector_matrix, with_metadata, write_parquet_atomic
+from vectors.errors import InputError
 
-VECTORS_FILE = "vectors.parquet"
 COLUMNS = ("space", "group", "property", "direction", "val_accuracy", "group_size", "k", "ratio",
            "converged", "fit_seconds")
+
+
+class VectorsError(InputError):
+    """A vectors file that is missing, damaged or does not fit the bundle or method."""
 
 
 def vectors_to_table(rows: list[dict]) -> pa.Table:
@@ -31,18 +35,27 @@ def vectors_to_table(rows: list[dict]) -> pa.Table:
     })
 
 
+def write_vectors(rows: list[dict], metadata: dict, path: Path) -> Path:
+    write_parquet_atomic(with_metadata(vectors_to_table(rows), metadata), path)
+    return Path(path)
+
+
 def read_vectors(path: Path) -> tuple[pa.Table, dict[tuple[str, str], np.ndarray], dict]:
     """(table, {(group, property): unit direction}, metadata) of a vectors file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no vectors at {path}: run `python -m jobs.fit` first")
-    table = pq.read_table(path)
+        raise VectorsError(f"no vectors at {path}: fit them first (python -m jobs.fit)")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise VectorsError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]}); "
+                           f"fit the vectors again") from exc
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
-        raise ValueError(f"{path} lacks columns {', '.join(missing)}")
+        raise VectorsError(f"{path} lacks columns {', '.join(missing)}")
     spaces = set(table["space"].to_pylist())
     if len(spaces) != 1:
-        raise ValueError(f"{path} mixes latent spaces {sorted(spaces)}; one file holds one space")
+        raise VectorsError(f"{path} mixes latent spaces {sorted(spaces)}; one file holds one space")
     matrix = vector_matrix(table["direction"])
     directions = {(g, p): matrix[i] for i, (g, p) in
                   enumerate(zip(table["group"].to_pylist(), table["property"].to_pylist()))}

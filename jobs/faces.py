@@ -15,7 +15,7 @@ import numpy as np
 
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single
-from jobs.bundles import resolve_bundle
+from jobs.cli.bundles import resolve_bundle
 from jobs.cli import UsageError, parser, run_main
 
 
@@ -37,13 +37,14 @@ def save_grid(images: np.ndarray, scores: np.ndarray, names: list[str], out: Pat
     cols = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.3 * rows), squeeze=False)
-    shown = [names.index(n) for n in ("eyes", "mouth", "pose")]
+    shown = range(min(3, len(names)))  # the first scores: space for three in a title
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, score in zip(axes.flat, images, scores):
         ax.imshow(np.clip((image.transpose(1, 2, 0) + 1) / 2, 0, 1))
         ax.set_title(" ".join(f"{names[i][:1]}{score[i]:+.1f}" for i in shown), fontsize=8)
-    fig.suptitle("sample faces (scores: e=eyes, m=mouth, p=pose)", fontsize=9)
+    fig.suptitle("sample faces (scores: " + ", ".join(f"{names[i][:1]}={names[i]}" for i in shown) + ")",
+                 fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

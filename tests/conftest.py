@@ -21,7 +21,7 @@ def world():
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory) -> Path:
     """The built-in synthetic model exported once, at the default resolution."""
-    from jobs.export import export_model
+    from export.models import export_model
 
     out = tmp_path_factory.mktemp("bundle") / "synthetic"
     export_model("synthetic", out)
@@ -33,7 +33,7 @@ def ray_session():
     """One real local Ray instance for the whole session, on loopback only."""
     import ray
 
-    from jobs.raycluster import stay_on_loopback
+    from jobs.cli.ray import stay_on_loopback
 
     stay_on_loopback()
     ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False)

@@ -109,7 +109,7 @@ def test_ray_job_submit_runs_the_main_job_on_a_local_cluster(ray_session, bundle
 MULTINODE = r"""
 import json, os, sys
 import numpy as np
-from jobs.raycluster import stay_on_loopback
+from jobs.cli.ray import stay_on_loopback
 stay_on_loopback()
 import ray
 from ray.cluster_utils import Cluster
@@ -127,9 +127,9 @@ class Where(Plain):  # records the node each actor runs on
         open(os.path.join(marker_dir, ray.get_runtime_context().get_node_id()), "w").close()
         super().__init__(**kw)
 
-cs.SampleActor = Where
 b = load_bundle(bundle_dir)
-table = cs.sample_table(b, 300, 4, None, batch_size=64, resources=cs.Resources(2, 0.5, 0.5, 1), progress=False)
+table = cs.sample_table(b, 300, 4, None, batch_size=64, resources=cs.Resources(2, 0.5, 0.5, 1), actor_class=Where,
+                        progress=False)
 single = Plain({s: b.graph_bytes(s) for s in ("mapping", "synthesis", "scorer")}, seed=4, z_dim=b.z_dim,
                score_names=b.score_names)({"id": np.arange(300)})
 diff = max(float(np.abs(np.asarray(table[c].to_pylist()) - single[c]).max()) for c in ("z", "w", *b.score_names))

@@ -15,8 +15,7 @@ from compute.bundle import BundleError, load_bundle
 from conftest import run_job
 from export.onnx_bundle import ExportError, export_bundle
 from export.synthetic import synthetic_spec
-from jobs.cli import UsageError
-from jobs.export import export_model
+from export.models import export_model
 
 
 def test_bundle_files_and_manifest(bundle_dir):
@@ -77,7 +76,7 @@ def test_refuses_non_empty_out_unless_overwrite(tmp_path, bundle_dir):
     out = tmp_path / "b"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
-    with pytest.raises(UsageError, match="--overwrite"):
+    with pytest.raises(ExportError, match="not empty; choose another directory or overwrite it"):
         export_model("synthetic", out)
     assert (out / "keep.txt").exists()
     export_model("synthetic", out, overwrite=True)
@@ -93,12 +92,12 @@ def test_failed_export_leaves_nothing_that_looks_like_a_bundle(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "stylegan9", "--out", "{tmp}/b"], "unknown --model"),
+    (["--model", "stylegan9", "--out", "{tmp}/b"], "unknown model 'stylegan9'"),
     (["--out", "{tmp}/b", "--weights", "{tmp}/missing.pt"], "weights file not found"),
     (["--out", "{tmp}/b", "--weights", "{tmp}/wrong.pt"], "missing keys"),
     (["--out", "{tmp}/b", "--weights", "{tmp}/garbage.pt"], "cannot read weights file"),
     (["--out", "{tmp}/full"], "not empty"),
-    (["--out", "{tmp}/file.txt/b"], "cannot write --out"),
+    (["--out", "{tmp}/file.txt/b"], "cannot write"),
     (["--out", "{tmp}/b", "--resolution", "100"], "multiple of 64"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
@@ -130,9 +129,10 @@ def test_load_bundle_rejects_broken_bundles(tmp_path, bundle_dir):
     (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="onnx.checker"):
         load_bundle(broken)
+    shutil.copy(bundle_dir / "scorer.onnx", broken / "scorer.onnx")
     manifest["score_names"] = ["eyes", "mouth"]
     (broken / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="pose"):
+    with pytest.raises(BundleError, match="scorer.onnx outputs 6 scores but the manifest names 2"):
         load_bundle(broken)
     (broken / "manifest.json").unlink()
     with pytest.raises(BundleError, match="no manifest.json"):

@@ -13,8 +13,11 @@ from compute.tables import read_metadata, vector_matrix, write_parquet_atomic
 from compute.vectors_table import read_vectors
 from conftest import run_job
 from jobs import fit, import_vectors
-from jobs.cli import UsageError
-from vectors.groups import PROPERTIES, assign_groups
+from vectors.errors import InputError
+from vectors.groups import assign_groups
+from vectors.method import SEEDS_GROUPING, Method
+
+PROPERTIES = Method().property_names
 
 N = 8000
 
@@ -54,7 +57,7 @@ def test_directions_move_their_true_parameter_the_intended_way(fitted, bundle):
     samples = pq.read_table(fitted / "samples.parquet")
     w = vector_matrix(samples["w"])
     groups = assign_groups({k: samples[k].to_numpy() for k in samples.column_names if k not in ("z", "w")},
-                           bundle.manifest["group_medians"])
+                           SEEDS_GROUPING, bundle.manifest["group_medians"])
     _, directions, _ = read_vectors(fitted / "vectors.parquet")
     for (group, prop), d in directions.items():
         base = w[groups == group][:200]
@@ -80,7 +83,8 @@ def test_vectors_parquet_contract(fitted, bundle):
     config = read_metadata(fitted / "vectors.parquet")["fit"]
     assert config["space"] == "w" and config["svm"]["solver"] == "linearsvc" and config["svm"]["C"] == 1.0
     assert config["bundle_manifest_sha256"] == bundle.manifest_sha256
-    assert config["medians"] == bundle.manifest["group_medians"]
+    assert config["median_values"] == bundle.manifest["group_medians"] and config["medians"] == "manifest"
+    assert read_metadata(fitted / "vectors.parquet")["method"] == Method().to_dict()
     z_table = pq.read_table(fitted / "vectors_z.parquet")
     assert z_table.schema.field("direction").type == pa.list_(pa.float32(), 515)
 
@@ -102,7 +106,7 @@ def test_sample_medians_balance_the_groups(fitted):
     out = fitted / "vectors_balanced.parquet"
     fit.main(["--run", str(fitted), "--medians", "samples", "--out", str(out)])
     table, _, meta = read_vectors(out)
-    assert meta["fit"]["medians_source"] == "samples"
+    assert meta["fit"]["medians"] == "samples"
     # Each grouping score splits exactly in half; groups are near N/8 unless scores correlate.
     sizes = np.array(table["group_size"].to_pylist()[::3])
     assert sizes.sum() == N and sizes.min() > 0.5 * N / 8
@@ -130,7 +134,7 @@ def test_nonfinite_scores_error_with_count_or_are_dropped(fitted, tmp_path):
     run = tmp_path / "run"
     write_parquet_atomic(table.set_column(table.schema.get_field_index("eyes"), "eyes", pa.array(eyes)),
                          run / "samples.parquet")
-    with pytest.raises(UsageError, match="3 rows with NaN or inf"):
+    with pytest.raises(InputError, match="3 rows with NaN or inf"):
         fit.main(["--run", str(run)])
     fit.main(["--run", str(run), "--drop-nonfinite"])
     assert read_metadata(run / "vectors.parquet")["fit"]["dropped_nonfinite"] == 3
@@ -139,7 +143,7 @@ def test_nonfinite_scores_error_with_count_or_are_dropped(fitted, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--ratio", "0.7"], "ratio must be in (0, 0.5]"),
     (["--ratio", "0"], "ratio must be in (0, 0.5]"),
-    (["--space", "x"], "unknown --space"),
+    (["--space", "x"], "space must be w (v7) or z (v6)"),
     (["--C", "-1"], "C must be > 0"),
 ])
 def test_bad_arguments_are_one_line_exit_2(fitted, extra, message):
@@ -149,12 +153,12 @@ def test_bad_arguments_are_one_line_exit_2(fitted, extra, message):
 
 
 def test_missing_samples_columns_and_small_groups(fitted, tmp_path):
-    with pytest.raises(UsageError, match="no samples"):
+    with pytest.raises(InputError, match="no samples"):
         fit.main(["--run", str(tmp_path)])
     table = pq.read_table(fitted / "samples.parquet")
     write_parquet_atomic(table.drop(["pose"]), tmp_path / "nopose" / "samples.parquet")
-    with pytest.raises(UsageError, match="lacks columns pose"):
+    with pytest.raises(InputError, match="has no column pose"):
         fit.main(["--run", str(tmp_path / "nopose")])
     write_parquet_atomic(table.slice(0, 80), tmp_path / "tiny" / "samples.parquet")
-    with pytest.raises(UsageError, match=r"group '\w{3}' has \d+ samples"):
+    with pytest.raises(InputError, match=r"group '\w{3}' has \d+ samples"):
         fit.main(["--run", str(tmp_path / "tiny"), "--ratio", "0.1"])

@@ -9,38 +9,45 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from compute.generation import CaseActor, Schedule, direction_matrices, run_cases
+from dataclasses import replace
+
+from compute.fitting import fit_directions
+from compute.generation import CaseActor, DirectionSet, run_cases
 from compute.sampling import Resources, sample_table
 from compute.seeding import CASES, draw_codes
 from compute.sessions import make_session, run_single
 from compute.tables import read_metadata, with_metadata, write_parquet_atomic
 from compute.vectors_table import read_vectors
 from conftest import run_job
-from jobs.fit import run_fit
-from jobs.report import write_report
-from jobs.test import run_test
-from vectors.stats import case_statistics, passes, pearson, summarize
+from compute.report import write_report
+from compute.testing import load_direction_set, run_test
+from vectors.edits import direction_matrices
+from vectors.method import Method
+from vectors.stats import case_statistics, passes, pearson
+from vectors.summary import summarize
 
 N, CASES_N = 8000, 100
 TWO = Resources(2, 0.5, 0.0, 1)
+GLOBAL = Method(group_by=())
 
 
 @pytest.fixture(scope="module")
 def fitted(ray_session, bundle, tmp_path_factory):
     run = tmp_path_factory.mktemp("gen")
     sample_table(bundle, N, 11, run, resources=TWO, progress=False)
-    run_fit(run, "w", 0.2, progress=False)
-    run_fit(run, "z", 0.2, out=run / "vectors_z.parquet", progress=False)
-    run_fit(run, "w", 0.2, global_fit=True, out=run / "vectors_global.parquet", progress=False)
+    fit_directions(run, Method(), progress=False)
+    fit_directions(run, Method(space="z"), out=run / "vectors_z.parquet", progress=False)
+    fit_directions(run, GLOBAL, out=run / "vectors_global.parquet", progress=False)
     return run
 
 
 @pytest.fixture(scope="module")
 def tested(fitted, bundle):
     summaries = {}
-    for name, vectors in (("w", "vectors.parquet"), ("z", "vectors_z.parquet"), ("global", "vectors_global.parquet")):
-        summaries[name] = run_test(fitted / f"test_{name}", bundle, fitted / vectors, CASES_N, 3, Schedule(),
-                                   (0.92, 0.88, 0.92), None, TWO, progress=False)
+    for name, vectors, method in (("w", "vectors.parquet", Method()), ("z", "vectors_z.parquet", Method(space="z")),
+                                  ("global", "vectors_global.parquet", GLOBAL)):
+        summaries[name] = run_test(fitted / f"test_{name}", bundle, method, CASES_N, 3, TWO, fitted / vectors,
+                                   progress=False)
     return fitted, summaries
 
 
@@ -57,8 +64,9 @@ def test_directions_pass_the_generation_test_and_v7_and_grouping_win(tested):
 
 
 def test_results_identical_with_one_or_two_actors(fitted, bundle):
-    _, directions, meta = read_vectors(fitted / "vectors.parquet")
-    args = (bundle, 12, 5, "w", [direction_matrices(directions)], meta["fit"]["medians"], Schedule())
+    method = Method()
+    direction_set, _, _ = load_direction_set(fitted / "vectors.parquet", bundle, method)
+    args = (bundle, 12, 5, [direction_set], method.group_by, method.edit_weights())
     one = run_cases(*args, Resources(1, 0.5, 0.0, 1), progress=False)
     two = run_cases(*args, Resources(2, 0.5, 0.0, 1), cases_per_batch=3, progress=False)
     np.testing.assert_array_equal(one.case_id, np.arange(12))
@@ -67,18 +75,19 @@ def test_results_identical_with_one_or_two_actors(fitted, bundle):
 
 
 def test_case_actor_edits_are_the_schedule_along_the_group_directions(fitted, bundle):
+    method = Method()
     _, directions, meta = read_vectors(fitted / "vectors.parquet")
-    matrices = direction_matrices(directions)
+    matrices = direction_matrices(directions, method.property_names)
     graphs = {s: bundle.graph_bytes(s) for s in ("mapping", "synthesis", "scorer")}
-    weights = Schedule().weights()
-    out = CaseActor(graphs, 9, 515, "w", [matrices], meta["fit"]["medians"], bundle.score_names,
-                    weights)({"id": np.array([7])})
+    weights = method.edit_weights()
+    sets = [DirectionSet(matrices, "w", meta["fit"]["median_values"])]
+    out = CaseActor(graphs, 9, 515, sets, method.group_by, bundle.score_names, weights)({"id": np.array([7])})
     z = draw_codes(9, [7], 515, CASES)
     np.testing.assert_array_equal(out["z"], z)
     assert not np.array_equal(z, draw_codes(9, [7], 515))  # cases never repeat training samples
     sessions = {s: make_session(b) for s, b in graphs.items()}
     w = run_single(sessions["mapping"], z)
-    edits = w + weights @ matrices[out["group"][0]]
+    edits = w + weights @ matrices[out["group"][0, 0]]
     expected = run_single(sessions["scorer"], run_single(sessions["synthesis"], edits.astype(np.float32)))
     assert out["edit_scores"].shape == (1, 1, 50, 6)
     np.testing.assert_allclose(out["edit_scores"][0, 0], expected, atol=1e-4)
@@ -92,18 +101,19 @@ def test_statistics_against_numpy_and_degenerate_cases():
     for i in (0, 1, 3):
         assert abs(r[i] - np.corrcoef(x, y[i])[0, 1]) < 1e-12
     assert np.isnan(r[2])
-    weights = Schedule().weights()
+    method = Method()
+    weights = method.edit_weights()
     scores = rng.standard_normal((3, 50, 6))
     scores[:, :, 0] = weights[:, 0] * 2  # eyes follow their weight exactly
     scores[:, :, 1] = weights[:, 1]
     scores[:, :, 2] = weights[:, 2]
     scores[1, :, 2] = 0.5  # case 1: pose never moves
     names = ["eyes", "mouth", "pose", "hair_color", "hair_length", "background_mean"]
-    stats = case_statistics(weights, scores, names)
+    stats = case_statistics(method, scores, names)
     assert np.allclose(stats["corr_eyes"], 1) and np.isnan(stats["corr_pose"][1])
-    ok = passes(stats, (0.92, 0.88, 0.92))
+    ok = passes(stats, method)
     assert ok.tolist() == [True, False, True] and stats["degenerate"].tolist() == [False, True, False]
-    summary = summarize(np.array(["hhh", "hhh", "lll"]), stats, ok, (0.92, 0.88, 0.92))
+    summary = summarize(np.array(["hhh", "hhh", "lll"]), stats, ok, method)
     assert summary["passed"] == 2 and summary["degenerate"] == 1
     assert summary["per_group"]["hhh"] == {"cases": 2, "passed": 1}
     assert np.isclose(stats["consistency"][0], np.mean([scores[0, :, k].std() for k in (3, 4, 5)]))
@@ -123,7 +133,8 @@ def test_outputs_and_recheck(tested):
         rows = list(csv.reader(f))
     assert len(rows) == summary["passed"] + 1
     assert rows[0][:3] == ["case_id", "group", "corr_eyes"] and rows[0][-1] == "z_514"
-    assert summary["schedule"] == Schedule().as_dict() and summary["cutoffs"]["mouth"] == 0.88
+    assert summary["schedule"] == {p.name: list(p.schedule) for p in Method().properties}
+    assert summary["schedule"]["pose"] == [-0.6, 0.0, 0.6, 1.2, 1.8] and summary["cutoffs"]["mouth"] == 0.88
     assert read_metadata(run / "cases.parquet")["test"]["cases"] == CASES_N
 
     same = run_job("jobs.recheck", "--run", str(run), "--cutoffs", "0.92,0.88,0.92")
@@ -147,7 +158,7 @@ def test_outputs_and_recheck(tested):
 
 def test_report(tested, bundle):
     run = tested[0] / "test_w"
-    path = write_report(run, bundle)
+    path = write_report(run, bundle)  # finds its vectors through the path recorded relative to the run
     text = path.read_text()
     for needle in ("## Results", "| eyes |", "## Per group", "edits.png", "correlations.png", "passes_per_group.png"):
         assert needle in text
@@ -158,7 +169,10 @@ def test_report(tested, bundle):
 def test_test_job_bad_input(fitted, bundle_dir, tmp_path):
     base = ["jobs.test", "--run", str(fitted), "--bundle", str(bundle_dir)]
     for extra, message in ((["--cases", "0"], "--cases must be >= 1"),
-                           (["--cutoffs", "0.9,1.2,0.9"], "cutoffs must be three numbers in [0, 1]"),
+                           (["--cutoffs", "0.9,1.2,0.9"], "mouth cutoff must be in [0, 1]"),
+                           (["--cutoffs", "0.9,0.9"], "2 numbers for 3 properties"),
+                           (["--properties", "eyes,smile"], "no output named smile"),
+                           (["--schedule", "eyes=1"], "at least 2 distinct"),
                            (["--eyes", "1.2,1.2"], "at least 2 distinct"),
                            (["--vectors", str(tmp_path / "none.parquet")], "no vectors")):
         result = run_job(*base, *extra)
@@ -185,4 +199,4 @@ def test_main_job_end_to_end_and_reuse(bundle_dir, tmp_path):
     again = run_job(*args)
     assert again.returncode == 0 and again.stdout.count("reusing") == 3, again.stdout
     bad = run_job("jobs.vectorfind", "--out", str(tmp_path / "x"), "--cases", "0")
-    assert bad.returncode == 2 and "--cases" in bad.stderr and not (tmp_path / "x").exists()
+    assert bad.returncode == 2 and "at least 1 case" in bad.stderr and not (tmp_path / "x").exists()

@@ -8,11 +8,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from compute.fitting import fit_directions
 from compute.sampling import Resources, sample_table
 from compute.vectors_table import read_vectors
 from conftest import run_job
 from jobs import grid
-from jobs.fit import run_fit
+from vectors.method import Method
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_smaller_n_is_a_prefix_and_fits_like_a_standalone_run(small_grid, bundle
     table = sample_table(bundle, 2400, 2, alone, resources=Resources(2, 0.5, 0.0, 1), progress=False)
     full = pq.read_table(small_grid / "samples.parquet")
     assert full.num_rows == 4000 and full.slice(0, 2400)["z"].equals(table["z"])
-    _, standalone, _ = read_vectors(run_fit(alone, "w", 0.15, seed=2, progress=False))
+    _, standalone, _ = read_vectors(fit_directions(alone, Method(ratio=0.15), seed=2, progress=False))
     _, cell, _ = read_vectors(small_grid / "grid" / "w-n2400-r0.15" / "vectors.parquet")
     for key, d in standalone.items():
         np.testing.assert_allclose(cell[key], d, atol=1e-5)
@@ -66,7 +67,7 @@ def test_interrupted_grid_resumes_by_cell(small_grid, bundle_dir, capsys):
     grid.main(["--out", str(small_grid), "--bundle", str(bundle_dir), "--n", "2400,4000", "--ratio", "0.15,0.3",
                "--cases", "10", "--seed", "2"])
     out = capsys.readouterr().out
-    assert "testing 1 cells" in out and "reusing" in out
+    assert "testing 1 cells" in out and "reusing" in out and "recomputing" not in out
     assert kept.stat().st_mtime_ns == kept_mtime
     assert json.loads(done.read_text())["passed"] == before["passed"]
 
@@ -75,9 +76,10 @@ def test_interrupted_grid_resumes_by_cell(small_grid, bundle_dir, capsys):
     (["--n", ","], "--n is empty"),
     (["--n", "4000,4000"], "duplicates: 4000"),
     (["--ratio", "0.2,0.7"], "ratio must be in (0, 0.5]"),
+    (["--properties", "eyes,smile"], "no output named smile"),
     (["--cases", "0"], "--cases must be >= 1"),
-    (["--n", "1000000000"], "needs about"),
-    (["--space", "w,q"], "--space must list w and/or z"),
+    (["--n", "1000000000"], "need about"),
+    (["--space", "w,q"], "space must be w (v7) or z (v6), got 'q'"),
 ])
 def test_bad_input_is_refused_before_any_work(bundle_dir, tmp_path, extra, message):
     out = tmp_path / "g"
@@ -85,3 +87,21 @@ def test_bad_input_is_refused_before_any_work(bundle_dir, tmp_path, extra, messa
                      "--cases", "5", *extra)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_rerun_with_other_cases_or_medians_recomputes_stale_cells(small_grid, bundle_dir, capsys):
+    """A finished cell is reused only when made with the settings asked for: other --cases
+    retest every cell (fits reused), other --medians refit and retest."""
+    args = ["--out", str(small_grid), "--bundle", str(bundle_dir), "--n", "2400,4000", "--ratio", "0.15,0.3",
+            "--seed", "2"]
+    capsys.readouterr()
+    grid.main([*args, "--cases", "6"])
+    out = capsys.readouterr().out
+    assert "testing 4 cells on the same 6 cases" in out and out.count("made with other settings (cases)") == 4
+    table = pq.read_table(small_grid / "grid.parquet")
+    assert set(table["cases"].to_pylist()) == {6}
+    for cell in (small_grid / "grid").iterdir():
+        assert pq.read_table(cell / "cases.parquet").num_rows == 6
+    grid.main([*args, "--cases", "6", "--medians", "samples"])
+    out = capsys.readouterr().out
+    assert out.count("vectors.parquet: made with other settings") == 4 and "testing 4 cells" in out

@@ -21,8 +21,10 @@ from export.checkpoints import CheckpointError
 from export.ohlora import REFERENCE_MEDIANS, load_generator, load_scorer, write_random_checkpoints
 from export.property_cnn import SCORE_NAMES, SUBNETS, PropertyScoreCNN
 from export.stylegan import ReferenceGenerator, StyleLayer
-from jobs.export import export_model
-from vectors.groups import GROUP_NAMES, PROPERTIES
+from export.models import export_model
+from vectors.method import Method
+
+GROUP_NAMES, PROPERTIES = Method().group_names, Method().property_names
 from vectors.interop import reference_csv_name, write_reference_csv
 
 COMPAT = Path(__file__).parent / "data" / "ohlora_state_dict_shapes.json"  # copy of shared/compat/
@@ -196,7 +198,7 @@ def test_export_manifest_parity_and_dynamic_batch(checkpoints, reference_bundle)
     (["--model", "ohlora", "--generator", "{g}"], "needs both checkpoints"),
     (["--model", "ohlora", "--generator", "{g}", "--scorer", "{g}"], "does not fit PropertyScoreCNN"),
     (["--model", "ohlora", "--generator", "{tmp}/none.pth", "--scorer", "{s}"], "weights file not found"),
-    (["--model", "synthetic", "--generator", "{g}"], "are for --model ohlora"),
+    (["--model", "synthetic", "--generator", "{g}"], "are for the ohlora model"),
     (["--model", "ohlora", "--generator", "{g}", "--scorer", "{s}", "--resolution", "128"], "256 px"),
 ])
 def test_export_cli_bad_input(tmp_path, checkpoints, args, message):

@@ -3,6 +3,7 @@ the samples.parquet contract and bad input."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -74,11 +75,31 @@ def test_samples_parquet_schema_and_metadata(reference, bundle):
     assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
 
 
+class CrashOnceActor(SampleActor):
+    """A sampling actor whose first call, in whichever actor claims the marker file, kills its
+    process: a hard crash, as an OOM kill or a lost node would look."""
+
+    marker = None  # set by the test; class attributes travel with the pickled class
+
+    def __call__(self, batch):
+        if len(batch["id"]):
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+                os._exit(1)
+            except FileExistsError:
+                pass
+        return super().__call__(batch)
+
+
 def test_actor_crash_is_survived_with_identical_output(reference, bundle, tmp_path):
+    import ray.cloudpickle
+
     _, ref = reference
     marker = tmp_path / "crashed"
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules
+    crashing = type("CrashingActor", (CrashOnceActor,), {"marker": str(marker)})
     table = sample_table(bundle, N, SEED, tmp_path / "run", batch_size=64, resources=_resources(2),
-                         chunk_size=300, crash_once=str(marker), progress=False)
+                         chunk_size=300, actor_class=crashing, progress=False)
     assert marker.exists()  # an actor really died
     for name in ("z", "w", *bundle.score_names):
         np.testing.assert_allclose(np.asarray(table[name].to_pylist()), np.asarray(ref[name].to_pylist()),
@@ -143,11 +164,12 @@ def _no_pose(bundle_dir, tmp_path):
 
 
 @pytest.mark.parametrize("extra, make_bundle, message", [
-    (["--n", "0"], None, "--n must be a positive"),
-    (["--seed", "-1"], None, "--seed must be >= 0"),
+    (["--n", "0"], None, "n must be a positive"),
+    (["--seed", "-1"], None, "seed must be an integer in [0, 2**63)"),
+    (["--n", "99999999999999999999"], None, "need about"),
     ([], lambda b, t: t / "missing", "bundle directory not found"),
     ([], _corrupt, "sha256"),
-    ([], _no_pose, "pose"),
+    ([], _no_pose, "outputs 6 scores but the manifest names 5"),
 ])
 def test_bad_input_is_one_line_exit_2(bundle_dir, tmp_path, extra, make_bundle, message):
     bundle_path = make_bundle(bundle_dir, tmp_path) if make_bundle else bundle_dir

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vectors.groups import GROUP_NAMES, assign_groups, check_ratio, select, select_extremes
+from vectors.groups import assign_groups, select, select_extremes
+from vectors.method import SEEDS_GROUPING, Method
+
+GROUP_NAMES = Method().group_names
 from vectors.interop import (boundary_name, parse_reference_csv_name, read_reference_csv,
                              reference_csv_name, write_boundary, write_reference_csv)
 from vectors.svm import SvmConfig, fit_direction, orthogonalize
@@ -17,7 +20,7 @@ def test_group_letters_follow_the_medians_in_order():
               "background_mean": np.array([0.1, -0.1, 0.1, 0.0])}
     medians = {"hair_color": 0.0, "hair_length": 0.3, "background_mean": 0.0}
     # a score equal to its median counts as 'h'
-    assert assign_groups(scores, medians).tolist() == ["hhh", "lhl", "hlh", "lhh"]
+    assert assign_groups(scores, SEEDS_GROUPING, medians).tolist() == ["hhh", "lhl", "hlh", "lhh"]
     assert GROUP_NAMES == ("hhh", "hhl", "hlh", "hll", "lhh", "lhl", "llh", "lll")
 
 
@@ -33,7 +36,9 @@ def test_select_extremes_k_and_ties():
 @pytest.mark.parametrize("ratio", [0, -0.1, 0.51, float("nan")])
 def test_ratio_outside_range_is_refused(ratio):
     with pytest.raises(ValueError, match="ratio"):
-        check_ratio(ratio)
+        select_extremes(np.zeros(4), np.arange(4), ratio)
+    with pytest.raises(ValueError, match="ratio"):
+        Method(ratio=ratio)
 
 
 def _toy_scores(n=400, seed=0):
@@ -44,14 +49,14 @@ def _toy_scores(n=400, seed=0):
 def test_select_split_is_stratified_seeded_and_independent_of_other_fits():
     scores = _toy_scores()
     groups = np.array(["hhh"] * 200 + ["lll"] * 200)
-    s = select(scores, groups, "hhh", "eyes", 0.25, seed=1)
+    s = select(scores, groups, "hhh", "eyes", Method(ratio=0.25), seed=1)
     assert s.k == 50 and s.group_size == 200
     assert (len(s.train_pos), len(s.val_pos), len(s.train_neg), len(s.val_neg)) == (40, 10, 40, 10)
     pos, neg = np.r_[s.train_pos, s.val_pos], np.r_[s.train_neg, s.val_neg]
     assert (groups[pos] == "hhh").all() and scores["eyes"][pos].min() > scores["eyes"][neg].max()
-    again = select(scores, groups, "hhh", "eyes", 0.25, seed=1)
+    again = select(scores, groups, "hhh", "eyes", Method(ratio=0.25), seed=1)
     assert np.array_equal(s.val_pos, again.val_pos)
-    other = select(scores, groups, "hhh", "eyes", 0.25, seed=2)
+    other = select(scores, groups, "hhh", "eyes", Method(ratio=0.25), seed=2)
     assert not np.array_equal(np.sort(s.val_pos), np.sort(other.val_pos))
 
 
@@ -59,7 +64,7 @@ def test_too_small_group_names_group_and_size():
     scores = _toy_scores(40)
     groups = np.array(["hhh"] * 30 + ["hll"] * 10)
     with pytest.raises(ValueError, match="group 'hll' has 10 samples"):
-        select(scores, groups, "hll", "mouth", 0.2, seed=0)
+        select(scores, groups, "hll", "mouth", Method(), seed=0)
 
 
 def _separable(n=600, dim=20, seed=0, scales=None):

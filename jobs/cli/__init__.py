@@ -1,13 +1,19 @@
-"""Shared command-line plumbing: one-line errors with exit status 2, help that shows defaults."""
+"""Shared command-line plumbing: one-line errors with exit status 2, help that shows defaults.
+
+Jobs import from this package only (never from another job): argument groups that several
+jobs share, the bundle a job runs on, and connecting to Ray live in its modules.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable
 
+from vectors.errors import InputError
 
-class UsageError(ValueError):
-    """Bad input from the user; reported as one line, exit status 2."""
+
+class UsageError(InputError):
+    """Bad command-line input; reported as one line, exit status 2."""
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -15,11 +21,46 @@ def parser(description: str) -> argparse.ArgumentParser:
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
-def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None,
-             user_errors: tuple[type[BaseException], ...] = ()) -> None:
-    """Call main(argv); user errors print `error: ...` on one line and exit 2, no traceback."""
+def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None) -> None:
+    """Call main(argv). A user error prints `error: ...` on one line and exits 2; Ctrl-C prints
+    one line, stops the Ray instance this process started and exits 130; no traceback."""
     try:
         main(argv)
-    except (UsageError, *user_errors) as exc:
+    except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        _stop_ray()
+        print("interrupted: finished stages and sample chunks are kept; rerun the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+def _stop_ray() -> None:
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        try:
+            ray.shutdown()
+        except Exception:  # already half torn down by the signal: nothing more to stop
+            pass
+
+
+def parse_floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{name} must be comma-separated numbers, got {text!r}") from None
+
+
+def parse_list(text: str, name: str, kind) -> list:
+    """A sorted comma-separated list without duplicates; empty is an error."""
+    try:
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{name} must be a comma-separated list, got {text!r}") from None
+    if not values:
+        raise UsageError(f"{name} is empty")
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    if duplicates:
+        raise UsageError(f"{name} has duplicates: {', '.join(map(str, duplicates))}")
+    return sorted(values)

@@ -13,7 +13,7 @@ from pathlib import Path
 from compute.bundle import Bundle, BundleError, load_bundle
 from jobs.cli import UsageError
 
-_EXPORT_DIR = Path(__file__).resolve().parent.parent / "export"
+_EXPORT_DIR = Path(__file__).resolve().parents[2] / "export"
 _DEFINING_FILES = ("world.py", "render.py", "scorer.py", "synthetic.py", "onnx_bundle.py",
                    "assets/synthetic_scorer.pt")
 DEFAULT_RESOLUTION = 64
@@ -37,14 +37,18 @@ def resolve_bundle(path: str | Path | None, resolution: int = DEFAULT_RESOLUTION
             return load_bundle(path)
         target = builtin_bundle_path(resolution)
         if not (target / "manifest.json").is_file():
-            from jobs.export import export_model  # torch only when an export is needed
+            from export.models import ModelError, export_model  # torch only when an export is needed
 
             print(f"exporting the built-in synthetic model to {target} (first use) ...", flush=True)
             try:
-                export_model("synthetic", target, resolution=resolution)
-            except UsageError:
+                export_model("synthetic", target, resolution=resolution, overwrite=True)
+            except ModelError:
                 if not (target / "manifest.json").is_file():  # not a concurrent export winning
                     raise
-        return load_bundle(target)
+        try:
+            return load_bundle(target)
+        except BundleError as exc:
+            raise UsageError(f"{exc}; the cached built-in bundle is damaged: delete {target} and rerun "
+                             f"to rebuild it") from exc
     except BundleError as exc:
         raise UsageError(str(exc)) from exc

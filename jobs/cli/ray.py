@@ -1,4 +1,5 @@
-"""Connecting to Ray: the cluster a job was submitted to, or a private local instance."""
+"""Connecting to Ray (the cluster a job was submitted to, or a private local instance) and
+the resource flags of the jobs that run ONNX Runtime actors."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,19 @@ def add_ray_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPUs of a local instance (default: all of this machine's)")
 
 
+def add_resource_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="sample ids per actor call (default: up to 2048 at 64 px, 128 at 256 px, "
+                        "and at least 4 calls per actor)")
+    p.add_argument("--actors", type=int, default=None,
+                   help="ONNX Runtime actors (default: one per GPU when --gpus-per-actor > 0, else one per CPU)")
+    p.add_argument("--cpus-per-actor", type=float, default=None,
+                   help="CPUs reserved per actor; also its ONNX Runtime threads (default: leave one CPU "
+                        "of the cluster to Ray Data's own tasks)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0,
+                   help="GPUs per actor; > 0 runs sessions on CUDAExecutionProvider")
+
+
 def init_ray(address: str | None = None, num_cpus: float | None = None) -> None:
     import ray
 
@@ -24,6 +38,14 @@ def init_ray(address: str | None = None, num_cpus: float | None = None) -> None:
         return
     stay_on_loopback()
     ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False)
+
+
+def start(args):
+    """Connect to Ray as the job's flags say and plan the actor resources."""
+    from compute.sampling import plan_resources
+
+    init_ray(args.address, args.num_cpus)
+    return plan_resources(args.actors, args.cpus_per_actor, args.gpus_per_actor)
 
 
 def stay_on_loopback() -> None:

@@ -1,0 +1,66 @@
+"""RUN/grid.md: the seeds' two grid tables (passes by n and ratio; everything by ratio at
+the largest n) and two plots per latent space, for any edited properties."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from compute.plots import pyplot
+
+
+def write_grid_md(table: pa.Table, run: Path, properties) -> Path:
+    plt = pyplot()
+    rows = table.to_pylist()
+    lines = ["# vectorfind grid", ""]
+    for space in sorted({r["space"] for r in rows}):
+        mine = [r for r in rows if r["space"] == space]
+        ns, ratios = sorted({r["n"] for r in mine}), sorted({r["ratio"] for r in mine})
+        cell = {(r["n"], r["ratio"]): r for r in mine}
+        lines += [f"## Space {space}: passed cases (of {mine[0]['cases']}) and sum of mean |corr| by n and ratio", "",
+                  "| n \\ ratio | " + " | ".join(f"{r:g}" for r in ratios) + " |",
+                  "|---|" + "---|" * len(ratios)]
+        for n in ns:
+            lines.append(f"| {n:,} | " + " | ".join(
+                f"{cell[(n, r)]['passed']} ({cell[(n, r)]['sum_mean_abs_corr']:.3f})" for r in ratios) + " |")
+        top = ns[-1]
+        lines += ["", f"## Space {space}: by ratio at n = {top:,}", "",
+                  "| ratio | " + " | ".join(f"SVM acc {p}" for p in properties) + " | "
+                  + " | ".join(f"mean corr {p}" for p in properties) + " | sum | passed |",
+                  "|---|" + "---|" * (2 * len(properties) + 2)]
+        for r in ratios:
+            c = cell[(top, r)]
+            lines.append(f"| {r:g} | " + " | ".join(_fmt(c[f'svm_acc_{p}']) for p in properties) + " | "
+                         + " | ".join(f"{c[f'mean_corr_{p}']:.4f}" for p in properties)
+                         + f" | {c['sum_mean_abs_corr']:.4f} | {c['passed']} |")
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        for n in ns:
+            axes[0].plot(ratios, [cell[(n, r)]["sum_mean_abs_corr"] for r in ratios], marker="o", label=f"n={n:,}")
+            axes[1].plot(ratios, [cell[(n, r)]["passed"] for r in ratios], marker="o", label=f"n={n:,}")
+        axes[0].set_ylabel("sum of mean |corr|")
+        axes[1].set_ylabel("passed cases")
+        for ax in axes:
+            ax.set_xlabel("ratio")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(run / f"grid_{space}_sum_and_passed.png", dpi=90)
+        plt.close(fig)
+        fig, axes = plt.subplots(1, len(properties), figsize=(4 * len(properties), 3.3), squeeze=False)
+        for ax, p in zip(axes[0], properties):
+            for n in ns:
+                ax.plot(ratios, [cell[(n, r)][f"mean_corr_{p}"] for r in ratios], marker="o", label=f"n={n:,}")
+            ax.set_title(f"mean |corr| {p}")
+            ax.set_xlabel("ratio")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(run / f"grid_{space}_per_property.png", dpi=90)
+        plt.close(fig)
+        lines += ["", f"![sum and passed](grid_{space}_sum_and_passed.png)", "",
+                  f"![per property](grid_{space}_per_property.png)", ""]
+    path = Path(run) / "grid.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

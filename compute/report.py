@@ -1,0 +1,153 @@
+"""RUN/report.md with PNG figures: the results table, a per-group table, correlation
+histograms, passes per group, an image grid of the best cases' edits, and the run's
+configuration. Works for any edited properties and grouping scores."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from compute.plots import pyplot, to_rgb
+from compute.runs import CASES_FILE, REPORT_FILE, SUMMARY_FILE, VECTORS_FILE, recorded_path
+from compute.sessions import make_session, run_single
+from compute.tables import read_metadata, vector_matrix
+from compute.vectors_table import VectorsError, read_vectors
+from vectors.edits import apply_edits, case_directions, direction_matrices
+from vectors.method import Method
+
+GRID_CASES = 3
+
+
+def correlation_histograms(cases, properties, out: Path) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(properties), figsize=(3.7 * len(properties), 3.2), squeeze=False)
+    for ax, prop in zip(axes[0], properties):
+        values = cases[f"corr_{prop}"].to_numpy()
+        ax.hist(values[np.isfinite(values)], bins=np.linspace(-1, 1, 41), color="#4477aa")
+        ax.set_title(f"corr {prop} (mean {np.nanmean(values):.3f})")
+        ax.set_xlabel("Pearson corr, intended vs measured")
+    axes[0][0].set_ylabel("cases")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def passes_per_group(summary: dict, method: Method, out: Path) -> None:
+    plt = pyplot()
+    names = method.group_names
+    per = summary["per_group"]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(3.5, 0.8 * len(names) + 1), 3.2))
+    ax.bar(x - 0.2, [per[g]["cases"] for g in names], 0.4, label="cases", color="#bbbbbb")
+    ax.bar(x + 0.2, [per[g]["passed"] for g in names], 0.4, label="passed", color="#228833")
+    ax.set_xticks(x, names)
+    ax.set_xlabel(f"group ({', '.join(method.group_by) or 'no grouping'}: h/l)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def edit_grid(bundle, cases, matrices: dict, method: Method, out: Path) -> list[int]:
+    """Rows: the best cases (passed first, by sum of |corr|); columns: each property over its
+    schedule, the other properties' weights at 0."""
+    plt = pyplot()
+    order = np.lexsort((-np.nan_to_num(cases["sum_abs_corr"].to_numpy(), nan=-1), ~cases["passed"].to_numpy()))
+    chosen = order[:GRID_CASES]
+    columns = [(i, p.name, v) for i, p in enumerate(method.properties) for v in p.schedule]
+    weights = np.zeros((len(columns), len(method.properties)), np.float32)
+    for row, (i, _, v) in enumerate(columns):
+        weights[row, i] = v
+    mapping, synthesis = (make_session(bundle.graph_bytes(s), threads=2) for s in ("mapping", "synthesis"))
+    latents = vector_matrix(cases[method.space])[chosen]
+    groups = np.array(cases["group"].to_pylist())[chosen]
+    edited = apply_edits(latents, case_directions(matrices, groups), weights).reshape(-1, latents.shape[1])
+    images = run_single(synthesis, run_single(mapping, edited) if method.space == "z" else edited)
+    images = images.reshape(len(chosen), len(columns), *images.shape[1:])
+    fig, axes = plt.subplots(len(chosen), len(columns), figsize=(1.3 * len(columns), 1.55 * len(chosen)),
+                             squeeze=False)
+    for row, i in enumerate(chosen):
+        for col, (_, prop, weight) in enumerate(columns):
+            ax = axes[row, col]
+            ax.imshow(to_rgb(images[row, col]))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"{prop} {weight:+g}", fontsize=7)
+        axes[row, 0].set_ylabel(f"case {int(cases['case_id'][i])}\n{groups[row]}", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return [int(cases["case_id"][i]) for i in chosen]
+
+
+def _fmt(value, digits: int = 4) -> str:
+    """A figure, or '-' where there is none (imported vectors carry no fit statistics)."""
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def group_table(vectors, summary: dict, method: Method) -> list[str]:
+    acc = {(g, p): a for g, p, a in zip(vectors["group"].to_pylist(), vectors["property"].to_pylist(),
+                                        vectors["val_accuracy"].to_pylist())}
+    size = dict(zip(vectors["group"].to_pylist(), vectors["group_size"].to_pylist()))
+    props = method.property_names
+    lines = ["| group | samples | " + " | ".join(f"SVM acc {p}" for p in props) + " | test cases | passed |",
+             "|---|---|" + "---|" * len(props) + "---|---|"]
+    for g in method.group_names:
+        per = summary["per_group"][g]
+        lines.append(f"| {g} | {size.get(g, '-')} | " + " | ".join(_fmt(acc.get((g, p)), 3) for p in props)
+                     + f" | {per['cases']} | {per['passed']} |")
+    return lines
+
+
+def write_report(run: Path, bundle) -> Path:
+    """Write RUN/report.md from the test's stored results and the vectors it tested."""
+    run = Path(run)
+    for needed in (CASES_FILE, SUMMARY_FILE):
+        if not (run / needed).is_file():
+            raise VectorsError(f"{run} has no {needed}: run the generation test first (python -m jobs.test)")
+    cases = pq.read_table(run / CASES_FILE)
+    summary = json.loads((run / SUMMARY_FILE).read_text())
+    test = read_metadata(run / CASES_FILE).get("test", {})
+    method = Method.from_dict(test["method"]) if "method" in test else Method()
+    vectors_path = recorded_path(test["vectors"], run) if "vectors" in test else run / VECTORS_FILE
+    vectors, directions, meta = read_vectors(vectors_path)
+    matrices = direction_matrices(directions, method.property_names)
+    correlation_histograms(cases, method.property_names, run / "correlations.png")
+    passes_per_group(summary, method, run / "passes_per_group.png")
+    shown = edit_grid(bundle, cases, matrices, method, run / "edits.png")
+    acc = summary.get("svm_val_accuracy") or {}
+    groups = f"{len(method.group_names)} groups by {', '.join(method.group_by)}" if method.group_by else \
+        "one global group"
+    lines = [
+        f"# vectorfind report: {run.name}", "",
+        f"Latent space **{method.space}** ({'v7' if method.space == 'w' else 'v6'}), model "
+        f"`{bundle.manifest['model']}`, {summary.get('n_samples', '?')} samples, ratio {summary.get('ratio')}, "
+        f"{groups}, {summary['cases']} test cases x {summary['edits_per_case']} edits.", "",
+        "## Results", "",
+        "| property | SVM val accuracy | mean corr | mean abs corr | cutoff |", "|---|---|---|---|---|",
+    ]
+    for p in method.property_names:
+        lines.append(f"| {p} | {_fmt(acc.get(p))} | {summary['mean_corr'][p]:.4f} | "
+                     f"{summary['mean_abs_corr'][p]:.4f} | {summary['cutoffs'][p]:.2f} |")
+    lines += ["", f"Sum of mean |corr|: **{summary['sum_mean_abs_corr']:.4f}**. "
+                  f"Passed: **{summary['passed']} / {summary['cases']}** ({100 * summary['passed_ratio']:.1f}%)"
+                  + (f"; {summary['degenerate']} degenerate cases (constant scores) failed."
+                     if summary["degenerate"] else "."),
+              f"Mean consistency (std of the grouping scores over a case's edits): "
+              f"{_fmt(summary['mean_consistency'])}"
+              + (f"; mean spread of the true identity traits: {summary['mean_identity_spread']:.4f}."
+                 if "mean_identity_spread" in summary else "."),
+              "", "## Per group", "", *group_table(vectors, summary, method), "",
+              "![passes per group](passes_per_group.png)", "",
+              "## Correlations", "", "![correlation histograms](correlations.png)", "",
+              f"## Edits of the best cases ({', '.join(map(str, shown))})", "",
+              "Each row is one test face; columns move one property along its group's direction, "
+              "the other weights at 0.", "", "![edits](edits.png)", "",
+              "## Configuration", "", "```json",
+              json.dumps({"test": test, "fit": meta.get("fit", {})}, indent=2, sort_keys=True, default=str),
+              "```", ""]
+    (run / REPORT_FILE).write_text("\n".join(lines))
+    return run / REPORT_FILE
