@@ -1,0 +1,16 @@
+"""Benchmarks that print figures measured side by side in one run (`python -m jobs.benchmark`).
+
+One module per comparison; they share one timer and one reference-style loop (timing.py,
+reference_loop.py), so every "reference style" figure means the same thing.
+
+    export:    synthesis + scoring of the built-in model, torch eager vs ONNX Runtime.
+    sampling:  (a) the Ray Data pipeline, (b) one process of batched ONNX Runtime calls,
+               (c) the reference-style loop; a/b and a/c.
+    fit:       the method's fits as parallel Ray tasks vs sequentially (the reference
+               set-up), and each alternative solver.
+    test:      the generation test stage vs the reference-style loop with a JPEG round trip
+               per image, in ONNX Runtime and in torch eager.
+    grid:      one grid run vs the whole method once per cell.
+    reference: the 256-px reference architecture: reference style, torch eager and ONNX
+               Runtime with IO binding over a batch sweep (--gpu, --fp16 on GPU nodes).
+"""

@@ -1,0 +1,88 @@
+"""python -m jobs.benchmark {export,sampling,fit,test,grid,reference} [options]"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from jobs.benchmark import __doc__ as overview
+from jobs.cli import UsageError, parse_list, parser, run_main
+
+
+def main(argv=None) -> None:
+    p = parser(overview.split("\n\n")[0])
+    sub = p.add_subparsers(dest="which", required=True)
+    export = sub.add_parser("export", help="torch eager vs ONNX Runtime, synthesis + scoring")
+    export.add_argument("--batch-size", type=int, default=64)
+    export.add_argument("--seconds", type=float, default=5.0, help="minimum timed seconds per path")
+    export.add_argument("--threads", type=int, default=2)
+    sampling = sub.add_parser("sampling", help="Ray Data pipeline vs one process vs reference-style loop")
+    sampling.add_argument("--n", type=int, default=20000)
+    sampling.add_argument("--reference-n", type=int, default=1600, help="images timed in the slow loop (c)")
+    fitting = sub.add_parser("fit", help="parallel Ray fits vs the sequential reference set-up, and alternatives")
+    fitting.add_argument("--n", type=int, default=80000)
+    fitting.add_argument("--run", type=Path, default=None, help="run directory with n samples "
+                                                                "(default: runs/benchmark-fit-N)")
+    testing = sub.add_parser("test", help="generation test stage vs a reference-style JPEG loop")
+    testing.add_argument("--cases", type=int, default=200)
+    testing.add_argument("--reference-cases", type=int, default=20)
+    grid = sub.add_parser("grid", help="one grid run vs the whole method once per cell")
+    grid.add_argument("--n", default="4000,10000")
+    grid.add_argument("--ratio", default="0.1,0.2,0.3")
+    grid.add_argument("--cases", type=int, default=50)
+    reference = sub.add_parser("reference", help="the reference architecture: torch eager vs ONNX Runtime")
+    reference.add_argument("--images", type=int, default=32, help="images timed per path")
+    reference.add_argument("--batch-sizes", default="1,4,16", help="batch sizes swept (torch and ONNX Runtime)")
+    reference.add_argument("--threads", type=int, default=2)
+    reference.add_argument("--gpu", action="store_true", help="ONNX Runtime on CUDA, torch on the GPU")
+    reference.add_argument("--fp16", action="store_true", help="also ONNX Runtime with fp16 graphs (fp32 I/O)")
+    args = p.parse_args(argv)
+
+    if args.which == "export":
+        if args.batch_size < 1 or args.seconds <= 0 or args.threads < 1:
+            raise UsageError("--batch-size and --threads must be >= 1 and --seconds > 0")
+        from jobs.benchmark.export_cmp import bench_export
+
+        bench_export(args.batch_size, args.seconds, args.threads)
+        return
+    if args.which == "reference":
+        sizes = parse_list(args.batch_sizes, "--batch-sizes", int)
+        if args.images < 4 or min(sizes) < 1 or args.threads < 1:
+            raise UsageError("--images must be >= 4, --batch-sizes and --threads >= 1")
+        from jobs.benchmark.reference import bench_reference
+
+        bench_reference(args.images, sizes, args.threads, args.gpu, args.fp16)
+        return
+    if args.which == "sampling" and (args.n < 1 or args.reference_n < 4):
+        raise UsageError("--n must be >= 1 and --reference-n >= 4")
+    if args.which == "fit" and args.n < 1000:
+        raise UsageError("--n must be >= 1000")
+    if args.which == "test" and (args.cases < 1 or args.reference_cases < 1):
+        raise UsageError("--cases and --reference-cases must be >= 1")
+    if args.which == "grid" and args.cases < 1:
+        raise UsageError("--cases must be >= 1")
+    # The Ray-side comparisons run on the built-in bundle in a local (or the submitted) cluster.
+    from jobs.cli.bundles import resolve_bundle
+    from jobs.cli.ray import init_ray
+
+    bundle = resolve_bundle(None)
+    init_ray()
+    if args.which == "sampling":
+        from jobs.benchmark.sampling import bench_sampling
+
+        bench_sampling(bundle, args.n, args.reference_n)
+    elif args.which == "fit":
+        from jobs.benchmark.fitting import bench_fit
+
+        bench_fit(bundle, args.n, args.run or Path(f"runs/benchmark-fit-{args.n}"))
+    elif args.which == "test":
+        from jobs.benchmark.generation_test import bench_test
+
+        bench_test(bundle, args.cases, args.reference_cases, Path("runs/benchmark-test"))
+    else:
+        from jobs.benchmark.grid_cmp import bench_grid
+
+        bench_grid(bundle, parse_list(args.n, "--n", int), parse_list(args.ratio, "--ratio", float), args.cases)
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])
