@@ -66,7 +66,7 @@ def load_bundle(path, check_graphs: bool = True) -> Bundle:
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise BundleError(f"{manifest_file} lacks keys: {', '.join(missing)}")
-    # Any score names are valid: the method picks from them (vectors.method).
+    _check_types(manifest, manifest_file)  # any score names are valid: the method picks from them
     missing_graphs = [g for g in REQUIRED_GRAPHS if g not in manifest["files"]]
     if missing_graphs:
         raise BundleError(f"{manifest_file} lists no {', '.join(missing_graphs)} graph")
@@ -86,6 +86,29 @@ def load_bundle(path, check_graphs: bool = True) -> Bundle:
                 raise BundleError(f"{file} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
             _check_dims(stem, model, manifest, file)
     return Bundle(path=path, manifest=manifest, manifest_sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _check_types(manifest: dict, manifest_file: Path) -> None:
+    """Values of the wrong type are a one-line error here, not a traceback in a later stage."""
+    def bad(key: str, what: str):
+        return BundleError(f"{manifest_file}: {key} must be {what}, got {manifest.get(key)!r}; "
+                           f"export the bundle again")
+
+    for key in ("z_dim", "label_dim", "w_dim", "resolution"):
+        value = manifest[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "label_dim" else 1):
+            raise bad(key, "a positive integer" if key != "label_dim" else "an integer >= 0")
+    names = manifest["score_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise bad("score_names", "a list of names")
+    medians = manifest["group_medians"]
+    if not isinstance(medians, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in medians.items()):
+        raise bad("group_medians", "a table that maps score names to numbers")
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(isinstance(e, dict) and isinstance(e.get("file"), str)
+                                              for e in files.values()):
+        raise bad("files", "a table of graphs, each with a file name")
 
 
 def _static_dims(values) -> list[list]:

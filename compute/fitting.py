@@ -64,7 +64,7 @@ def load_samples(run: Path, method: Method, drop_nonfinite: bool = False) -> Sam
     dropped = int((~finite).sum())
     if dropped and not drop_nonfinite:
         raise FitError(f"{path} has {dropped} rows with NaN or inf scores or latents; "
-                       f"drop them (drop_nonfinite) or sample again")
+                       f"drop them (--drop-nonfinite in jobs.fit and jobs.vectorfind) or sample again")
     if dropped:
         latents, scores = latents[finite], {k: v[finite] for k, v in scores.items()}
     return Samples(latents, scores, sampling, dropped)

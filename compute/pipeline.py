@@ -16,21 +16,22 @@ from vectors.errors import InputError
 from vectors.method import Method
 
 
-def check_run_input(bundle, method: Method, n: int, cases: int, seed: int) -> None:
+def check_run_input(bundle, method: Method, n: int, cases: int, seed: int, run: Path | None = None) -> None:
     """Every check that needs no cluster, so bad input fails before Ray starts."""
     method.check_scores(bundle.score_names)
-    check_sampling_input(bundle, n, seed)
     if not isinstance(cases, int) or cases < 1:
         raise InputError(f"the test needs at least 1 case, got {cases!r}")
+    check_sampling_input(bundle, n, seed, run)
 
 
 def run_method(run: Path, bundle, method: Method = Method(), n: int = 80000, cases: int = 500, seed: int = 0,
-               resources=None, batch_size: int | None = None, progress: bool = True) -> dict:
+               resources=None, batch_size: int | None = None, drop_nonfinite: bool = False,
+               progress: bool = True) -> dict:
     """Sample n faces, fit the method's directions, test them on `cases` fresh faces and write
     RUN/report.md; returns the test summary. Needs a connected Ray instance."""
     from compute.sampling import plan_resources
 
-    check_run_input(bundle, method, n, cases, seed)
+    check_run_input(bundle, method, n, cases, seed, run)
     resources = resources or plan_resources()
     run = Path(run)
     fits = len(method.group_names) * len(method.properties)
@@ -38,7 +39,7 @@ def run_method(run: Path, bundle, method: Method = Method(), n: int = 80000, cas
     say(f"[1/4] sampling {n:,} faces into {run}", flush=True)
     sample_table(bundle, n, seed, run, batch_size=batch_size, resources=resources, progress=progress)
     say(f"[2/4] fitting {fits} directions in {method.space} (ratio {method.ratio})", flush=True)
-    vectors = fit_directions(run, method, seed, progress=progress)
+    vectors = fit_directions(run, method, seed, drop_nonfinite, progress=progress)
     say(f"[3/4] testing {cases} cases x {method.edits_per_case} edits", flush=True)
     summary = run_test(run, bundle, method, cases, seed, resources, vectors, progress=progress)
     say("[4/4] writing the report", flush=True)

@@ -108,9 +108,13 @@ def write_report(run: Path, bundle) -> Path:
     for needed in (CASES_FILE, SUMMARY_FILE):
         if not (run / needed).is_file():
             raise VectorsError(f"{run} has no {needed}: run the generation test first (python -m jobs.test)")
-    cases = pq.read_table(run / CASES_FILE)
-    summary = json.loads((run / SUMMARY_FILE).read_text())
-    test = read_metadata(run / CASES_FILE).get("test", {})
+    try:
+        cases = pq.read_table(run / CASES_FILE)
+        summary = json.loads((run / SUMMARY_FILE).read_text())
+        test = read_metadata(run / CASES_FILE).get("test", {})
+    except Exception as exc:  # truncated or edited files: pyarrow and json raise several types
+        raise VectorsError(f"the test results in {run} are damaged ({str(exc).splitlines()[0]}); "
+                           f"run the generation test again (python -m jobs.test)") from exc
     method = Method.from_dict(test["method"]) if "method" in test else Method()
     vectors_path = recorded_path(test["vectors"], run) if "vectors" in test else run / VECTORS_FILE
     vectors, directions, meta = read_vectors(vectors_path)

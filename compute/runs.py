@@ -8,9 +8,12 @@ settings differ. Sampling, whose output is expensive, refuses instead (compute.s
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from compute.tables import read_metadata
+from vectors.errors import InputError
 
 SAMPLES_FILE = "samples.parquet"
 VECTORS_FILE = "vectors.parquet"
@@ -67,3 +70,16 @@ def relative_to_run(path: Path, run: Path) -> str:
 def recorded_path(recorded: str, run: Path) -> Path:
     path = Path(recorded)
     return path if path.is_absolute() else Path(run) / path
+
+
+def check_writable(directory: Path) -> None:
+    """Refuse, before any work, a run directory that cannot be created or written (read-only
+    or special file systems, a file in the way), instead of failing after the work is done."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"cannot write to {directory}: {exc.strerror or exc}; choose a writable directory") from exc

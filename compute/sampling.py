@@ -22,16 +22,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from compute.bundle import Bundle
-from compute.runs import SAMPLES_FILE
+from compute.runs import SAMPLES_FILE, check_writable, normalized
 from compute.seeding import check_seed, draw_codes
 from compute.sessions import images_per_batch, make_session, resolve, run_single, synthesize_and_score
-from compute.tables import vector_column, with_metadata, write_json_atomic, write_parquet_atomic
+from compute.tables import read_metadata, vector_column, with_metadata, write_parquet_atomic
 from vectors.errors import InputError
 
 log = logging.getLogger(__name__)
 
 CHUNK_DIR = "sample_chunks"
-CONFIG_FILE = "sampling.json"
 
 
 # Driver peak memory / raw table size, measured at n = 300,000 (2.1 GB peak for 1.25 GB of Parquet).
@@ -74,17 +73,20 @@ class Resources:
 
 
 def plan_resources(actors: int | None = None, cpus_per_actor: float | None = None,
-                   gpus_per_actor: float = 0.0) -> Resources:
+                   gpus_per_actor: float = 0.0, totals: dict | None = None) -> Resources:
     """Defaults that use the cluster without starving Ray Data's own tasks.
 
-    Actors that take every CPU deadlock the pipeline (its read tasks never get one), so by
-    default the actors together leave one CPU free; ONNX Runtime gets one intra-op thread
-    per whole CPU of the actor, at least one.
+    Actors that take every CPU deadlock the pipeline (its read tasks never get one), so the
+    actors together must leave one CPU free (half of a one-CPU cluster); a plan that does
+    not is refused rather than left to wait forever. ONNX Runtime gets one intra-op thread
+    per whole CPU of the actor, at least one. `totals` ({"CPU": n, "GPU": m}) defaults to
+    the connected cluster's resources; jobs pass a local instance's before starting it.
     """
-    import ray
+    if totals is None:
+        import ray
 
-    total = ray.cluster_resources()
-    cpus, gpus = float(total.get("CPU", 1)), float(total.get("GPU", 0))
+        totals = ray.cluster_resources()
+    cpus, gpus = float(totals.get("CPU", 1)), float(totals.get("GPU", 0))
     if gpus_per_actor < 0 or (cpus_per_actor is not None and cpus_per_actor <= 0):
         raise SamplingError("CPUs per actor must be > 0 and GPUs per actor >= 0")
     if gpus_per_actor > 0 and gpus < gpus_per_actor:
@@ -96,6 +98,12 @@ def plan_resources(actors: int | None = None, cpus_per_actor: float | None = Non
         raise SamplingError(f"the actor count must be >= 1, got {actors}")
     if cpus_per_actor is None:
         cpus_per_actor = max(0.25, min(1.0, (cpus - 1) / actors)) if cpus > 1 else 0.5
+    reserve = min(1.0, cpus / 2)
+    if cpus - actors * cpus_per_actor < reserve - 1e-9:
+        most = max(0.0, (cpus - reserve) / actors)
+        raise SamplingError(f"{actors} actors x {cpus_per_actor:g} CPUs leave Ray Data less than {reserve:g} of the "
+                            f"cluster's {cpus:g} CPUs for its own tasks, and the pipeline would wait forever; "
+                            f"use fewer actors or at most {most:g} CPUs per actor")
     threads = max(1, int(cpus_per_actor))
     return Resources(actors, float(cpus_per_actor), float(gpus_per_actor), threads)
 
@@ -118,20 +126,65 @@ def _chunk_table(parts: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _check_run_config(run_dir: Path, config: dict) -> None:
-    """A run directory belongs to one (n, seed, chunking, bundle): refuse to mix."""
-    path = run_dir / CONFIG_FILE
-    if path.is_file():
-        import json
+def sampling_config(bundle: Bundle, n: int, seed: int, chunk_size: int) -> dict:
+    """What defines a sample table; recorded in the table's and every chunk's own metadata.
+    Actor counts and batch sizes are not in it: they never change the result."""
+    return normalized({"n": int(n), "seed": seed, "chunk_size": chunk_size,
+                       "bundle_manifest_sha256": bundle.manifest_sha256, "model": bundle.manifest["model"],
+                       "z_dim": bundle.z_dim, "w_dim": bundle.w_dim, "score_names": bundle.score_names,
+                       "group_medians": bundle.manifest["group_medians"]})
 
-        previous = json.loads(path.read_text())
-        different = [k for k in config if previous.get(k) != config[k]]
-        if different:
-            details = ", ".join(f"{k}: run has {previous.get(k)!r}, asked {config[k]!r}" for k in different)
-            raise SamplingError(f"{run_dir} holds samples of another run ({details}); "
+
+def _differences(stored: dict, config: dict) -> str:
+    keys = [k for k in config if stored.get(k) != config[k]]
+    return ", ".join(f"{k}: run has {stored.get(k)!r}, asked {config[k]!r}" for k in keys
+                     if k not in ("group_medians", "score_names")) or ", ".join(keys)
+
+
+def check_run_dir(run_dir: Path, config: dict) -> bool:
+    """Whether RUN already holds exactly these samples (True), or holds none (False). A run
+    directory with another run's samples or chunks, or a damaged table, is refused. The
+    files' own metadata is the authority: nothing beside them can vouch for them. Needs no
+    cluster, so jobs call it before Ray starts."""
+    samples = Path(run_dir) / SAMPLES_FILE
+    if samples.is_file():
+        try:
+            stored = read_metadata(samples).get("sampling", {})
+            rows = pq.read_metadata(samples).num_rows
+        except Exception as exc:  # truncated or foreign: pyarrow raises several types
+            raise SamplingError(f"{samples} is damaged ({str(exc).splitlines()[0]}); delete it and rerun "
+                                f"to sample again") from exc
+        if stored != config:
+            raise SamplingError(f"{run_dir} holds samples of another run ({_differences(stored, config)}); "
                                 f"use a new run directory or the original settings")
-    else:
-        write_json_atomic(config, path)
+        if rows != config["n"]:
+            raise SamplingError(f"{samples} is damaged ({rows} rows, its metadata says {config['n']}); "
+                                f"delete it and rerun to sample again")
+        return True
+    for chunk in sorted((Path(run_dir) / CHUNK_DIR).glob("*.parquet")):
+        stored = _chunk_config(chunk)
+        if stored is not None and stored != config:
+            raise SamplingError(f"{run_dir} holds sample chunks of another run ({_differences(stored, config)}); "
+                                f"use a new run directory or the original settings")
+    return False
+
+
+def _chunk_config(path: Path) -> dict | None:
+    try:
+        return read_metadata(path).get("sampling")
+    except Exception:  # a damaged chunk is recomputed, not trusted
+        return None
+
+
+def _valid_chunk(path: Path, config: dict, first_id: int, rows: int) -> bool:
+    """A finished chunk is reused only if readable, of this run, and holding exactly its ids."""
+    if _chunk_config(path) != config:
+        return False
+    try:
+        ids = pq.read_table(path, columns=["sample_id"])["sample_id"].to_numpy()
+    except Exception:
+        return False
+    return len(ids) == rows and np.array_equal(ids, np.arange(first_id, first_id + rows))
 
 
 def check_memory(n: int, bundle: Bundle) -> None:
@@ -148,15 +201,21 @@ def check_memory(n: int, bundle: Bundle) -> None:
                             f"the {available / 2**30:.1f} GiB available; use a smaller n or a bigger head node")
 
 
-def check_sampling_input(bundle: Bundle, n, seed) -> int:
-    """Checks that need no cluster; returns the seed as an int."""
+def check_sampling_input(bundle: Bundle, n, seed, run_dir: Path | None = None, chunk_size: int = 16384) -> int:
+    """Every check that needs no cluster (jobs call it before Ray starts); returns the seed."""
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
         raise SamplingError(f"n must be a positive integer, got {n!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise SamplingError(f"the chunk size must be >= 1, got {chunk_size!r}")
     check_memory(int(n), bundle)
     try:
-        return check_seed(seed)
+        seed = check_seed(seed)
     except ValueError as exc:
         raise SamplingError(str(exc)) from exc
+    if run_dir is not None:
+        check_run_dir(Path(run_dir), sampling_config(bundle, n, seed, chunk_size))
+        check_writable(Path(run_dir))
+    return seed
 
 
 def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None = None, *,
@@ -176,9 +235,7 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
     if batch_size < 1 or chunk_size < 1:
         raise SamplingError("the batch size and the chunk size must be >= 1")
     schema = samples_schema(bundle)
-    config = {"n": int(n), "seed": seed, "chunk_size": chunk_size, "bundle_manifest_sha256": bundle.manifest_sha256,
-              "model": bundle.manifest["model"], "z_dim": bundle.z_dim, "w_dim": bundle.w_dim,
-              "score_names": bundle.score_names, "group_medians": bundle.manifest["group_medians"]}
+    config = sampling_config(bundle, n, seed, chunk_size)
 
     n_chunks = math.ceil(n / chunk_size)
     chunk_len = [min(chunk_size, n - c * chunk_size) for c in range(n_chunks)]
@@ -190,15 +247,20 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SamplingError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from exc
-        _check_run_config(run_dir, config)
-        if (run_dir / SAMPLES_FILE).is_file():  # the stage is complete: reuse it
+        if check_run_dir(run_dir, config):  # the stage is complete: reuse it
             if progress:
                 print(f"reusing {run_dir / SAMPLES_FILE} (n={n:,}, seed={seed})", flush=True)
             return pq.read_table(run_dir / SAMPLES_FILE)
         chunk_dir = run_dir / CHUNK_DIR
         for c in range(n_chunks):
-            if (chunk_dir / f"{c:06d}.parquet").is_file():
-                chunks[c] = None  # done; read back at the end
+            path = chunk_dir / f"{c:06d}.parquet"
+            if path.is_file():
+                if _valid_chunk(path, config, c * chunk_size, chunk_len[c]):
+                    chunks[c] = None  # done; read back at the end
+                else:
+                    if progress:
+                        print(f"recomputing {path.name}: damaged or not of this run", flush=True)
+                    path.unlink()
     missing = [c for c in range(n_chunks) if c not in chunks]
 
     started = time.perf_counter()
@@ -235,7 +297,8 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
                 if counts[int(c)] == chunk_len[c]:
                     table = _chunk_table(pending.pop(int(c)), schema)
                     if chunk_dir is not None:
-                        write_parquet_atomic(table, chunk_dir / f"{int(c):06d}.parquet")
+                        write_parquet_atomic(with_metadata(table, {"sampling": config}),
+                                             chunk_dir / f"{int(c):06d}.parquet")
                         table = None  # re-read at the end; keeps driver memory to one copy
                     chunks[int(c)] = table
         incomplete = [c for c in missing if counts[c] != chunk_len[c]]
@@ -246,7 +309,7 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
 
     parts = [chunks[c] if chunks[c] is not None else pq.read_table(chunk_dir / f"{c:06d}.parquet")
              for c in range(n_chunks)]
-    table = pa.concat_tables(parts)
+    table = pa.concat_tables([p.replace_schema_metadata(None) for p in parts])
     # Only what defines the result goes in the metadata: the same run with other actor
     # counts or batch sizes writes an identical file.
     table = with_metadata(table, {"sampling": config})

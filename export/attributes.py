@@ -10,9 +10,10 @@ The identity outputs are a linear probe fitted at export time: ridge regression,
 form, from the image area-averaged to 16 x 16 (3 * 16 * 16 = 768 features, plus an
 unpenalised constant) to the world's true standardised identity parameters. Only the
 probe's weights enter the graph (AvgPool2d, Flatten, Linear), never the ground truth.
-The probe is fitted on 4,096 seeded 64-px faces and measured on 1,024 other faces; it
-serves every resolution because a larger rendering is the same continuous image sampled
-more finely, so its 16 x 16 area average is the same (as for the scorer's own downsample).
+The probe is fitted on 4,096 seeded 64-px faces and measured on 1,024 other faces. The
+same weights serve every resolution, as the scorer's do: a larger rendering is the same
+continuous image sampled more finely, so its 16 x 16 area average nearly matches (at 256 px
+the outputs move by at most 0.17 sd, and eye_spacing's rms error is 0.33 against 0.31).
 
 Held-out R^2 with these pooled-pixel features (printed by `python -m export.attributes`):
 

@@ -62,6 +62,8 @@ def main(argv=None) -> None:
         raise UsageError(f"--count must be in [1, 1024], got {args.count}")
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if args.out.suffix.lower() != ".png" or args.out.is_dir():
+        raise UsageError(f"--out must name a .png file, got {args.out}")
     bundle = resolve_bundle(args.bundle)
     images, scores = render_faces(bundle, args.count, args.seed)
     save_grid(images, scores, bundle.score_names, args.out)

@@ -65,7 +65,7 @@ def main(argv=None) -> None:
             Cell(space, ns[0], ratio).method(method)  # a bad ratio or space is refused here
     bundle = resolve_bundle(args.bundle)
     method.check_scores(bundle.score_names)
-    check_sampling_input(bundle, ns[-1], args.seed)
+    check_sampling_input(bundle, ns[-1], args.seed, args.out)
     cells = len(spaces) * len(ns) * len(ratios)
     rate = calibrate(bundle)
     images = args.cases * (1 + cells * method.edits_per_case)

@@ -16,11 +16,12 @@ import numpy as np
 
 from compute.vectors_table import write_vectors
 from jobs.cli import UsageError, parser, run_main
+from jobs.cli.bundles import resolve_bundle
 from jobs.cli.method_args import add_method_arguments, method_from
 from vectors.interop import read_reference_csv, reference_csv_name
 
 
-def import_reference_csvs(csv_dir: Path, method) -> list[dict]:
+def import_reference_csvs(csv_dir: Path, method, dim: int) -> list[dict]:
     csv_dir = Path(csv_dir)
     expected = {(g, p): csv_dir / reference_csv_name(p, method.space, g)
                 for g in method.group_names for p in method.property_names}
@@ -34,15 +35,15 @@ def import_reference_csvs(csv_dir: Path, method) -> list[dict]:
             direction = read_reference_csv(path)
         except (ValueError, OSError) as exc:
             raise UsageError(str(exc)) from exc
+        if len(direction) != dim:
+            raise UsageError(f"{path} has {len(direction)} dims, but this bundle's {method.space} has {dim}; "
+                             f"these vectors belong to another model (pass its --bundle)")
         norm = float(np.linalg.norm(direction))
         if not norm > 0:
             raise UsageError(f"{path} is an all-zero vector: it has no direction")
         rows.append({"space": method.space, "group": group, "property": prop, "direction": direction / norm,
                      "val_accuracy": None, "group_size": None, "k": None, "ratio": None,
                      "converged": None, "fit_seconds": None})
-    dims = {len(r["direction"]) for r in rows}
-    if len(dims) != 1:
-        raise UsageError(f"vectors in {csv_dir} have different lengths: {sorted(dims)}")
     return rows
 
 
@@ -50,11 +51,15 @@ def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--csv-dir", type=Path, required=True, help="directory with the reference's CSV files")
     p.add_argument("--out", type=Path, required=True, help="vectors file to write (e.g. RUN/vectors.parquet)")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="the model the vectors are for; their dims are checked against it (default: built-in model)")
     add_method_arguments(p, fit=False)
     args = p.parse_args(argv)
     method = method_from(args)
-    rows = import_reference_csvs(args.csv_dir, method)
-    write_vectors(rows, {"fit": {"space": method.space, "imported_from": str(args.csv_dir.resolve())},
+    bundle = resolve_bundle(args.bundle)
+    rows = import_reference_csvs(args.csv_dir, method, bundle.z_dim if method.space == "z" else bundle.w_dim)
+    write_vectors(rows, {"fit": {"space": method.space, "imported_from": str(args.csv_dir.resolve()),
+                                 "bundle_manifest_sha256": bundle.manifest_sha256},
                          "method": method.to_dict()}, args.out)
     print(f"imported {len(rows)} {method.space} directions ({len(rows[0]['direction'])} dims) into {args.out}")
 

@@ -26,7 +26,7 @@ def main(argv=None) -> None:
     add_ray_arguments(p)
     args = p.parse_args(argv)
     bundle = resolve_bundle(args.bundle)
-    check_sampling_input(bundle, args.n, args.seed)  # before Ray starts
+    check_sampling_input(bundle, args.n, args.seed, args.out, args.chunk_size)  # before Ray starts
     resources = start(args)
     sample_table(bundle, args.n, args.seed, args.out, batch_size=args.batch_size, resources=resources,
                  chunk_size=args.chunk_size)

@@ -28,6 +28,7 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=80000, help="training samples (the reference v7 used 80,000)")
     p.add_argument("--cases", type=int, default=500, help="test cases (the seeds used 500)")
     p.add_argument("--seed", type=int, default=0, help="seed of samples, split and test cases")
+    p.add_argument("--drop-nonfinite", action="store_true", help="drop samples with NaN or inf values before fitting")
     add_method_arguments(p)
     add_resource_arguments(p)
     add_ray_arguments(p)
@@ -35,8 +36,9 @@ def main(argv=None) -> None:
     method = method_from(args)
     started = time.perf_counter()
     bundle = resolve_bundle(args.bundle)
-    check_run_input(bundle, method, args.n, args.cases, args.seed)  # every check before Ray starts
-    summary = run_method(args.out, bundle, method, args.n, args.cases, args.seed, start(args), args.batch_size)
+    check_run_input(bundle, method, args.n, args.cases, args.seed, args.out)  # every check before Ray starts
+    summary = run_method(args.out, bundle, method, args.n, args.cases, args.seed, start(args), args.batch_size,
+                         args.drop_nonfinite)
     print(results_table(summary, summary.get("svm_val_accuracy")))
     print(f"\ndone in {time.perf_counter() - started:.0f}s: {args.out / 'report.md'} (cases.parquet, "
           f"summary.json, passed.csv beside it)")

@@ -53,3 +53,23 @@ def run_job(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int 
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def call_job(name: str, *args: str) -> subprocess.CompletedProcess:
+    """Run `python -m jobs.<name> args` in this process, as run_main runs it: the exit status,
+    stdout and stderr a user would see, without a new interpreter's start-up (several
+    seconds each). For jobs that fail before Ray starts or use the session's Ray."""
+    import contextlib
+    import importlib
+    import io
+
+    from jobs.cli import run_main
+
+    module = importlib.import_module(f"jobs.{name.removeprefix('jobs.')}")
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run_main(module.main, list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())

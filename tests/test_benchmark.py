@@ -5,14 +5,20 @@ from __future__ import annotations
 from conftest import run_job
 
 
-def test_sampling_and_fit_benchmarks_print_their_ratios(tmp_path, bundle_dir):
-    env = {"VECTORFIND_CACHE": str(tmp_path / "cache")}
-    sampling = run_job("jobs.benchmark", "sampling", "--n", "400", "--reference-n", "8", cwd=tmp_path, env=env)
-    assert sampling.returncode == 0, sampling.stderr[-3000:]
-    assert "(a) Ray Data pipeline" in sampling.stdout and "a/b = " in sampling.stdout
-    fit = run_job("jobs.benchmark", "fit", "--n", "1000", "--run", str(tmp_path / "fit"), cwd=tmp_path, env=env)
-    assert fit.returncode == 0, fit.stderr[-3000:]
-    assert "24 fits (the seeds' method)" in fit.stdout and "a/b speed-up" in fit.stdout
+def test_fit_benchmark_prints_its_comparison(ray_session, bundle, tmp_path, capsys):
+    from jobs.benchmark.fitting import bench_fit
+
+    bench_fit(bundle, 1000, tmp_path / "fit")  # in-process on the session's Ray: the wiring, cheaply
+    out = capsys.readouterr().out
+    assert "24 fits (the seeds' method)" in out and "a/b speed-up" in out and "SVC(kernel='linear') C=0.001" in out
+
+
+def test_sampling_benchmark_prints_its_ratios(ray_session, bundle, capsys):
+    from jobs.benchmark.sampling import bench_sampling
+
+    rates = bench_sampling(bundle, 300, 8)
+    assert set(rates) == {"a", "b", "c"} and all(r > 0 for r in rates.values())
+    assert "a/b = " in capsys.readouterr().out
 
 
 def test_benchmark_bad_input():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from compute.bundle import BundleError, load_bundle
-from conftest import run_job
+from conftest import call_job, run_job
 from export.onnx_bundle import ExportError, export_bundle
 from export.synthetic import synthetic_spec
 from export.models import export_model
@@ -106,7 +106,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     (tmp_path / "file.txt").write_text("x")
-    result = run_job("jobs.export", *[a.format(tmp=tmp_path) for a in args])
+    result = call_job("jobs.export", *[a.format(tmp=tmp_path) for a in args])
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr

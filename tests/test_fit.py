@@ -11,7 +11,7 @@ from compute.sampling import Resources, sample_table
 from compute.sessions import make_session, run_single
 from compute.tables import read_metadata, vector_matrix, write_parquet_atomic
 from compute.vectors_table import read_vectors
-from conftest import run_job
+from conftest import call_job, run_job
 from jobs import fit, import_vectors
 from vectors.errors import InputError
 from vectors.groups import assign_groups
@@ -147,7 +147,7 @@ def test_nonfinite_scores_error_with_count_or_are_dropped(fitted, tmp_path):
     (["--C", "-1"], "C must be > 0"),
 ])
 def test_bad_arguments_are_one_line_exit_2(fitted, extra, message):
-    result = run_job("jobs.fit", "--run", str(fitted), "--out", "/nonexistent/never.parquet", *extra)
+    result = call_job("jobs.fit", "--run", str(fitted), "--out", "/nonexistent/never.parquet", *extra)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert message in result.stderr
 

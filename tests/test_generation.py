@@ -18,7 +18,7 @@ from compute.seeding import CASES, draw_codes
 from compute.sessions import make_session, run_single
 from compute.tables import read_metadata, with_metadata, write_parquet_atomic
 from compute.vectors_table import read_vectors
-from conftest import run_job
+from conftest import call_job, run_job
 from compute.report import write_report
 from compute.testing import load_direction_set, run_test
 from vectors.edits import direction_matrices
@@ -137,9 +137,9 @@ def test_outputs_and_recheck(tested):
     assert summary["schedule"]["pose"] == [-0.6, 0.0, 0.6, 1.2, 1.8] and summary["cutoffs"]["mouth"] == 0.88
     assert read_metadata(run / "cases.parquet")["test"]["cases"] == CASES_N
 
-    same = run_job("jobs.recheck", "--run", str(run), "--cutoffs", "0.92,0.88,0.92")
+    same = call_job("jobs.recheck", "--run", str(run), "--cutoffs", "0.92,0.88,0.92")
     assert same.returncode == 0 and f"passed: {summary['passed']} / {CASES_N}" in same.stdout
-    relaxed = run_job("jobs.recheck", "--run", str(run), "--cutoffs", "0.5,0.5,0.5")
+    relaxed = call_job("jobs.recheck", "--run", str(run), "--cutoffs", "0.5,0.5,0.5")
     passed_relaxed = int(relaxed.stdout.split("passed: ")[1].split(" /")[0])
     assert passed_relaxed >= summary["passed"]
 
@@ -151,7 +151,7 @@ def test_outputs_and_recheck(tested):
         for c, g, e, m, p, s, ok in zip(*(cases[k].to_pylist() for k in ("case_id", "group", "corr_eyes", "corr_mouth",
                                                                         "corr_pose", "sum_abs_corr", "passed"))):
             writer.writerow([c, 0, "O" if ok else "X", g, -e, -m, -p, s])  # the reference's sign
-    from_ref = run_job("jobs.recheck", "--reference-csv", str(ref), "--cutoffs", "0.92,0.88,0.92")
+    from_ref = call_job("jobs.recheck", "--reference-csv", str(ref), "--cutoffs", "0.92,0.88,0.92")
     assert from_ref.returncode == 0 and f"passed: {summary['passed']} / {CASES_N}" in from_ref.stdout
     assert f"marks {summary['passed']} of {CASES_N}" in from_ref.stdout
 
@@ -175,14 +175,14 @@ def test_test_job_bad_input(fitted, bundle_dir, tmp_path):
                            (["--schedule", "eyes=1"], "at least 2 distinct"),
                            (["--eyes", "1.2,1.2"], "at least 2 distinct"),
                            (["--vectors", str(tmp_path / "none.parquet")], "no vectors")):
-        result = run_job(*base, *extra)
+        result = call_job(*base, *extra)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     table = pq.read_table(fitted / "vectors.parquet")
     meta = read_metadata(fitted / "vectors.parquet")
     meta["fit"]["bundle_manifest_sha256"] = "0" * 64
     write_parquet_atomic(with_metadata(table, meta), tmp_path / "other.parquet")
-    result = run_job(*base, "--vectors", str(tmp_path / "other.parquet"))
+    result = call_job(*base, "--vectors", str(tmp_path / "other.parquet"))
     assert result.returncode == 2 and "another bundle" in result.stderr
 
 

@@ -11,7 +11,7 @@ import pytest
 from compute.fitting import fit_directions
 from compute.sampling import Resources, sample_table
 from compute.vectors_table import read_vectors
-from conftest import run_job
+from conftest import call_job, run_job
 from jobs import grid
 from vectors.method import Method
 
@@ -83,7 +83,7 @@ def test_interrupted_grid_resumes_by_cell(small_grid, bundle_dir, capsys):
 ])
 def test_bad_input_is_refused_before_any_work(bundle_dir, tmp_path, extra, message):
     out = tmp_path / "g"
-    result = run_job("jobs.grid", "--out", str(out), "--bundle", str(bundle_dir), "--n", "2400", "--ratio", "0.2",
+    result = call_job("jobs.grid", "--out", str(out), "--bundle", str(bundle_dir), "--n", "2400", "--ratio", "0.2",
                      "--cases", "5", *extra)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -214,19 +214,21 @@ SMALL_SCHEDULE = ("--eyes=-1.2,1.2", "--mouth=-1.8,1.8", "--pose=-1.8,0.6")
 
 
 def test_main_job_and_reference_vectors_run_on_the_reference_bundle(tmp_path, reference_bundle, ray_session):
-    """A tiny vectorfind run, then the reference's CSV vectors imported and tested on the bundle."""
+    """A tiny vectorfind run, then the reference's CSV vectors imported and tested on the bundle.
+
+    Lean on purpose (in-process, 32 samples, one global group): 256-px images cost about
+    0.2 s each on two cores, and what this pins is that every stage runs on this bundle."""
+    from jobs import import_vectors, test, vectorfind
+
     run = tmp_path / "run"
-    address = ray_session.get_runtime_context().gcs_address
-    result = run_job("jobs.vectorfind", "--bundle", str(reference_bundle), "--out", str(run), "--n", "96",
-                     "--medians", "samples", "--ratio", "0.5", "--cases", "2", *SMALL_SCHEDULE,
-                     "--address", address, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    vectorfind.main(["--bundle", str(reference_bundle), "--out", str(run), "--n", "32", "--group-by", "none",
+                     "--ratio", "0.5", "--cases", "2", *SMALL_SCHEDULE])
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["cases"] == 2 and "sum of mean |corr|" in result.stdout
+    assert summary["cases"] == 2 and summary["edits_per_case"] == 8 and (run / "report.md").is_file()
     import pyarrow.parquet as pq
 
     samples = pq.read_table(run / "samples.parquet")
-    assert samples.num_rows == 96 and "background_std" in samples.column_names
+    assert samples.num_rows == 32 and "background_std" in samples.column_names
 
     rng = np.random.default_rng(0)
     csv_dir = tmp_path / "csv"
@@ -235,11 +237,10 @@ def test_main_job_and_reference_vectors_run_on_the_reference_bundle(tmp_path, re
         for prop in PROPERTIES:
             write_reference_csv(rng.standard_normal(512), csv_dir / reference_csv_name(prop, "w", group))
     imported = tmp_path / "imported.parquet"
-    assert run_job("jobs.import_vectors", "--csv-dir", str(csv_dir), "--out", str(imported)).returncode == 0
+    import_vectors.main(["--csv-dir", str(csv_dir), "--out", str(imported), "--bundle", str(reference_bundle)])
     tested = tmp_path / "tested"
-    result = run_job("jobs.test", "--run", str(tested), "--vectors", str(imported), "--bundle", str(reference_bundle),
-                     "--cases", "1", *SMALL_SCHEDULE, "--address", address, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    test.main(["--run", str(tested), "--vectors", str(imported), "--bundle", str(reference_bundle), "--cases", "1",
+               *SMALL_SCHEDULE])
     assert json.loads((tested / "summary.json").read_text())["cases"] == 1
 
 

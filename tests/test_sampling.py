@@ -19,7 +19,7 @@ from compute.sampling import Resources, SampleActor, SamplingError, sample_table
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single
 from compute.tables import read_metadata, vector_matrix
-from conftest import REPO, run_job
+from conftest import REPO, call_job, run_job
 
 N, SEED = 700, 5
 
@@ -174,7 +174,7 @@ def _no_pose(bundle_dir, tmp_path):
 def test_bad_input_is_one_line_exit_2(bundle_dir, tmp_path, extra, make_bundle, message):
     bundle_path = make_bundle(bundle_dir, tmp_path) if make_bundle else bundle_dir
     run = tmp_path / "run"
-    result = run_job("jobs.sample", "--bundle", str(bundle_path), "--out", str(run), "--n", "10", *extra)
+    result = call_job("jobs.sample", "--bundle", str(bundle_path), "--out", str(run), "--n", "10", *extra)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr

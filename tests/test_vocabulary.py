@@ -14,7 +14,7 @@ from compute.vectors_table import read_vectors
 from jobs import grid, recheck, vectorfind
 from vectors.method import Method
 
-N, CASES = 2400, 10
+N, CASES = 1600, 8
 RENAMED = {"eyes": "eye_open", "mouth": "smile", "pose": "yaw", "hair_color": "hair_tone",
            "hair_length": "hair_len", "background_mean": "backdrop"}
 
@@ -31,7 +31,7 @@ def attributes_dir(tmp_path_factory):
 def _run(out, bundle_dir, *flags):
     vectorfind.main(["--bundle", str(bundle_dir), "--out", str(out), "--n", str(N), "--cases", str(CASES),
                      "--seed", "4", "--ratio", "0.25", *flags])
-    grid.main(["--bundle", str(bundle_dir), "--out", str(out), "--n", f"1200,{N}", "--ratio", "0.25",
+    grid.main(["--bundle", str(bundle_dir), "--out", str(out), "--n", f"800,{N}", "--ratio", "0.25",
                "--cases", "6", "--seed", "4", *flags])
     return out
 
@@ -86,7 +86,7 @@ def test_one_property_no_grouping(ray_session, attributes_dir, tmp_path, capsys)
     capsys.readouterr()
     recheck.main(["--run", str(run), "--cutoffs", "0.5"])
     assert "eye_open" in capsys.readouterr().out
-    assert pq.read_table(run / "grid.parquet")["k"].to_pylist()[0] == [300]
+    assert pq.read_table(run / "grid.parquet")["k"].to_pylist()[0] == [200]
 
 
 def test_seeds_method_in_another_vocabulary_gives_the_builtin_numbers(ray_session, attributes_dir, bundle_dir,

@@ -29,6 +29,11 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None) -
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:  # a file that cannot be read or written (permissions, read-only, a file in the way)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: cannot write or read {where}{exc.strerror or exc}; check the path and its permissions",
+              file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         _stop_ray()
         print("interrupted: finished stages and sample chunks are kept; rerun the same command to resume",

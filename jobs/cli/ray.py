@@ -41,9 +41,17 @@ def init_ray(address: str | None = None, num_cpus: float | None = None) -> None:
 
 
 def start(args):
-    """Connect to Ray as the job's flags say and plan the actor resources."""
+    """Connect to Ray as the job's flags say and plan the actor resources. On a local
+    instance the plan is checked before Ray starts (its CPUs are known in advance)."""
     from compute.sampling import plan_resources
 
+    from jobs.cli import UsageError
+
+    if args.num_cpus is not None and not args.num_cpus > 0:
+        raise UsageError(f"--num-cpus must be > 0, got {args.num_cpus:g}")
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        plan_resources(args.actors, args.cpus_per_actor, args.gpus_per_actor,
+                       totals={"CPU": args.num_cpus or os.cpu_count() or 1, "GPU": 0})
     init_ray(args.address, args.num_cpus)
     return plan_resources(args.actors, args.cpus_per_actor, args.gpus_per_actor)
 
