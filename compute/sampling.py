@@ -154,7 +154,8 @@ def check_run_dir(run_dir: Path, config: dict) -> bool:
         except Exception as exc:  # truncated or foreign: pyarrow raises several types
             raise SamplingError(f"{samples} is damaged ({str(exc).splitlines()[0]}); delete it and rerun "
                                 f"to sample again") from exc
-        if stored != config:
+        # The chunk size only shaped the resumable pieces, never the finished table.
+        if _without_chunking(stored) != _without_chunking(config):
             raise SamplingError(f"{run_dir} holds samples of another run ({_differences(stored, config)}); "
                                 f"use a new run directory or the original settings")
         if rows != config["n"]:
@@ -167,6 +168,10 @@ def check_run_dir(run_dir: Path, config: dict) -> bool:
             raise SamplingError(f"{run_dir} holds sample chunks of another run ({_differences(stored, config)}); "
                                 f"use a new run directory or the original settings")
     return False
+
+
+def _without_chunking(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "chunk_size"}
 
 
 def _chunk_config(path: Path) -> dict | None:

@@ -12,6 +12,7 @@ import sys
 import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -269,3 +270,28 @@ def test_bad_manifests_are_one_line(tmp_path, bundle_dir, field, value, message)
 def test_smaller_cases(tmp_path, bundle_dir, args, message):
     extra = ["--bundle", str(bundle_dir)] if args[0] == "jobs.faces" else []
     _one_line_exit_2(call_job(*[a.format(tmp=tmp_path) for a in args], *extra), message)
+
+
+def test_a_damaged_cached_builtin_bundle_says_how_to_rebuild_it(tmp_path, bundle_dir, monkeypatch):
+    from jobs.cli.bundles import builtin_bundle_path
+
+    monkeypatch.setenv("VECTORFIND_CACHE", str(tmp_path / "cache"))
+    cached = builtin_bundle_path()
+    shutil.copytree(bundle_dir, cached)
+    (cached / "scorer.onnx").write_bytes(b"damaged")
+    result = call_job("jobs.faces", "--out", str(tmp_path / "f.png"))
+    _one_line_exit_2(result, f"delete {cached} and rerun to rebuild it")
+
+
+def test_vectorfind_drops_nonfinite_rows_when_asked(ray_session, sampled, bundle_dir, tmp_path):
+    run = _copy_run(sampled, tmp_path)
+    table = pq.read_table(run / "samples.parquet")
+    eyes = table["eyes"].to_numpy().copy()
+    eyes[[1, 2]] = np.nan
+    metadata = table.schema.metadata
+    table = table.set_column(table.schema.get_field_index("eyes"), "eyes", pa.array(eyes, pa.float32()))
+    pq.write_table(table.replace_schema_metadata(metadata), run / "samples.parquet")
+    args = ["jobs.vectorfind", "--bundle", str(bundle_dir), "--out", str(run), "--n", str(N), "--seed", str(SEED),
+            "--cases", "2", "--ratio", "0.3"]
+    _one_line_exit_2(call_job(*args), "2 rows with NaN or inf")
+    assert call_job(*args, "--drop-nonfinite").returncode == 0
