@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from compute.bundle import BundleError, load_bundle
-from conftest import call_job, run_job
+from conftest import call_job
 from export.onnx_bundle import ExportError, export_bundle
 from export.synthetic import synthetic_spec
 from export.models import export_model

@@ -11,7 +11,7 @@ from compute.sampling import Resources, sample_table
 from compute.sessions import make_session, run_single
 from compute.tables import read_metadata, vector_matrix, write_parquet_atomic
 from compute.vectors_table import read_vectors
-from conftest import call_job, run_job
+from conftest import call_job
 from jobs import fit, import_vectors
 from vectors.errors import InputError
 from vectors.groups import assign_groups

@@ -9,7 +9,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dataclasses import replace
 
 from compute.fitting import fit_directions
 from compute.generation import CaseActor, DirectionSet, run_cases

@@ -11,7 +11,7 @@ import pytest
 from compute.fitting import fit_directions
 from compute.sampling import Resources, sample_table
 from compute.vectors_table import read_vectors
-from conftest import call_job, run_job
+from conftest import call_job
 from jobs import grid
 from vectors.method import Method
 
