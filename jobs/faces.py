@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compute.plots import pyplot, to_rgb
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single
 from jobs.cli.bundles import resolve_bundle
@@ -29,11 +30,7 @@ def render_faces(bundle, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def save_grid(images: np.ndarray, scores: np.ndarray, names: list[str], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cols = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.3 * rows), squeeze=False)
@@ -41,7 +38,7 @@ def save_grid(images: np.ndarray, scores: np.ndarray, names: list[str], out: Pat
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, score in zip(axes.flat, images, scores):
-        ax.imshow(np.clip((image.transpose(1, 2, 0) + 1) / 2, 0, 1))
+        ax.imshow(to_rgb(image))
         ax.set_title(" ".join(f"{names[i][:1]}{score[i]:+.1f}" for i in shown), fontsize=8)
     fig.suptitle("sample faces (scores: " + ", ".join(f"{names[i][:1]}={names[i]}" for i in shown) + ")",
                  fontsize=9)
