@@ -38,6 +38,12 @@ class Bundle:
         return int(self.manifest["w_dim"])
 
     @property
+    def num_ws(self) -> int | None:
+        """Layers of per-layer codes the synthesis takes ([B, L, w_dim]); None: one w ([B, w_dim])."""
+        value = self.manifest.get("num_ws")
+        return int(value) if value is not None else None
+
+    @property
     def resolution(self) -> int:
         return int(self.manifest["resolution"])
 
@@ -98,6 +104,9 @@ def _check_types(manifest: dict, manifest_file: Path) -> None:
         value = manifest[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "label_dim" else 1):
             raise bad(key, "a positive integer" if key != "label_dim" else "an integer >= 0")
+    if "num_ws" in manifest and (not isinstance(manifest["num_ws"], int) or isinstance(manifest["num_ws"], bool)
+                                 or manifest["num_ws"] < 1):
+        raise bad("num_ws", "a positive integer (the synthesis layers of per-layer codes)")
     names = manifest["score_names"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise bad("score_names", "a list of names")
@@ -125,6 +134,11 @@ def _check_dims(stem: str, model, manifest: dict, file: Path) -> None:
     if expected is None:
         return
     ins, outs = _static_dims(model.graph.input), _static_dims(model.graph.output)
+    if stem == "synthesis" and ins and len(ins[0]) in (2, 3):
+        layers = ins[0][1] if len(ins[0]) == 3 else None
+        if (len(ins[0]) == 3) != ("num_ws" in manifest) or (layers is not None and layers != manifest["num_ws"]):
+            raise BundleError(f"{file.name} takes codes of shape {ins[0]} but the manifest says num_ws "
+                              f"{manifest.get('num_ws', 'absent (one w per image)')}; export the bundle again")
     for (where, dims), want in zip((("input", ins[0]), ("output", outs[0])), expected):
         if want is None:
             continue

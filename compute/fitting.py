@@ -46,10 +46,10 @@ def load_samples(run: Path, method: Method, drop_nonfinite: bool = False) -> Sam
     needed = [*method.property_names, *method.group_by]
     try:
         columns = pq.read_schema(path).names
-        missing = [c for c in (method.space, *needed) if c not in columns]
+        missing = [c for c in (method.latent, *needed) if c not in columns]
         if missing:
             raise FitError(f"{path} has no column {', '.join(missing)} (its columns: {', '.join(columns)})")
-        table = pq.read_table(path, columns=[method.space, *needed])
+        table = pq.read_table(path, columns=[method.latent, *needed])
         sampling = read_metadata(path).get("sampling", {})
     except FitError:
         raise
@@ -57,7 +57,7 @@ def load_samples(run: Path, method: Method, drop_nonfinite: bool = False) -> Sam
         raise FitError(f"{path} is not a readable samples table ({str(exc).splitlines()[0]}); "
                        f"delete it and sample again") from exc
     scores = {name: table[name].to_numpy().astype(np.float64) for name in needed}
-    latents = vector_matrix(table[method.space])
+    latents = vector_matrix(table[method.latent])
     finite = np.isfinite(latents).all(axis=1)
     for values in scores.values():
         finite &= np.isfinite(values)
@@ -108,7 +108,7 @@ def direction_rows(results: dict, method: Method) -> list[dict]:
         for g in sorted({g for g, _ in results}):
             for p, d in orthogonalize({p: directions[(g, p)] for p in method.property_names}).items():
                 directions[(g, p)] = d
-    return [{"space": method.space, "group": s.group, "property": s.prop, "direction": directions[key],
+    return [{"space": method.latent, "group": s.group, "property": s.prop, "direction": directions[key],
              "val_accuracy": r.val_accuracy, "group_size": s.group_size, "k": s.k, "ratio": method.ratio,
              "converged": r.converged, "fit_seconds": r.fit_seconds}
             for key, (s, r) in sorted(results.items())]
@@ -142,7 +142,7 @@ def fit_directions(run: Path, method: Method = Method(), seed: int = 0, drop_non
     if reusable(out, "fit", plan.config, progress):
         return out
     if progress:
-        print(f"{len(samples.latents):,} samples in {method.space} ({samples.latents.shape[1]} dims), "
+        print(f"{len(samples.latents):,} samples in {method.latent} ({samples.latents.shape[1]} dims), "
               f"medians from {method.medians}"
               + (f", {samples.dropped} non-finite rows dropped" if samples.dropped else ""))
         print("group sizes: " + "  ".join(f"{g} {n}" for g, n in plan.sizes.items()))

@@ -17,15 +17,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compute.seeding import CASES, draw_codes
-from compute.sessions import images_per_batch, make_session, resolve, run_single, synthesize_and_score
-from vectors.edits import apply_edits, case_directions
+from compute.sessions import images_per_batch, make_session, num_ws, resolve, run_single, synthesize_and_score
+from vectors.edits import apply_edits, case_directions, layer_codes
 from vectors.errors import InputError
 from vectors.groups import groups_of_matrix
+from vectors.method import split_space
 
 
 @dataclass(frozen=True)
 class DirectionSet:
-    """One set of directions to test: {group: (P, D)} in a space, grouped with these medians."""
+    """One set of directions to test: {group: (P, D)} in a space (w, z or w:A-B), grouped with
+    these medians."""
 
     matrices: dict[str, np.ndarray]
     space: str
@@ -46,9 +48,10 @@ class CaseActor:
         self.group_by, self.score_names = list(group_by), list(score_names)
         self.weights = np.asarray(weights, dtype=np.float32)  # (E, P)
 
-    def _score(self, latents: np.ndarray, space: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """Scores (and true parameters) of edited latents (M, D); synthesis in memory-bounded sub-batches."""
-        w = run_single(self.sessions["mapping"], latents) if space == "z" else latents
+    def _score(self, latents: np.ndarray, latent: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores (and true parameters) of edited latents (M, D) or per-layer codes (M, L, D);
+        synthesis in memory-bounded sub-batches."""
+        w = run_single(self.sessions["mapping"], latents) if latent == "z" else latents
         scores = synthesize_and_score(self.sessions["synthesis"], self.sessions["scorer"], w)
         truths = run_single(self.sessions["truth"], w) if "truth" in self.sessions else None
         return scores, truths
@@ -61,9 +64,12 @@ class CaseActor:
         groups, per_set = [], []
         for s in self.sets:
             g = groups_of_matrix(base, self.score_names, self.group_by, s.medians)     # (B,)
-            edited = apply_edits(z if s.space == "z" else w, case_directions(s.matrices, g), self.weights)
+            latent, layers = split_space(s.space)
+            edited = apply_edits(z if latent == "z" else w, case_directions(s.matrices, g), self.weights)
+            if layers is not None:
+                edited = layer_codes(w, edited, layers, num_ws(self.sessions["synthesis"]))  # (B, E, L, D)
             groups.append(g)
-            per_set.append(self._score(edited.reshape(-1, edited.shape[-1]), s.space))
+            per_set.append(self._score(edited.reshape(-1, *edited.shape[2:]), latent))
         shape = (len(ids), len(self.weights), -1)
         out = {"case_id": ids, "z": z, "w": w.astype(np.float32), "base_scores": base,
                "group": np.stack(groups, axis=1).astype(str),                          # (B, K)
@@ -100,7 +106,11 @@ def run_cases(bundle, cases: int, seed: int, direction_sets: list[DirectionSet],
         # small enough that the last calls spread evenly over the actors.
         cases_per_batch = max(1, min(8, images_per_batch(bundle.resolution) // (len(direction_sets) * len(weights))))
     for s in direction_sets:
-        dim = bundle.z_dim if s.space == "z" else bundle.w_dim
+        latent, layers = split_space(s.space)
+        dim = bundle.z_dim if latent == "z" else bundle.w_dim
+        if layers is not None and not (bundle.num_ws and layers[1] < bundle.num_ws):
+            raise InputError(f"space {s.space} needs a synthesis with per-layer codes and at least "
+                             f"{layers[1] + 1} layers; this bundle's has {bundle.num_ws or 'one code per image'}")
         for g, m in s.matrices.items():
             if m.shape != (weights.shape[1], dim):
                 raise InputError(f"directions of group {g} have shape {m.shape}, expected "

@@ -35,7 +35,7 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.space}-n{self.n}-r{self.ratio:g}"
+        return f"{self.space.replace(':', '')}-n{self.n}-r{self.ratio:g}"  # w:0-6 -> w0-6
 
     def method(self, base: Method) -> Method:
         return replace(base, space=self.space, ratio=self.ratio)
@@ -141,7 +141,7 @@ def run_grid(run: Path, bundle, method: Method, ns: list[int], ratios: list[floa
     method.check_scores(bundle.score_names)
     cells = [Cell(s, n, r) for s in spaces for n in ns for r in ratios]
     for cell in cells:
-        cell.method(method)  # a bad space or ratio fails here, before any work
+        cell.method(method).check_layers(bundle.num_ws)  # a bad space or ratio fails here, before any work
     if progress:
         print(f"[1/3] sampling {max(ns):,} faces (smaller n are prefixes)", flush=True)
     sample_table(bundle, max(ns), seed, run, batch_size=batch_size, resources=resources, progress=progress)

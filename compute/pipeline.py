@@ -19,6 +19,7 @@ from vectors.method import Method
 def check_run_input(bundle, method: Method, n: int, cases: int, seed: int, run: Path | None = None) -> None:
     """Every check that needs no cluster, so bad input fails before Ray starts."""
     method.check_scores(bundle.score_names)
+    method.check_layers(bundle.num_ws)
     if not isinstance(cases, int) or cases < 1:
         raise InputError(f"the test needs at least 1 case, got {cases!r}")
     check_sampling_input(bundle, n, seed, run)

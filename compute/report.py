@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 
 from compute.plots import pyplot, to_rgb
 from compute.runs import CASES_FILE, REPORT_FILE, SUMMARY_FILE, VECTORS_FILE, recorded_path
-from compute.sessions import make_session, run_single
+from compute.sessions import make_session, num_ws, run_single
 from compute.tables import read_metadata, vector_matrix
 from compute.vectors_table import VectorsError, read_vectors
-from vectors.edits import apply_edits, case_directions, direction_matrices
+from vectors.edits import apply_edits, case_directions, direction_matrices, layer_codes
 from vectors.method import Method
 
 GRID_CASES = 3
@@ -61,10 +61,13 @@ def edit_grid(bundle, cases, matrices: dict, method: Method, out: Path) -> list[
     for row, (i, _, v) in enumerate(columns):
         weights[row, i] = v
     mapping, synthesis = (make_session(bundle.graph_bytes(s), threads=2) for s in ("mapping", "synthesis"))
-    latents = vector_matrix(cases[method.space])[chosen]
+    latents = vector_matrix(cases[method.latent])[chosen]
     groups = np.array(cases["group"].to_pylist())[chosen]
-    edited = apply_edits(latents, case_directions(matrices, groups), weights).reshape(-1, latents.shape[1])
-    images = run_single(synthesis, run_single(mapping, edited) if method.space == "z" else edited)
+    edited = apply_edits(latents, case_directions(matrices, groups), weights)
+    if method.layers is not None:
+        edited = layer_codes(latents, edited, method.layers, num_ws(synthesis))
+    edited = edited.reshape(-1, *edited.shape[2:])
+    images = run_single(synthesis, run_single(mapping, edited) if method.latent == "z" else edited)
     images = images.reshape(len(chosen), len(columns), *images.shape[1:])
     fig, axes = plt.subplots(len(chosen), len(columns), figsize=(1.3 * len(columns), 1.55 * len(chosen)),
                              squeeze=False)
@@ -127,7 +130,7 @@ def write_report(run: Path, bundle) -> Path:
         "one global group"
     lines = [
         f"# vectorfind report: {run.name}", "",
-        f"Latent space **{method.space}** ({'v7' if method.space == 'w' else 'v6'}), model "
+        f"Latent space **{method.space}** ({'v6' if method.latent == 'z' else 'v7'}), model "
         f"`{bundle.manifest['model']}`, {summary.get('n_samples', '?')} samples, ratio {summary.get('ratio')}, "
         f"{groups}, {summary['cases']} test cases x {summary['edits_per_case']} edits.", "",
         "## Results", "",

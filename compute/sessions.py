@@ -49,8 +49,27 @@ def make_session(model_bytes: bytes, threads: int = 1, use_gpu: bool = False) ->
 
 
 def run_single(session: ort.InferenceSession, array: np.ndarray) -> np.ndarray:
-    """Run a one-input, one-output graph; names come from the session, not literals."""
-    return session.run(None, {session.get_inputs()[0].name: array})[0]
+    """Run a one-input, one-output graph; names come from the session, not literals.
+
+    A graph that takes per-layer codes (B, L, D) also accepts one code per image (B, D):
+    it is given to every layer, which is what an unedited or all-layer code means.
+    """
+    return session.run(None, {session.get_inputs()[0].name: per_layer(session, array)})[0]
+
+
+def num_ws(session: ort.InferenceSession) -> int | None:
+    """L for a graph that takes per-layer codes [B, L, D]; None for one that takes [B, D]."""
+    shape = session.get_inputs()[0].shape
+    return shape[1] if len(shape) == 3 and isinstance(shape[1], int) else None
+
+
+def per_layer(session: ort.InferenceSession, codes: np.ndarray) -> np.ndarray:
+    """codes as the graph's first input wants them: (B, D) broadcast to (B, L, D) where it takes W+."""
+    layers = num_ws(session)
+    codes = np.ascontiguousarray(codes, dtype=np.float32)
+    if layers is None or codes.ndim != 2:
+        return codes
+    return np.ascontiguousarray(np.broadcast_to(codes[:, None, :], (len(codes), layers, codes.shape[1])))
 
 
 def resolve(value):
@@ -81,7 +100,8 @@ def images_per_call(synthesis: ort.InferenceSession) -> int:
 
 def synthesize_and_score(synthesis: ort.InferenceSession, scorer: ort.InferenceSession,
                          w: np.ndarray) -> np.ndarray:
-    """Scores of the images of latents w (B, w_dim), in memory-bounded sub-batches."""
+    """Scores of the images of latents w (B, w_dim) or per-layer codes (B, L, w_dim), in
+    memory-bounded sub-batches."""
     step = images_per_call(synthesis)
     parts = [score_images(synthesis, scorer, w[lo:lo + step]) for lo in range(0, len(w), step)]
     return np.concatenate(parts) if parts else np.zeros((0, scorer.get_outputs()[0].shape[1]), np.float32)
@@ -92,7 +112,7 @@ def score_images(synthesis: ort.InferenceSession, scorer: ort.InferenceSession, 
     (GPU memory under CUDA) and go straight into the scorer; only scores come back."""
     device = _device(synthesis)
     make = synthesis.io_binding()
-    make.bind_cpu_input(synthesis.get_inputs()[0].name, np.ascontiguousarray(w, dtype=np.float32))
+    make.bind_cpu_input(synthesis.get_inputs()[0].name, per_layer(synthesis, w))
     make.bind_output(synthesis.get_outputs()[0].name, device)
     synthesis.run_with_iobinding(make)
     score = scorer.io_binding()

@@ -47,7 +47,7 @@ def load_direction_set(vectors_path: Path, bundle, method: Method) -> tuple[Dire
                            f"{recorded[:12]}..., this bundle {bundle.manifest_sha256[:12]}...); use the "
                            f"matching bundle")
     space = table["space"][0].as_py()
-    if space != method.space:
+    if space != method.latent:
         raise VectorsError(f"{vectors_path} holds {space} directions but the method's space is "
                            f"{method.space}; set the space to {space}")
     groups = sorted({g for g, _ in directions})
@@ -58,7 +58,7 @@ def load_direction_set(vectors_path: Path, bundle, method: Method) -> tuple[Dire
     medians = fit.get("median_values")
     if medians is None:  # imported vectors record none: group test faces by the bundle's fixed medians
         medians = group_medians(replace(method, medians="manifest"), bundle.manifest.get("group_medians", {}), {})
-    return DirectionSet(matrices, space, medians), table, meta
+    return DirectionSet(matrices, method.space, medians), table, meta
 
 
 def evaluate(results: CaseResults, k: int, method: Method, bundle) -> tuple[pa.Table, dict]:
@@ -116,6 +116,7 @@ def run_test(run: Path, bundle, method: Method = Method(), cases: int = 500, see
     run = Path(run)
     vectors_path = Path(vectors_path or run / VECTORS_FILE)
     method.check_scores(bundle.score_names)
+    method.check_layers(bundle.num_ws)
     direction_set, vectors, meta = load_direction_set(vectors_path, bundle, method)
     config = test_config(method, cases, seed, run, vectors_path, bundle, direction_set)
     if reusable(run / CASES_FILE, "test", config, progress) and (run / SUMMARY_FILE).is_file():

@@ -41,7 +41,7 @@ from export.onnx_bundle import ModelSpec
 from export.render import FaceRenderer
 from export.scorer import SCORER_RESOLUTION, WEIGHTS, ScoreCNN
 from export.synthetic import DEFAULT_RESOLUTION, MEDIAN_SAMPLES, MEDIAN_SEED, SyntheticSynthesis
-from export.world import (IDENTITY, LABEL_DIM, PARAMS, SCORED, W_DIM, Z_DIM, SemanticReadout,
+from export.world import (IDENTITY, LABEL_DIM, LAYER_BANDS, NUM_WS, PARAMS, SCORED, W_DIM, Z_DIM, SemanticReadout,
                           SyntheticMapping, WorldConfig, build_world)
 
 NAME = "synthetic-attributes"
@@ -174,7 +174,8 @@ def attributes_spec(resolution: int = DEFAULT_RESOLUTION) -> ModelSpec:
     variant = {"model": NAME, "score_names": ATTRIBUTE_NAMES, "probe_seed": PROBE_SEED,
                "probe_faces": [PROBE_FIT_FACES, PROBE_HELD_OUT_FACES], "ridge": RIDGE_RELATIVE_LAMBDA}
     source = hashlib.sha256(Path(WEIGHTS).read_bytes() + json.dumps(world, sort_keys=True).encode()
-                            + json.dumps(variant, sort_keys=True).encode())
+                            + json.dumps(variant, sort_keys=True).encode()
+                            + json.dumps(LAYER_BANDS, sort_keys=True).encode())
     return ModelSpec(
         name=NAME,
         mapping=mapping, synthesis=synthesis, scorer=scorer,
@@ -185,9 +186,11 @@ def attributes_spec(resolution: int = DEFAULT_RESOLUTION) -> ModelSpec:
         source_sha256=source.hexdigest(),
         parity_tolerance=1e-4,
         # The world's ground truth, exactly as the built-in model ships it.
-        extra_graphs={"truth": (readout, "w", "params")},
+        num_ws=NUM_WS,
+        extra_graphs={"truth": (readout, "ws", "params")},
         extra_manifest={"truth_names": list(PARAMS), "world": world,
-                        "score_renames": dict(SCORE_RENAMES), "identity_probe_r2": fit.held_out_r2},
+                        "score_renames": dict(SCORE_RENAMES), "identity_probe_r2": fit.held_out_r2,
+                        "layer_bands": dict(LAYER_BANDS)},
     )
 
 

@@ -2,7 +2,9 @@
 
 The bundle is the contract every downstream stage reads (see compute/bundle.py): graphs with
 a dynamic batch axis and fixed input/output names, plus a manifest with dims, resolution,
-ordered score names, default group medians, the exporter used and parity figures. The
+ordered score names, default group medians, the exporter used and parity figures. A
+synthesis that takes per-layer codes (W+) has input `ws` [B, num_ws, w_dim] and the
+manifest says num_ws; one that takes a single code has input `w` [B, w_dim]. The
 export is written to a temporary sibling directory and renamed into place at the end, so
 an interrupted export never leaves a directory that looks like a bundle.
 """
@@ -39,8 +41,8 @@ class ModelSpec:
 
     name: str
     mapping: nn.Module            # z [B, z_dim] -> w [B, w_dim]
-    synthesis: nn.Module          # w [B, w_dim] -> image [B, 3, R, R] in [-1, 1]
-    scorer: nn.Module             # image -> scores [B, len(score_names)]
+    synthesis: nn.Module          # ws [B, num_ws, w_dim] (or w [B, w_dim]) -> image [B, 3, R, R] in [-1, 1]
+    scorer: nn.Module | bytes     # image -> scores [B, len(score_names)]; bytes: a ready ONNX graph
     z_dim: int
     label_dim: int
     w_dim: int
@@ -50,6 +52,7 @@ class ModelSpec:
     source_sha256: str
     parity_tolerance: float
     parity_codes: int = 64        # random codes the torch vs ONNX Runtime check runs on
+    num_ws: int | None = None     # per-layer codes the synthesis takes; None: one w per image
     # Optional extra graphs, e.g. the synthetic world's ground truth: stem -> (module, in, out).
     extra_graphs: dict[str, tuple[nn.Module, str, str]] = field(default_factory=dict)
     extra_manifest: dict = field(default_factory=dict)
@@ -81,11 +84,28 @@ def to_onnx_bytes(module: nn.Module, example: torch.Tensor, input_name: str, out
     return buffer.getvalue()
 
 
+def codes_example(spec: ModelSpec, batch: int = 2) -> torch.Tensor:
+    """Zero codes of the shape the synthesis graph takes."""
+    return torch.zeros(batch, spec.num_ws, spec.w_dim) if spec.num_ws else torch.zeros(batch, spec.w_dim)
+
+
+def codes_input(spec: ModelSpec) -> str:
+    return "ws" if spec.num_ws else "w"
+
+
+def per_layer(spec: ModelSpec, w: torch.Tensor) -> torch.Tensor:
+    """w [B, w_dim] as the synthesis takes it: given to every layer where it takes W+."""
+    return w.unsqueeze(1).repeat(1, spec.num_ws, 1) if spec.num_ws else w
+
+
 def export_graphs(spec: ModelSpec) -> dict[str, bytes]:
     """The three bundle graphs of `spec` (GRAPHS), serialised, without the parity check."""
-    examples = {"mapping": torch.zeros(2, spec.z_dim), "synthesis": torch.zeros(2, spec.w_dim),
+    examples = {"mapping": torch.zeros(2, spec.z_dim), "synthesis": codes_example(spec),
                 "scorer": torch.zeros(2, 3, spec.resolution, spec.resolution)}
-    return {stem: to_onnx_bytes(getattr(spec, stem), examples[stem], i, o) for stem, i, o in GRAPHS}
+    names = {"synthesis": (codes_input(spec), "image")}
+    return {stem: spec.scorer if stem == "scorer" and isinstance(spec.scorer, bytes)
+            else to_onnx_bytes(getattr(spec, stem), examples[stem], *names.get(stem, (i, o)))
+            for stem, i, o in GRAPHS}
 
 
 def _ort_run(model_bytes: bytes, array: np.ndarray) -> np.ndarray:
@@ -95,23 +115,32 @@ def _ort_run(model_bytes: bytes, array: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: array})[0]
 
 
-def _parity(spec: ModelSpec, graphs: dict[str, bytes], codes: int, seed: int) -> dict[str, float]:
-    """Max abs difference torch vs ONNX Runtime, stage by stage, on `codes` random codes."""
+def _parity(spec: ModelSpec, graphs: dict[str, bytes], codes: int, seed: int) -> dict:
+    """Torch vs ONNX Runtime, stage by stage, on `codes` random codes: the max abs difference
+    per stage, and under "relative" the same divided by the torch output's largest magnitude.
+
+    A scorer given as an ONNX graph has no torch side: its scores are not compared (None).
+    """
     generator = torch.Generator().manual_seed(seed)
     z = torch.randn(codes, spec.z_dim, generator=generator)
     with torch.no_grad():
         w = spec.mapping(z)
-        image = spec.synthesis(w)
-        scores = spec.scorer(image)
-    ort_w = _ort_run(graphs["mapping"], z.numpy())
-    ort_image = _ort_run(graphs["synthesis"], w.numpy())
-    ort_scores = _ort_run(graphs["scorer"], image.numpy())
-    return {
-        "codes": codes,
-        "w": float(np.abs(ort_w - w.numpy()).max()),
-        "image": float(np.abs(ort_image - image.numpy()).max()),
-        "scores": float(np.abs(ort_scores - scores.numpy()).max()),
-    }
+        image = spec.synthesis(per_layer(spec, w))
+        scores = None if isinstance(spec.scorer, bytes) else spec.scorer(image).numpy()
+    ort = {"w": _ort_run(graphs["mapping"], z.numpy()),
+           "image": _ort_run(graphs["synthesis"], per_layer(spec, w).numpy()),
+           "scores": _ort_run(graphs["scorer"], image.numpy())}
+    ours = {"w": w.numpy(), "image": image.numpy(), "scores": scores}
+    result, relative = {"codes": codes}, {}
+    for stage, expected in ours.items():
+        if expected is None:
+            result[stage] = relative[stage] = None
+            continue
+        if not np.isfinite(ort[stage]).all():
+            raise ExportError(f"ONNX Runtime gave non-finite {stage} values on random codes")
+        result[stage] = float(np.abs(ort[stage] - expected).max())
+        relative[stage] = result[stage] / max(float(np.abs(expected).max()), 1e-12)
+    return dict(result, relative=relative)
 
 
 def export_bundle(spec: ModelSpec, out: Path, overwrite: bool = False, seed: int = 0) -> dict:
@@ -123,14 +152,15 @@ def export_bundle(spec: ModelSpec, out: Path, overwrite: bool = False, seed: int
 
     graphs = export_graphs(spec)
     parity = _parity(spec, graphs, spec.parity_codes, seed)
-    worst = max(parity["w"], parity["image"], parity["scores"])
+    worst = max(v for v in parity["relative"].values() if v is not None)
     if worst > spec.parity_tolerance:
-        raise ExportError(f"ONNX Runtime differs from torch by {worst:.3g} "
+        raise ExportError(f"ONNX Runtime differs from torch by {worst:.3g} relative "
                           f"(> {spec.parity_tolerance:g}): {parity}")
 
-    extra = {stem: (to_onnx_bytes(m, torch.zeros(2, spec.w_dim), i, o), i, o)
+    extra = {stem: (to_onnx_bytes(m, codes_example(spec), i, o), i, o)
              for stem, (m, i, o) in spec.extra_graphs.items()}
     files = {stem: {"file": f"{stem}.onnx", "input": i, "output": o} for stem, i, o in GRAPHS}
+    files["synthesis"]["input"] = codes_input(spec)
     files.update({stem: {"file": f"{stem}.onnx", "input": i, "output": o}
                   for stem, (_, i, o) in extra.items()})
     payload = dict(graphs, **{stem: b for stem, (b, _, _) in extra.items()})
@@ -145,6 +175,7 @@ def export_bundle(spec: ModelSpec, out: Path, overwrite: bool = False, seed: int
         "label_dim": spec.label_dim,
         "w_dim": spec.w_dim,
         "resolution": spec.resolution,
+        **({"num_ws": spec.num_ws} if spec.num_ws else {}),
         "score_names": list(spec.score_names),
         "group_medians": spec.group_medians,
         "opset": OPSET,
@@ -154,6 +185,21 @@ def export_bundle(spec: ModelSpec, out: Path, overwrite: bool = False, seed: int
         **spec.extra_manifest,
     }
 
+    write_bundle(out, payload, manifest, overwrite=overwrite)
+    return manifest
+
+
+def write_bundle(out: Path, payload: dict[str, bytes], manifest: dict, overwrite: bool = False) -> None:
+    """Write graphs (manifest["files"][stem]["file"] <- payload[stem]) and the manifest to `out`.
+
+    Everything goes to a temporary sibling directory that is renamed into place at the end,
+    so an interrupted export never leaves a directory that looks like a bundle.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ExportError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files = manifest["files"]
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         for stem, data in payload.items():
@@ -171,4 +217,3 @@ def export_bundle(spec: ModelSpec, out: Path, overwrite: bool = False, seed: int
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return manifest

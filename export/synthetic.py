@@ -14,7 +14,7 @@ from export.checkpoints import load_state_dict_strict
 from export.onnx_bundle import ModelSpec
 from export.render import FaceRenderer
 from export.scorer import WEIGHTS, ScoreCNN
-from export.world import (GROUPING, LABEL_DIM, PARAMS, SCORED, W_DIM, Z_DIM, SemanticReadout,
+from export.world import (GROUPING, LABEL_DIM, LAYER_BANDS, NUM_WS, PARAMS, SCORED, W_DIM, Z_DIM, SemanticReadout,
                           WorldConfig, build_world)
 
 DEFAULT_RESOLUTION = 64
@@ -23,7 +23,8 @@ MEDIAN_SEED = 7
 
 
 class SyntheticSynthesis(nn.Module):
-    """w [B, 512] -> image [B, 3, R, R]: read the face parameters out of w, then draw them."""
+    """w [B, 512] or ws [B, NUM_WS, 512] -> image [B, 3, R, R]: read the face parameters out
+    of the codes, then draw them. The bundle's graph takes ws."""
 
     def __init__(self, readout: SemanticReadout, resolution: int):
         super().__init__()
@@ -52,7 +53,9 @@ def synthetic_spec(resolution: int = DEFAULT_RESOLUTION, weights: Path = WEIGHTS
     mapping, readout = build_world(cfg)
     synthesis = SyntheticSynthesis(readout, resolution).eval()
     world = asdict(cfg)
-    source = hashlib.sha256(Path(weights).read_bytes() + json.dumps(world, sort_keys=True).encode())
+    # The layer bands join the hash: a cached bundle from before per-layer codes is not this one.
+    source = hashlib.sha256(Path(weights).read_bytes() + json.dumps(world, sort_keys=True).encode()
+                            + json.dumps(LAYER_BANDS, sort_keys=True).encode())
     return ModelSpec(
         name="synthetic",
         mapping=mapping, synthesis=synthesis, scorer=scorer,
@@ -63,6 +66,7 @@ def synthetic_spec(resolution: int = DEFAULT_RESOLUTION, weights: Path = WEIGHTS
         source_sha256=source.hexdigest(),
         parity_tolerance=1e-4,
         # The world's ground truth, so runtime stages can measure true properties without torch.
-        extra_graphs={"truth": (readout, "w", "params")},
-        extra_manifest={"truth_names": list(PARAMS), "world": world},
+        num_ws=NUM_WS,
+        extra_graphs={"truth": (readout, "ws", "params")},
+        extra_manifest={"truth_names": list(PARAMS), "world": world, "layer_bands": dict(LAYER_BANDS)},
     )

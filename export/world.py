@@ -15,6 +15,11 @@ that no linear direction can remove (turning the head narrows the eyes, the mout
 with eyes x turn, the turn drifts with the mouth), so edits along one property disturb the
 others' scores and only some test cases pass, as with real generators. Because the mapping
 is a deep random MLP, the same parameters are far less linear in z than in w.
+
+Like a StyleGAN's synthesis, the read-out also takes per-layer codes ws [B, NUM_WS, 512]
+(W+): each parameter reads the mean of its band of layers, coarse layers the head turn and
+face shape, middle ones the eyes and mouth, fine ones colours and background (LAYER_BANDS).
+With every layer given the same w this is exactly the read-out of w.
 """
 from __future__ import annotations
 
@@ -34,6 +39,20 @@ IDENTITY = ("face_width", "skin_tone", "eye_spacing", "hair_parting")
 PARAMS = SCORED + IDENTITY
 EDITED = ("eyes", "mouth", "pose")
 GROUPING = ("hair_color", "hair_length", "background_mean")
+# Per-layer codes: 10 layers, as a 64-px StyleGAN2 has; (first, last) layer each parameter reads.
+NUM_WS = 10
+LAYER_BANDS = {"pose": (0, 3), "face_width": (0, 3), "hair_length": (0, 3),
+               "eyes": (4, 6), "mouth": (4, 6), "eye_spacing": (4, 6), "hair_parting": (4, 6),
+               "hair_color": (7, 9), "skin_tone": (7, 9), "background_mean": (7, 9)}
+
+
+def band_weights(names) -> np.ndarray:
+    """(NUM_WS, len(names)): column j averages the layers of parameter names[j]'s band."""
+    weights = np.zeros((NUM_WS, len(names)), np.float32)
+    for j, name in enumerate(names):
+        first, last = LAYER_BANDS[name]
+        weights[first:last + 1, j] = 1.0 / (last - first + 1)
+    return weights
 
 
 @dataclass(frozen=True)
@@ -82,7 +101,8 @@ class SyntheticMapping(nn.Module):
 
 
 class SemanticReadout(nn.Module):
-    """w [B, 512] -> true standardised face parameters [B, 10] in PARAMS order."""
+    """w [B, 512] or per-layer codes ws [B, NUM_WS, 512] -> true standardised face
+    parameters [B, 10] in PARAMS order."""
 
     def __init__(self, directions: np.ndarray, interactions: np.ndarray, cfg: WorldConfig):
         super().__init__()
@@ -91,16 +111,24 @@ class SemanticReadout(nn.Module):
         self.cross_talk = tuple(float(c) for c in cfg.cross_talk)
         self.register_buffer("directions", _tensor(directions))      # (512, 10)
         self.register_buffer("interactions", _tensor(interactions))  # (512, 9): edited x grouping
+        # An interaction term moves its edited parameter, so it reads that parameter's band.
+        self.register_buffer("bands", _tensor(band_weights(PARAMS)))                       # (L, 10)
+        self.register_buffer("interaction_bands", _tensor(band_weights([e for e in EDITED for _ in GROUPING])))
         n = len(PARAMS)
         self.register_buffer("lin_center", torch.zeros(n))
         self.register_buffer("lin_scale", torch.ones(n))
         self.register_buffer("out_center", torch.zeros(n))
         self.register_buffer("out_scale", torch.ones(n))
 
-    def forward(self, w):  # (B, 512)
-        lin = (w @ self.directions - self.lin_center) / self.lin_scale  # (B, 10)
+    def forward(self, w):  # (B, 512) or (B, L, 512)
+        if w.dim() == 3:
+            projected = ((w @ self.directions) * self.bands).sum(dim=1)                  # (B, 10)
+            inter = ((w @ self.interactions) * self.interaction_bands).sum(dim=1)        # (B, 9)
+        else:
+            projected, inter = w @ self.directions, w @ self.interactions
+        lin = (projected - self.lin_center) / self.lin_scale            # (B, 10)
         soft_group = torch.tanh(self.sharpness * lin[:, 3:6])           # (B, 3), +-1 per group letter
-        inter = (w @ self.interactions).reshape(-1, 3, 3)                # (B, edited, grouping)
+        inter = inter.reshape(-1, 3, 3)                                  # (B, edited, grouping)
         edited = lin[:, :3] + self.interaction * (inter * soft_group.unsqueeze(1)).sum(dim=2)
         eyes, mouth, pose = lin[:, 0:1], lin[:, 1:2], lin[:, 2:3]
         a, b, c = self.cross_talk

@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     out = fit_directions(args.run, method, args.seed, args.drop_nonfinite, args.out)
     if args.export_csv or args.export_boundaries:
         _, directions, _ = read_vectors(out)
-        export_directions(directions, method.space, args.export_csv, args.export_boundaries)
+        export_directions(directions, method.latent, args.export_csv, args.export_boundaries)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from vectors.interop import read_reference_csv, reference_csv_name
 
 def import_reference_csvs(csv_dir: Path, method, dim: int) -> list[dict]:
     csv_dir = Path(csv_dir)
-    expected = {(g, p): csv_dir / reference_csv_name(p, method.space, g)
+    expected = {(g, p): csv_dir / reference_csv_name(p, method.latent, g)
                 for g in method.group_names for p in method.property_names}
     missing = [path.name for path in expected.values() if not path.is_file()]
     if missing:
@@ -36,12 +36,12 @@ def import_reference_csvs(csv_dir: Path, method, dim: int) -> list[dict]:
         except (ValueError, OSError) as exc:
             raise UsageError(str(exc)) from exc
         if len(direction) != dim:
-            raise UsageError(f"{path} has {len(direction)} dims, but this bundle's {method.space} has {dim}; "
+            raise UsageError(f"{path} has {len(direction)} dims, but this bundle's {method.latent} has {dim}; "
                              f"these vectors belong to another model (pass its --bundle)")
         norm = float(np.linalg.norm(direction))
         if not norm > 0:
             raise UsageError(f"{path} is an all-zero vector: it has no direction")
-        rows.append({"space": method.space, "group": group, "property": prop, "direction": direction / norm,
+        rows.append({"space": method.latent, "group": group, "property": prop, "direction": direction / norm,
                      "val_accuracy": None, "group_size": None, "k": None, "ratio": None,
                      "converged": None, "fit_seconds": None})
     return rows
@@ -57,11 +57,11 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     method = method_from(args)
     bundle = resolve_bundle(args.bundle)
-    rows = import_reference_csvs(args.csv_dir, method, bundle.z_dim if method.space == "z" else bundle.w_dim)
-    write_vectors(rows, {"fit": {"space": method.space, "imported_from": str(args.csv_dir.resolve()),
+    rows = import_reference_csvs(args.csv_dir, method, bundle.z_dim if method.latent == "z" else bundle.w_dim)
+    write_vectors(rows, {"fit": {"space": method.latent, "imported_from": str(args.csv_dir.resolve()),
                                  "bundle_manifest_sha256": bundle.manifest_sha256},
                          "method": method.to_dict()}, args.out)
-    print(f"imported {len(rows)} {method.space} directions ({len(rows[0]['direction'])} dims) into {args.out}")
+    print(f"imported {len(rows)} {method.latent} directions ({len(rows[0]['direction'])} dims) into {args.out}")
 
 
 if __name__ == "__main__":

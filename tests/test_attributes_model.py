@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from compute.sessions import run_single
 from export.attributes import ATTRIBUTE_NAMES, NAME, SCORE_RENAMES, attributes_spec
 from export.onnx_bundle import export_bundle
 from export.scorer import load_shipped_scorer
@@ -31,10 +32,9 @@ def exported(tmp_path_factory):
 
 
 def _run(bundle_dir, stem: str, array: np.ndarray) -> np.ndarray:
-    # Plain onnxruntime, as a runtime stage would run the bundle (not compute.bundle,
-    # which still insists on the built-in score names).
+    # As a runtime stage runs the bundle: run_single gives one w to every synthesis layer.
     session = ort.InferenceSession(str(bundle_dir / f"{stem}.onnx"), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: array})[0]
+    return run_single(session, array)
 
 
 @pytest.fixture(scope="module")

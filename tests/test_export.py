@@ -44,7 +44,9 @@ d = {str(bundle_dir)!r}
 run = lambda f, x: (lambda s: s.run(None, {{s.get_inputs()[0].name: x}})[0])(ort.InferenceSession(d + '/' + f))
 for b in (1, 7):
     z = np.random.default_rng(b).standard_normal((b, 515)).astype(np.float32)
-    s = run('scorer.onnx', run('synthesis.onnx', run('mapping.onnx', z)))
+    w = run('mapping.onnx', z)
+    ws = np.repeat(w[:, None, :], 10, axis=1)  # per-layer codes: every layer the same w
+    s = run('scorer.onnx', run('synthesis.onnx', ws))
     assert s.shape == (b, 6) and np.isfinite(s).all(), s.shape
 print('ok')
 """
@@ -60,6 +62,8 @@ def test_onnx_matches_torch_at_other_batch_sizes(bundle_dir):
     sessions = {s: ort.InferenceSession(str(bundle_dir / f"{s}.onnx")) for s in ("mapping", "synthesis", "scorer")}
     x = z.numpy()
     for stem in ("mapping", "synthesis", "scorer"):
+        if stem == "synthesis":
+            x = np.repeat(x[:, None, :], 10, axis=1)
         x = sessions[stem].run(None, {sessions[stem].get_inputs()[0].name: x})[0]
     np.testing.assert_allclose(x, expected, atol=1e-4)
 
@@ -68,7 +72,7 @@ def test_export_at_256px(tmp_path):
     manifest = export_model("synthetic", tmp_path / "b256", resolution=256)
     assert manifest["resolution"] == 256
     session = ort.InferenceSession(str(tmp_path / "b256" / "synthesis.onnx"))
-    image = session.run(None, {"w": np.zeros((2, 512), np.float32)})[0]
+    image = session.run(None, {"ws": np.zeros((2, 10, 512), np.float32)})[0]
     assert image.shape == (2, 3, 256, 256)
 
 

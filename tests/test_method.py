@@ -71,7 +71,7 @@ def test_pose_schedule_reproduces_the_reference_edits_with_imported_vectors(tmp_
     (dict(group_by=("eyes",)), "eyes cannot be both edited and used for grouping"),
     (dict(group_by=("hair_color", "hair_color")), "named twice: hair_color"),
     (dict(ratio=0.0), "ratio must be in (0, 0.5]"),
-    (dict(space="q"), "space must be w (v7) or z (v6)"),
+    (dict(space="q"), "space must be w (v7), z (v6) or a layer range"),
     (dict(medians="fixed"), "medians must be"),
     (dict(validation_fraction=1.0), "validation_fraction"),
     (dict(max_spread=float("nan")), "max_spread must be a number >= 0"),
@@ -171,3 +171,19 @@ def test_a_bad_method_file_is_one_line_exit_2_before_any_work(tmp_path):
     result = run_job("jobs.vectorfind", "--out", str(tmp_path / "run"), "--method", str(method_file))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "at least 2 distinct" in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_layer_range_is_a_space_of_w_whose_fit_is_the_whole_w():
+    ranged = Method(space="w: 2-5")
+    assert (ranged.space, ranged.latent, ranged.layers) == ("w:2-5", "w", (2, 5))
+    assert Method(space="w:3").layers == (3, 3)
+    assert Method().layers is None and Method(space="z").latent == "z"
+    # Directions are fitted on w whatever the layers: one fit serves every range.
+    assert ranged.fit_config() == Method().fit_config()
+    assert Method.from_dict(ranged.to_dict()) == ranged
+    ranged.check_layers(10)
+    with pytest.raises(MethodError, match="has 4 \\(0-3\\)"):
+        ranged.check_layers(4)
+    with pytest.raises(MethodError, match="takes one w per image"):
+        ranged.check_layers(None)
+    Method().check_layers(None)

@@ -42,3 +42,18 @@ def apply_edits(latents: np.ndarray, directions: np.ndarray, weights: np.ndarray
         raise InputError(f"edit shapes disagree: latents {latents.shape}, directions {directions.shape}, "
                          f"weights {weights.shape}")
     return latents[:, None, :] + np.einsum("ep,bpd->bed", weights, directions, dtype=np.float32)
+
+
+def layer_codes(base: np.ndarray, edited: np.ndarray, layers: tuple[int, int], num_ws: int) -> np.ndarray:
+    """Per-layer codes (B, E, L, D) float32 that move only synthesis layers first..last.
+
+    base (B, D): each case's unedited w, given to every other layer; edited (B, E, D): its
+    edited w (apply_edits). With every layer in range this equals broadcasting `edited`.
+    """
+    first, last = layers
+    if not 0 <= first <= last < num_ws:
+        raise InputError(f"layers {first}-{last} do not fit a synthesis with {num_ws} layers (0-{num_ws - 1})")
+    codes = np.repeat(np.asarray(base, np.float32)[:, None, None, :], edited.shape[1], axis=1)
+    codes = np.repeat(codes, num_ws, axis=2)                                    # (B, E, L, D)
+    codes[:, :, first:last + 1] = np.asarray(edited, np.float32)[:, :, None, :]
+    return codes

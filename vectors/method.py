@@ -25,6 +25,7 @@ from vectors.errors import InputError
 from vectors.svm import SvmConfig
 
 SPACES = ("w", "z")
+# "w:A-B": edit only synthesis layers A..B (inclusive, from 0) of the per-layer codes (W+).
 MEDIAN_SOURCES = ("manifest", "samples")
 MAX_PROPERTIES, MAX_GROUPING, MAX_EDITS = 6, 4, 1000
 GLOBAL_GROUP = "all"  # the one group when no score defines groups
@@ -86,7 +87,7 @@ class Method:
     group_by: tuple[str, ...] = SEEDS_GROUPING   # 0-4 scores; 2^G groups named by h/l letters
     medians: str = "manifest"       # "manifest": the bundle's fixed medians; "samples": measured
     ratio: float = 0.2              # k = max(int(ratio * group size), 1) per class
-    space: str = "w"                # "w" (v7) or "z" (v6)
+    space: str = "w"                # "w" (v7), "z" (v6) or "w:A-B" (only layers A..B of W+)
     validation_fraction: float = 0.2
     orthogonalize: bool = False     # each direction orthogonal to the others of its group
     max_spread: float | None = None  # extra pass condition on consistency, if set
@@ -111,8 +112,7 @@ class Method:
             raise MethodError(f"medians must be 'manifest' or 'samples', got {self.medians!r}")
         if not (isinstance(self.ratio, (int, float)) and 0 < self.ratio <= 0.5):
             raise MethodError(f"ratio must be in (0, 0.5], got {self.ratio!r}")
-        if self.space not in SPACES:
-            raise MethodError(f"space must be w (v7) or z (v6), got {self.space!r}")
+        object.__setattr__(self, "space", _check_space(self.space))
         if not (isinstance(self.validation_fraction, (int, float)) and 0 < self.validation_fraction < 1):
             raise MethodError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
         if self.orthogonalize and len(names) < 2:
@@ -134,6 +134,27 @@ class Method:
     @property
     def property_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.properties)
+
+    @property
+    def latent(self) -> str:
+        """The latent the directions live in and are fitted on: "w" or "z"."""
+        return split_space(self.space)[0]
+
+    @property
+    def layers(self) -> tuple[int, int] | None:
+        """(first, last) synthesis layer an edit moves, inclusive; None: every layer."""
+        return split_space(self.space)[1]
+
+    def check_layers(self, num_ws: int | None) -> None:
+        """A layer range needs a bundle whose synthesis takes per-layer codes, and must fit in it."""
+        if self.layers is None:
+            return
+        if num_ws is None:
+            raise MethodError(f"space {self.space} edits some synthesis layers, but this bundle's synthesis "
+                              f"takes one w per image; re-export it (jobs.export writes per-layer graphs) or use space w")
+        if self.layers[1] >= num_ws:
+            raise MethodError(f"space {self.space} names layers up to {self.layers[1]}, but this bundle's "
+                              f"synthesis has {num_ws} (0-{num_ws - 1})")
 
     @property
     def cutoffs(self) -> dict[str, float]:
@@ -158,8 +179,9 @@ class Method:
     def fit_config(self) -> dict:
         """What a fitted direction depends on (schedules and cutoffs do not matter to it)."""
         full = self.to_dict()
-        return {"properties": list(self.property_names), **{k: full[k] for k in (
-            "group_by", "medians", "ratio", "space", "validation_fraction", "orthogonalize", "svm")}}
+        # Directions are fitted on the whole latent: a layer range changes only the edits.
+        return {"properties": list(self.property_names), "space": self.latent, **{k: full[k] for k in (
+            "group_by", "medians", "ratio", "validation_fraction", "orthogonalize", "svm")}}
 
     def check_scores(self, score_names) -> None:
         """Every property and grouping score must be an output of the bundle's scorer."""
@@ -208,6 +230,28 @@ class Method:
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def split_space(space: str) -> tuple[str, tuple[int, int] | None]:
+    """"w" -> ("w", None); "w:0-6" -> ("w", (0, 6)) for a checked space string."""
+    latent, _, layers = space.partition(":")
+    if not layers:
+        return latent, None
+    first, last = layers.split("-")
+    return latent, (int(first), int(last))
+
+
+def _check_space(space) -> str:
+    if space in SPACES:
+        return space
+    text = str(space).replace(" ", "")
+    if text.startswith("w:"):
+        first, _, last = text[2:].partition("-")
+        if first.isdigit() and (last.isdigit() or not last):
+            last = last or first
+            if int(first) <= int(last):
+                return f"w:{int(first)}-{int(last)}"
+    raise MethodError(f"space must be w (v7), z (v6) or a layer range of w such as w:0-6, got {space!r}")
 
 
 def _property_from(item) -> EditedProperty:
