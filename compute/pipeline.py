@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compute.fitting import fit_directions
+from compute.gallery import write_gallery
 from compute.report import write_report
 from compute.sampling import check_sampling_input, sample_table
 from compute.testing import run_test
@@ -29,7 +30,7 @@ def run_method(run: Path, bundle, method: Method = Method(), n: int = 80000, cas
                resources=None, batch_size: int | None = None, drop_nonfinite: bool = False,
                progress: bool = True) -> dict:
     """Sample n faces, fit the method's directions, test them on `cases` fresh faces and write
-    RUN/report.md; returns the test summary. Needs a connected Ray instance."""
+    RUN/report.md and RUN/gallery.html; returns the test summary. Needs a connected Ray instance."""
     from compute.sampling import plan_resources
 
     check_run_input(bundle, method, n, cases, seed, run)
@@ -45,4 +46,5 @@ def run_method(run: Path, bundle, method: Method = Method(), n: int = 80000, cas
     summary = run_test(run, bundle, method, cases, seed, resources, vectors, progress=progress)
     say("[4/4] writing the report", flush=True)
     write_report(run, bundle)
+    say(f"      picking page of the passed cases: {write_gallery(run, bundle)}", flush=True)
     return summary

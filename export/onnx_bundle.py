@@ -16,6 +16,7 @@ import json
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,11 +49,15 @@ class ModelSpec:
     w_dim: int
     resolution: int
     score_names: list[str]
-    group_medians: dict[str, float]
+    group_medians: dict[str, float] | None   # None: measured on `median_samples` seeded codes at export
     source_sha256: str
     parity_tolerance: float
     parity_codes: int = 64        # random codes the torch vs ONNX Runtime check runs on
+    median_samples: int = 256
     num_ws: int | None = None     # per-layer codes the synthesis takes; None: one w per image
+    # For a scorer given as ONNX bytes: the torch computation it stands for (image -> scores),
+    # if there is one, so that its scores get a parity figure too.
+    scorer_reference: Callable[[torch.Tensor], torch.Tensor] | None = None
     # Optional extra graphs, e.g. the synthetic world's ground truth: stem -> (module, in, out).
     extra_graphs: dict[str, tuple[nn.Module, str, str]] = field(default_factory=dict)
     extra_manifest: dict = field(default_factory=dict)
@@ -108,11 +113,41 @@ def export_graphs(spec: ModelSpec) -> dict[str, bytes]:
             for stem, i, o in GRAPHS}
 
 
-def _ort_run(model_bytes: bytes, array: np.ndarray) -> np.ndarray:
+def measure_medians(graphs: dict[str, bytes], z_dim: int, score_names: list[str], samples: int,
+                    seed: int = 0, batch: int = 16, progress=None) -> dict[str, float]:
+    """The median of every score over `samples` seeded codes z ~ N(0, 1), run through the
+    bundle's graphs in ONNX Runtime: default group medians for a model that ships none."""
+    sessions = {stem: _session(graphs[stem]) for stem in ("mapping", "synthesis", "scorer")}
+    rng = np.random.default_rng(seed)
+    scores = []
+    for done in range(0, samples, batch):
+        z = rng.standard_normal((min(batch, samples - done), z_dim)).astype(np.float32)
+        w = _run_session(sessions["mapping"], z)
+        scores.append(_run_session(sessions["scorer"], _run_session(sessions["synthesis"], w)))
+        if progress:
+            progress(done + len(z))
+    scores = np.concatenate(scores)
+    if not np.isfinite(scores).all():
+        raise ExportError("the scorer gave non-finite scores on seeded samples; check the graphs")
+    return {name: round(float(np.median(scores[:, i])), 6) for i, name in enumerate(score_names)}
+
+
+def _session(model_bytes: bytes) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: array})[0]
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def _run_session(session: ort.InferenceSession, array: np.ndarray) -> np.ndarray:
+    """Run a one-input graph; one code per image is given to every layer of a W+ synthesis."""
+    shape = session.get_inputs()[0].shape
+    if len(shape) == 3 and array.ndim == 2 and isinstance(shape[1], int):
+        array = np.repeat(array[:, None, :], shape[1], axis=1)
+    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(array, np.float32)})[0]
+
+
+def _ort_run(model_bytes: bytes, array: np.ndarray) -> np.ndarray:
+    return _run_session(_session(model_bytes), array)
 
 
 def _parity(spec: ModelSpec, graphs: dict[str, bytes], codes: int, seed: int) -> dict:
@@ -126,10 +161,14 @@ def _parity(spec: ModelSpec, graphs: dict[str, bytes], codes: int, seed: int) ->
     with torch.no_grad():
         w = spec.mapping(z)
         image = spec.synthesis(per_layer(spec, w))
-        scores = None if isinstance(spec.scorer, bytes) else spec.scorer(image).numpy()
+        scorer = spec.scorer_reference if isinstance(spec.scorer, bytes) else spec.scorer
+        scores = None if scorer is None else scorer(image).numpy()
     ort = {"w": _ort_run(graphs["mapping"], z.numpy()),
            "image": _ort_run(graphs["synthesis"], per_layer(spec, w).numpy()),
            "scores": _ort_run(graphs["scorer"], image.numpy())}
+    if ort["scores"].ndim != 2 or ort["scores"].shape[1] != len(spec.score_names):
+        raise ExportError(f"the scorer outputs shape {list(ort['scores'].shape)} but {len(spec.score_names)} "
+                          f"score names are given ({', '.join(spec.score_names)}); name each output column once")
     ours = {"w": w.numpy(), "image": image.numpy(), "scores": scores}
     result, relative = {"codes": codes}, {}
     for stage, expected in ours.items():
@@ -157,6 +196,11 @@ def export_bundle(spec: ModelSpec, out: Path, overwrite: bool = False, seed: int
         raise ExportError(f"ONNX Runtime differs from torch by {worst:.3g} relative "
                           f"(> {spec.parity_tolerance:g}): {parity}")
 
+    medians, medians_source = spec.group_medians, "the model's own"
+    if medians is None:
+        print(f"measuring default group medians on {spec.median_samples} seeded samples", flush=True)
+        medians = measure_medians(graphs, spec.z_dim, spec.score_names, spec.median_samples, seed)
+        medians_source = f"median of {spec.median_samples} seeded samples (seed {seed})"
     extra = {stem: (to_onnx_bytes(m, codes_example(spec), i, o), i, o)
              for stem, (m, i, o) in spec.extra_graphs.items()}
     files = {stem: {"file": f"{stem}.onnx", "input": i, "output": o} for stem, i, o in GRAPHS}
@@ -177,7 +221,8 @@ def export_bundle(spec: ModelSpec, out: Path, overwrite: bool = False, seed: int
         "resolution": spec.resolution,
         **({"num_ws": spec.num_ws} if spec.num_ws else {}),
         "score_names": list(spec.score_names),
-        "group_medians": spec.group_medians,
+        "group_medians": medians,
+        "group_medians_source": medians_source,
         "opset": OPSET,
         "exporter": f"torch.onnx.export(dynamo=False), torch {torch.__version__}, onnx {onnx.__version__}",
         "parity": dict(parity, tolerance=spec.parity_tolerance),

@@ -1,0 +1,273 @@
+"""RUN/gallery.html: a static page to pick faces from the passed test cases.
+
+One row per passed case (the best `top` by sum of |corr|): an edit strip per edited
+property (the face moved along that property over its schedule, the other weights at 0,
+drawn through the bundle's graphs like the report's grid), its id, group, correlations and
+consistency. The table sorts by clicking a header; ticked cases download as picks.csv and
+picks.json. Everything is inline (CSS, JS, PNG strips as data URIs): the page opens from
+disk and fetches nothing.
+
+The codes are embedded as the Python repr of each float32 value, and the downloads copy
+those strings verbatim, so a pick reads back bit-exact.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from compute.plots import to_rgb
+from compute.runs import CASES_FILE, VECTORS_FILE, recorded_path
+from compute.sessions import CALL_PIXELS, make_session, num_ws, run_single
+from compute.tables import read_metadata, vector_matrix
+from compute.vectors_table import VectorsError, read_vectors
+from vectors.edits import apply_edits, case_directions, direction_matrices, layer_codes
+from vectors.errors import InputError
+from vectors.method import Method
+
+GALLERY_FILE = "gallery.html"
+PICKS_FORMAT, PICKS_VERSION = "vectorfind-picks", 1
+GAP = 2  # white pixels between the frames of a strip
+
+
+def _png(rgb: np.ndarray) -> str:
+    """An (H, W, 3) image in [0, 1] as a PNG data URI."""
+    from PIL import Image  # Pillow comes with matplotlib
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(rgb * 255).astype(np.uint8)).save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def edit_strips(bundle, latents: np.ndarray, groups, matrices: dict, method: Method) -> list[list[str]]:
+    """For each case, one PNG data URI per property: its schedule's frames side by side."""
+    columns = [(i, v) for i, p in enumerate(method.properties) for v in p.schedule]
+    weights = np.zeros((len(columns), len(method.properties)), np.float32)
+    for row, (i, v) in enumerate(columns):
+        weights[row, i] = v
+    mapping, synthesis = (make_session(bundle.graph_bytes(s), threads=2) for s in ("mapping", "synthesis"))
+    per_call = max(1, CALL_PIXELS["cpu"] // (len(columns) * bundle.resolution ** 2))
+    strips = []
+    for start in range(0, len(latents), per_call):
+        chunk, chunk_groups = latents[start:start + per_call], groups[start:start + per_call]
+        edited = apply_edits(chunk, case_directions(matrices, chunk_groups), weights)   # (b, E, D)
+        if method.layers is not None:
+            edited = layer_codes(chunk, edited, method.layers, num_ws(synthesis))       # (b, E, L, D)
+        edited = edited.reshape(-1, *edited.shape[2:])
+        images = run_single(synthesis, run_single(mapping, edited) if method.latent == "z" else edited)
+        images = images.reshape(len(chunk), len(columns), *images.shape[1:])           # (b, E, 3, H, W)
+        for case in images:
+            row, first = [], 0
+            for p in method.properties:
+                frames = [to_rgb(img) for img in case[first:first + len(p.schedule)]]
+                first += len(p.schedule)
+                gap = np.ones((frames[0].shape[0], GAP, 3))
+                row.append(_png(np.concatenate([x for f in frames for x in (f, gap)][:-1], axis=1)))
+            strips.append(row)
+    return strips
+
+
+def _load(run: Path, bundle):
+    """The cases table, the method and the direction matrices the run's test used."""
+    if not run.is_dir():
+        raise InputError(f"no run directory {run}")
+    if not (run / CASES_FILE).is_file():
+        raise VectorsError(f"{run} has no {CASES_FILE}: run the generation test first (python -m jobs.test)")
+    try:
+        cases = pq.read_table(run / CASES_FILE)
+        test = read_metadata(run / CASES_FILE).get("test", {})
+    except Exception as exc:  # truncated or edited files: pyarrow and json raise several types
+        raise VectorsError(f"the test results in {run} are damaged ({str(exc).splitlines()[0]}); "
+                           f"run the generation test again (python -m jobs.test)") from exc
+    recorded = test.get("bundle_manifest_sha256")
+    if recorded and recorded != bundle.manifest_sha256:
+        raise InputError(f"{run} was tested on the bundle with manifest sha256 {recorded[:16]}, not "
+                         f"{bundle.path} ({bundle.manifest_sha256[:16]}); pass the run's own bundle (--bundle DIR)")
+    method = Method.from_dict(test["method"]) if "method" in test else Method()
+    vectors_path = recorded_path(test["vectors"], run) if "vectors" in test else run / VECTORS_FILE
+    _, directions, _ = read_vectors(vectors_path)
+    return cases, method, direction_matrices(directions, method.property_names)
+
+
+def _weights(schedule) -> str:
+    return " ".join("0" if v == 0 else f"{v:+g}" for v in schedule)
+
+
+def count_passed(run: Path) -> tuple[int, int]:
+    """(passed, tested) cases of RUN's generation test."""
+    passed = pq.read_table(Path(run) / CASES_FILE, columns=["passed"])["passed"].to_numpy()
+    return int(passed.sum()), len(passed)
+
+
+def _number(value: float, digits: int = 4) -> tuple[str, str]:
+    """(shown text, sort key) of a figure; NaN shows as '-' and sorts last."""
+    return ("-", "") if value is None or value != value else (f"{value:.{digits}f}", repr(float(value)))
+
+
+def _rows(shown, strips: list[list[str]], method: Method) -> list[str]:
+    """One <tr> per shown case; each sortable cell carries its sort key in data-value."""
+    rows = []
+    for i, case_id in enumerate(shown["case_id"].to_pylist()):
+        group = html.escape(shown["group"][i].as_py())
+        cells = [f'<td><input type="checkbox" class="pick" value="{case_id}" aria-label="pick case {case_id}"></td>',
+                 f'<td class="num" data-value="{case_id}">{case_id}</td>', f'<td data-value="{group}">{group}</td>']
+        for key in [f"corr_{p}" for p in method.property_names] + ["sum_abs_corr", "consistency"]:
+            text, value = _number(shown[key][i].as_py())
+            cells.append(f'<td class="num" data-value="{value}">{text}</td>')
+        cells += [f'<td class="strip"><img src="{uri}" alt="case {case_id}, {html.escape(p.name)} edits" '
+                  f'title="{html.escape(p.name)}: {_weights(p.schedule)}"></td>'
+                  for p, uri in zip(method.properties, strips[i])]
+        rows.append(f'<tr data-case="{case_id}">{"".join(cells)}</tr>')
+    return rows
+
+
+def _header(method: Method) -> str:
+    head = ['<th>pick</th>', '<th class="sortable" data-kind="num">case</th>',
+            '<th class="sortable" data-kind="text">group</th>']
+    head += [f'<th class="sortable" data-kind="num">corr<br>{html.escape(p)}</th>' for p in method.property_names]
+    head += ['<th class="sortable sorted-desc" data-kind="num">sum<br>|corr|</th>',
+             '<th class="sortable" data-kind="num">consistency</th>']
+    head += [f'<th>{html.escape(p.name)} edits<br><small>{_weights(p.schedule)}</small></th>'
+             for p in method.properties]
+    return "".join(head)
+
+
+def write_gallery(run: Path, bundle, top: int = 100, out: Path | None = None) -> Path:
+    """Write the picking page for RUN's passed cases (the best `top` by sum of |corr|) to
+    `out` (default RUN/gallery.html); returns its path. `bundle` must be the run's own."""
+    run = Path(run)
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise InputError(f"top must be a whole number >= 1, got {top!r}")
+    cases, method, matrices = _load(run, bundle)
+    passed = cases.filter(cases["passed"])
+    order = np.argsort(-np.nan_to_num(passed["sum_abs_corr"].to_numpy(), nan=-1), kind="stable")[:top]
+    shown = passed.take(order)
+    groups = shown["group"].to_pylist()
+    latents = vector_matrix(shown[method.latent]) if shown.num_rows else np.zeros((0, 0), np.float32)
+    strips = edit_strips(bundle, latents, groups, matrices, method) if shown.num_rows else []
+    # The codes travel as the repr of each float32 value (as a Python float): exact, and what
+    # picks.csv and picks.json contain, verbatim.
+    data = {"format": PICKS_FORMAT, "version": PICKS_VERSION, "bundle_manifest_sha256": bundle.manifest_sha256,
+            "space": method.space, "run": str(run.resolve()), "dims": int(latents.shape[1]),
+            "cases": {str(c): {"group": g, "code": ",".join(repr(float(x)) for x in code)}
+                      for c, g, code in zip(shown["case_id"].to_pylist(), groups, latents)}}
+    cutoffs = ", ".join(f"{html.escape(p.name)} {p.cutoff:g}" for p in method.properties)
+    if method.max_spread is not None:
+        cutoffs += f", consistency <= {method.max_spread:g}"
+    intro = (f"<b>{passed.num_rows}</b> of {cases.num_rows} test cases passed (|corr| cutoffs: {cutoffs}); "
+             + (f"showing the best {shown.num_rows} by sum of |corr|." if shown.num_rows else "none to show."))
+    page = PAGE.format(
+        title=html.escape(f"vectorfind gallery: {run.name}"), intro=intro,
+        about=html.escape(f"space {method.space}, model {bundle.manifest.get('model', '?')}, bundle "
+                          f"{bundle.manifest_sha256[:16]}, run {run.resolve()}"),
+        head=_header(method), rows="\n".join(_rows(shown, strips, method)),
+        data=json.dumps(data).replace("</", "<\\/"), script=SCRIPT)
+    out = Path(out) if out is not None else run / GALLERY_FILE
+    tmp = out.with_name(f".{out.name}.partial")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 1em; color: #222; }}
+header {{ position: sticky; top: 0; background: #fff; padding: .3em 0; z-index: 1; border-bottom: 1px solid #ccc; }}
+h1 {{ font-size: 1.3em; margin: 0 0 .2em; }}
+.about {{ color: #666; font-size: .85em; }}
+table {{ border-collapse: collapse; margin-top: .6em; }}
+th, td {{ padding: 3px 7px; border-bottom: 1px solid #e4e4e4; vertical-align: middle; }}
+th {{ background: #f3f3f3; text-align: left; white-space: nowrap; }}
+th small {{ font-weight: normal; color: #666; }}
+th.sortable {{ cursor: pointer; }}
+th.sortable:hover {{ background: #e4e4ff; }}
+th.sorted-asc::after {{ content: " \\25B2"; }}
+th.sorted-desc::after {{ content: " \\25BC"; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+td.strip {{ padding: 2px 6px; }}
+td.strip img {{ height: 64px; display: block; transform-origin: left center; transition: transform .1s; }}
+td.strip img:hover {{ transform: scale(2); position: relative; z-index: 2; box-shadow: 0 0 8px #0008; }}
+.actions {{ margin-top: .4em; }}
+tr.ticked {{ background: #fff6d6; }}
+button {{ font-size: 1em; padding: .3em .9em; }}
+</style></head>
+<body>
+<header><h1>{title}</h1>
+<div>{intro} Click a column header to sort; hover a strip to enlarge it.</div>
+<div class="about">{about}</div>
+<div class="actions"><button id="download">download picks</button> <span id="count">0 ticked</span>
+(saves the ticked cases as picks.csv and picks.json)</div></header>
+<table id="cases"><thead><tr>{head}</tr></thead>
+<tbody>
+{rows}
+</tbody></table>
+<script id="gallery-data" type="application/json">{data}</script>
+<script>{script}</script>
+</body></html>
+"""
+
+SCRIPT = """
+"use strict";
+const data = JSON.parse(document.getElementById("gallery-data").textContent);
+const tbody = document.querySelector("#cases tbody");
+const headers = Array.from(document.querySelectorAll("#cases thead th"));
+
+function sortBy(th) {
+  const col = headers.indexOf(th), numeric = th.dataset.kind === "num";
+  const dir = th.classList.contains("sorted-asc") ? -1 : 1;
+  headers.forEach(h => h.classList.remove("sorted-asc", "sorted-desc"));
+  th.classList.add(dir > 0 ? "sorted-asc" : "sorted-desc");
+  const key = tr => tr.children[col].dataset.value;
+  const rows = Array.from(tbody.rows);
+  rows.sort((a, b) => {
+    const x = key(a), y = key(b);
+    if (x === "" || y === "") return (x === "") - (y === "");   // no value: last either way
+    const c = numeric ? parseFloat(x) - parseFloat(y) : x.localeCompare(y);
+    return dir * c || Number(a.dataset.case) - Number(b.dataset.case);
+  });
+  rows.forEach(r => tbody.appendChild(r));
+}
+headers.filter(h => h.classList.contains("sortable")).forEach(h => h.addEventListener("click", () => sortBy(h)));
+
+function ticked() {
+  return Array.from(document.querySelectorAll("input.pick:checked"), b => b.value)
+    .sort((a, b) => Number(a) - Number(b));
+}
+tbody.addEventListener("change", e => {
+  e.target.closest("tr").classList.toggle("ticked", e.target.checked);
+  document.getElementById("count").textContent = ticked().length + " ticked";
+});
+
+function save(name, text, type) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(new Blob([text], {type: type}));
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 60000);
+}
+
+document.getElementById("download").addEventListener("click", () => {
+  const ids = ticked();
+  if (!ids.length) { alert("Tick at least one case first."); return; }
+  const bundle = data.bundle_manifest_sha256.slice(0, 16);
+  const header = ["case_id", "group", "bundle"];
+  for (let i = 0; i < data.dims; i++) header.push("z" + i);
+  const csv = [header.join(",")].concat(ids.map(id => [id, data.cases[id].group, bundle, data.cases[id].code].join(",")));
+  const picks = ids.map(id => '{"case_id": ' + id + ', "group": ' + JSON.stringify(data.cases[id].group)
+    + ', "code": [' + data.cases[id].code.split(",").join(", ") + ']}');
+  const json = '{"format": ' + JSON.stringify(data.format) + ', "version": ' + data.version
+    + ', "bundle_manifest_sha256": ' + JSON.stringify(data.bundle_manifest_sha256)
+    + ', "space": ' + JSON.stringify(data.space) + ', "run": ' + JSON.stringify(data.run)
+    + ',\\n "picks": [\\n  ' + picks.join(",\\n  ") + "\\n]}\\n";
+  save("picks.csv", csv.join("\\n") + "\\n", "text/csv");
+  setTimeout(() => save("picks.json", json, "application/json"), 300);
+});
+"""
