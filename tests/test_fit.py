@@ -143,7 +143,7 @@ def test_nonfinite_scores_error_with_count_or_are_dropped(fitted, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--ratio", "0.7"], "ratio must be in (0, 0.5]"),
     (["--ratio", "0"], "ratio must be in (0, 0.5]"),
-    (["--space", "x"], "space must be w (v7) or z (v6)"),
+    (["--space", "x"], "space must be w (v7), z (v6) or a layer range"),
     (["--C", "-1"], "C must be > 0"),
 ])
 def test_bad_arguments_are_one_line_exit_2(fitted, extra, message):

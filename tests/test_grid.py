@@ -79,7 +79,7 @@ def test_interrupted_grid_resumes_by_cell(small_grid, bundle_dir, capsys):
     (["--properties", "eyes,smile"], "no output named smile"),
     (["--cases", "0"], "--cases must be >= 1"),
     (["--n", "1000000000"], "need about"),
-    (["--space", "w,q"], "space must be w (v7) or z (v6), got 'q'"),
+    (["--space", "w,q"], "space must be w (v7), z (v6) or a layer range of w such as w:0-6, got 'q'"),
 ])
 def test_bad_input_is_refused_before_any_work(bundle_dir, tmp_path, extra, message):
     out = tmp_path / "g"
