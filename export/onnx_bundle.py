@@ -114,7 +114,7 @@ def export_graphs(spec: ModelSpec) -> dict[str, bytes]:
 
 
 def measure_medians(graphs: dict[str, bytes], z_dim: int, score_names: list[str], samples: int,
-                    seed: int = 0, batch: int = 16, progress=None) -> dict[str, float]:
+                    seed: int = 0, batch: int = 16) -> dict[str, float]:
     """The median of every score over `samples` seeded codes z ~ N(0, 1), run through the
     bundle's graphs in ONNX Runtime: default group medians for a model that ships none."""
     sessions = {stem: _session(graphs[stem]) for stem in ("mapping", "synthesis", "scorer")}
@@ -124,8 +124,6 @@ def measure_medians(graphs: dict[str, bytes], z_dim: int, score_names: list[str]
         z = rng.standard_normal((min(batch, samples - done), z_dim)).astype(np.float32)
         w = _run_session(sessions["mapping"], z)
         scores.append(_run_session(sessions["scorer"], _run_session(sessions["synthesis"], w)))
-        if progress:
-            progress(done + len(z))
     scores = np.concatenate(scores)
     if not np.isfinite(scores).all():
         raise ExportError("the scorer gave non-finite scores on seeded samples; check the graphs")

@@ -53,7 +53,7 @@ def layer_codes(base: np.ndarray, edited: np.ndarray, layers: tuple[int, int], n
     first, last = layers
     if not 0 <= first <= last < num_ws:
         raise InputError(f"layers {first}-{last} do not fit a synthesis with {num_ws} layers (0-{num_ws - 1})")
-    codes = np.repeat(np.asarray(base, np.float32)[:, None, None, :], edited.shape[1], axis=1)
-    codes = np.repeat(codes, num_ws, axis=2)                                    # (B, E, L, D)
+    base = np.asarray(base, np.float32)
+    codes = np.broadcast_to(base[:, None, None, :], (len(base), edited.shape[1], num_ws, base.shape[1])).copy()
     codes[:, :, first:last + 1] = np.asarray(edited, np.float32)[:, :, None, :]
     return codes
