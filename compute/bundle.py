@@ -1,8 +1,13 @@
-"""Read and validate a model bundle (the contract written by export/onnx_bundle.py)."""
+"""Model bundle directories: read and validate one (the contract written by
+export/onnx_bundle.py), where the built-in ones are cached, and the atomic directory writer
+that bundles and editors share."""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +22,39 @@ REQUIRED_KEYS = ("format_version", "model", "z_dim", "label_dim", "w_dim", "reso
 
 class BundleError(InputError):
     """A bundle directory is missing, incomplete, corrupt or inconsistent."""
+
+
+def cache_root() -> Path:
+    """Where the built-in bundles are exported on first use ($VECTORFIND_CACHE)."""
+    return Path(os.environ.get("VECTORFIND_CACHE", Path.home() / ".cache" / "vectorfind"))
+
+
+def write_directory(out: Path, files: dict[str, bytes], manifest: dict, manifest_name: str = "manifest.json") -> None:
+    """Write `files` (name -> bytes) and then the manifest into `out`, replacing it if it exists.
+
+    Everything goes to a temporary sibling directory that is renamed into place at the end,
+    so an interrupted write never leaves a directory that looks like a bundle or an editor.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        # The manifest goes last: a staging directory without one is never a bundle.
+        (staging / manifest_name).write_text(json.dumps(manifest, indent=2) + "\n")
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
+        if out.exists():
+            retired = out.with_name(f".{out.name}.retired")
+            shutil.rmtree(retired, ignore_errors=True)
+            out.rename(retired)
+            staging.rename(out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 @dataclass(frozen=True)

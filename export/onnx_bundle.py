@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +22,8 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+
+from compute.bundle import write_directory
 
 OPSET = 17
 FORMAT_VERSION = 1
@@ -233,30 +232,9 @@ def export_bundle(spec: ModelSpec, out: Path, overwrite: bool = False, seed: int
 
 
 def write_bundle(out: Path, payload: dict[str, bytes], manifest: dict, overwrite: bool = False) -> None:
-    """Write graphs (manifest["files"][stem]["file"] <- payload[stem]) and the manifest to `out`.
-
-    Everything goes to a temporary sibling directory that is renamed into place at the end,
-    so an interrupted export never leaves a directory that looks like a bundle.
-    """
+    """Write graphs (manifest["files"][stem]["file"] <- payload[stem]) and the manifest to `out`,
+    atomically (compute.bundle.write_directory)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ExportError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    files = manifest["files"]
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        for stem, data in payload.items():
-            (staging / files[stem]["file"]).write_bytes(data)
-        # The manifest goes last: a staging directory without one is never a bundle.
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            retired = out.with_name(f".{out.name}.retired")
-            shutil.rmtree(retired, ignore_errors=True)
-            out.rename(retired)
-            staging.rename(out)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    write_directory(out, {manifest["files"][stem]["file"]: data for stem, data in payload.items()}, manifest)

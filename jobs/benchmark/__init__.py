@@ -13,4 +13,6 @@ reference_loop.py), so every "reference style" figure means the same thing.
     grid:      one grid run vs the whole method once per cell.
     reference: the 256-px reference architecture: reference style, torch eager and ONNX
                Runtime with IO binding over a batch sweep (--gpu, --fp16 on GPU nodes).
+    editor:    the deployable editor graph (stored groups, groups found, fp16) vs the test
+               stage's own path through the bundle graphs, batch 1 and 64.
 """

@@ -1,4 +1,4 @@
-"""python -m jobs.benchmark {export,sampling,fit,test,grid,reference} [options]"""
+"""python -m jobs.benchmark {export,sampling,fit,test,grid,reference,editor} [options]"""
 from __future__ import annotations
 
 import sys
@@ -35,6 +35,12 @@ def main(argv=None) -> None:
     reference.add_argument("--threads", type=int, default=2)
     reference.add_argument("--gpu", action="store_true", help="ONNX Runtime on CUDA, torch on the GPU")
     reference.add_argument("--fp16", action="store_true", help="also ONNX Runtime with fp16 graphs (fp32 I/O)")
+    editor = sub.add_parser("editor", help="the editor graph vs the test stage's path, batch 1 and 64")
+    editor.add_argument("--run", type=Path, default=Path("runs/benchmark-editor"),
+                        help="a tested run of the built-in model (made with n = 4,000 if absent)")
+    editor.add_argument("--batch-sizes", default="1,64")
+    editor.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per path and size")
+    editor.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
 
     if args.which == "export":
@@ -52,6 +58,10 @@ def main(argv=None) -> None:
 
         bench_reference(args.images, sizes, args.threads, args.gpu, args.fp16)
         return
+    if args.which == "editor":
+        sizes = parse_list(args.batch_sizes, "--batch-sizes", int)
+        if min(sizes) < 1 or args.seconds <= 0 or args.threads < 1:
+            raise UsageError("--batch-sizes and --threads must be >= 1 and --seconds > 0")
     if args.which == "sampling" and (args.n < 1 or args.reference_n < 4):
         raise UsageError("--n must be >= 1 and --reference-n >= 4")
     if args.which == "fit" and args.n < 1000:
@@ -78,6 +88,15 @@ def main(argv=None) -> None:
         from jobs.benchmark.generation_test import bench_test
 
         bench_test(bundle, args.cases, args.reference_cases, Path("runs/benchmark-test"))
+    elif args.which == "editor":
+        from compute.pipeline import run_method
+        from jobs.benchmark.editor_cmp import bench_editor
+
+        if not (args.run / "cases.parquet").is_file():
+            print(f"making a tested run of the built-in model in {args.run} (n = 4,000, 50 cases)", flush=True)
+            run_method(args.run, bundle, n=4000, cases=50)
+        bench_editor(bundle, args.run, args.run / "editor", parse_list(args.batch_sizes, "--batch-sizes", int),
+                     args.seconds, args.threads)
     else:
         from jobs.benchmark.grid_cmp import bench_grid
 

@@ -7,20 +7,15 @@ an edit to any of them yields a fresh export instead of a stale bundle.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
-from compute.bundle import Bundle, BundleError, load_bundle
+from compute.bundle import Bundle, BundleError, cache_root, load_bundle
 from jobs.cli import UsageError
 
 _EXPORT_DIR = Path(__file__).resolve().parents[2] / "export"
 _DEFINING_FILES = ("world.py", "render.py", "scorer.py", "synthetic.py", "onnx_bundle.py",
                    "assets/synthetic_scorer.pt")
 DEFAULT_RESOLUTION = 64
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("VECTORFIND_CACHE", Path.home() / ".cache" / "vectorfind"))
 
 
 def builtin_bundle_path(resolution: int = DEFAULT_RESOLUTION) -> Path:

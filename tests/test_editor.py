@@ -1,0 +1,378 @@
+"""The editor (python -m jobs.export --editor RUN) and rendering picked faces (jobs.render).
+
+The editor must reproduce the test stage: its images equal the project's own edit code
+(apply_edits, layer_codes, the bundle's graphs), its scores give the correlations the test
+stored, and the groups it finds are the stored ones. It must run in plain onnxruntime,
+at any batch size, and render the gallery's picks and the reference's z vectors.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import call_job
+
+TOLERANCE = 1e-4
+
+
+def _make_test(bundle_dir, run: Path, source: Path, *flags: str) -> Path:
+    """A run tested on the small run's samples (and vectors, unless it fits its own)."""
+    run.mkdir()
+    shutil.copy(source / "samples.parquet", run)
+    if "--space" in flags and flags[flags.index("--space") + 1] == "z":
+        done = call_job("jobs.fit", "--run", str(run), "--space", "z")
+        assert done.returncode == 0, done.stderr
+    else:
+        shutil.copy(source / "vectors.parquet", run)
+    done = call_job("jobs.test", "--run", str(run), "--cases", "6", "--bundle", str(bundle_dir), *flags)
+    assert done.returncode == 0, done.stderr
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(bundle_dir, ray_session, tmp_path_factory) -> dict[str, Path]:
+    """A small v7 run made by the main job, and from its samples a v6 (z) run and a layer-range run."""
+    root = tmp_path_factory.mktemp("editor")
+    done = call_job("jobs.vectorfind", "--bundle", str(bundle_dir), "--out", str(root / "w"), "--n", "3000",
+                    "--cases", "12")
+    assert done.returncode == 0, done.stderr
+    return {"w": root / "w", "z": _make_test(bundle_dir, root / "z", root / "w", "--space", "z"),
+            "w:0-3": _make_test(bundle_dir, root / "layers", root / "w", "--space", "w:0-3")}
+
+
+@pytest.fixture(scope="module")
+def editors(runs, bundle_dir, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("editors")
+    done = call_job("jobs.export", "--editor", str(runs["w"]), "--out", str(root / "w"), "--bundle", str(bundle_dir))
+    assert done.returncode == 0, done.stderr
+    assert "parity vs the test stage on 8 cases" in done.stdout and "hhh hhl hlh" in done.stdout
+    from compute.editor import export_editor
+
+    for space in ("z", "w:0-3"):
+        export_editor(runs[space], root / space, bundle_dir)
+    return {space: root / space for space in runs}
+
+
+def _cases(run: Path):
+    from vectors.method import Method
+    from compute.tables import read_metadata, vector_matrix
+
+    table = pq.read_table(run / "cases.parquet")
+    method = Method.from_dict(read_metadata(run / "cases.parquet")["test"]["method"])
+    return table, method, vector_matrix(table[method.latent])
+
+
+def _editor_run(editor_dir: Path, codes, weights, groups, fp16: bool = False):
+    from compute.editor import load_editor
+
+    editor = load_editor(editor_dir)
+    return editor.run(editor.session(fp16=fp16), codes, weights, np.asarray(groups, np.int64))
+
+
+def _project_images(bundle, run: Path, rows, weights) -> np.ndarray:
+    """The test stage's edits of cases `rows`, drawn the project's way: (rows x weights, 3, R, R)."""
+    from compute.sessions import make_session, run_single
+    from compute.vectors_table import read_vectors
+    from vectors.edits import apply_edits, case_directions, direction_matrices, layer_codes
+    from compute.tables import vector_matrix
+
+    table, method, latents = _cases(run)
+    _, directions, _ = read_vectors(run / "vectors.parquet")
+    matrices = direction_matrices(directions, method.property_names)
+    edited = apply_edits(latents[rows], case_directions(matrices, table["group"].to_numpy()[rows]), weights)
+    if method.layers is not None:
+        edited = layer_codes(vector_matrix(table["w"])[rows], edited, method.layers, bundle.num_ws)
+    edited = edited.reshape(-1, *edited.shape[2:])
+    if method.latent == "z":
+        edited = run_single(make_session(bundle.graph_bytes("mapping")), edited)
+    return run_single(make_session(bundle.graph_bytes("synthesis")), edited)
+
+
+@pytest.mark.parametrize("space", ["w", "z", "w:0-3"])
+def test_editor_images_are_the_test_stages(runs, editors, bundle, space):
+    """Editor images (group found in the graph) vs the project's edit code on every case of
+    the run, at four of the test's weight vectors; the groups found are the stored ones."""
+    manifest = json.loads((editors[space] / "manifest.json").read_text())
+    parity = manifest["parity"]
+    assert parity["image_max_abs_diff"] <= TOLERANCE and parity["groups_found"] == parity["groups_stored"]
+    assert manifest["space"] == space and manifest["source_bundle"]["manifest_sha256"] == bundle.manifest_sha256
+    table, method, latents = _cases(runs[space])
+    weights = method.edit_weights()[[0, 17, 33, 49]]
+    rows = np.arange(table.num_rows)
+    want = _project_images(bundle, runs[space], rows, weights)
+    image, _, used = _editor_run(editors[space], np.repeat(latents, 4, axis=0), np.tile(weights, (len(rows), 1)),
+                                 np.full(len(rows) * 4, -1))
+    assert np.abs(image - want).max() <= TOLERANCE
+    found = [manifest["groups"][i] for i in used[::4]]
+    assert found == table["group"].to_pylist()
+    assert manifest["groups"] == list(method.group_names)
+    assert [p["name"] for p in manifest["properties"]] == list(method.property_names)
+    assert manifest["code_dim"] == latents.shape[1]
+
+
+def test_editor_scores_give_the_stored_correlations(runs, editors, bundle):
+    """All 50 edits of every case through the editor: the correlations the test stored."""
+    from vectors.stats import case_statistics
+
+    table, method, latents = _cases(runs["w"])
+    weights = method.edit_weights()
+    _, scores, _ = _editor_run(editors["w"], np.repeat(latents, len(weights), axis=0),
+                               np.tile(weights, (len(latents), 1)), np.full(len(latents) * len(weights), -1))
+    stats = case_statistics(method, scores.reshape(len(latents), len(weights), -1), bundle.score_names)
+    for p in method.property_names:
+        np.testing.assert_allclose(stats[f"corr_{p}"], table[f"corr_{p}"].to_numpy(), atol=1e-5)
+
+
+def test_layer_range_moves_only_its_layers(runs, editors):
+    """The w:0-3 editor is not the w editor: same code and weights, other images; at weight 0 the same."""
+    table, method, latents = _cases(runs["w"])
+    weights = np.array([[1.2, 0, 0], [0, 0, 0]], np.float32)   # eyes: read from layers 4-6
+    codes, groups = np.repeat(latents[:2], 2, axis=0), np.full(4, -1)
+    whole, _, _ = _editor_run(editors["w"], codes, np.tile(weights, (2, 1)), groups)
+    layered, _, _ = _editor_run(editors["w:0-3"], codes, np.tile(weights, (2, 1)), groups)
+    assert np.abs(whole[0::2] - layered[0::2]).max() > 0.05
+    assert np.abs(whole[1::2] - layered[1::2]).max() == 0
+
+
+def test_dynamic_batch_and_given_groups(runs, editors):
+    """Batch 1 and 5, with -1 and given groups mixed: the rows of one batch of all of them."""
+    table, method, latents = _cases(runs["w"])
+    names = list(method.group_names)
+    stored = np.array([names.index(g) for g in table["group"].to_pylist()[:5]])
+    other = (stored + 1) % len(names)
+    groups = np.array([-1, stored[1], other[2], -1, other[4]])
+    weights = np.array([[1.2, -0.9, 0.6]] * 5, np.float32)
+    image, scores, used = _editor_run(editors["w"], latents[:5], weights, groups)
+    assert used.tolist() == [stored[0], stored[1], other[2], stored[3], other[4]]
+    for i in range(5):
+        one, one_scores, one_used = _editor_run(editors["w"], latents[i:i + 1], weights[i:i + 1], groups[i:i + 1])
+        assert one.shape == (1, 3, 64, 64) and one_used[0] == used[i]
+        assert np.abs(one[0] - image[i]).max() <= 1e-5 and np.abs(one_scores[0] - scores[i]).max() <= 1e-5
+    # another group means other directions: the picture changes
+    assert np.abs(image[2] - _editor_run(editors["w"], latents[2:3], weights[:1], stored[2:3])[0][0]).max() > 1e-3
+
+
+def test_fp16_variant_takes_and_gives_fp32(runs, editors):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(editors["w"] / "editor_fp16.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.type for i in session.get_inputs()] == ["tensor(float)", "tensor(float)", "tensor(int64)"]
+    assert [o.type for o in session.get_outputs()] == ["tensor(float)", "tensor(float)", "tensor(int64)"]
+    _, method, latents = _cases(runs["w"])
+    weights = np.tile(method.edit_weights()[[0, 49]], (3, 1))
+    codes, groups = np.repeat(latents[:3], 2, axis=0), np.full(6, -1)
+    half, _, _ = _editor_run(editors["w"], codes, weights, groups, fp16=True)
+    full, _, _ = _editor_run(editors["w"], codes, weights, groups)
+    assert half.dtype == np.float32 and 0 < np.abs(half - full).max() < 0.05
+    manifest = json.loads((editors["w"] / "manifest.json").read_text())
+    assert 0 < manifest["parity"]["fp16_image_max_abs_diff"] < 0.05
+
+
+PLAIN = """
+import sys, numpy as np, onnxruntime as ort
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+data = np.load(sys.argv[2])
+image, scores, group = s.run(None, {"code": data["code"], "weights": data["weights"], "group": data["group"]})
+np.savez(sys.argv[3], image=image, scores=scores, group=group)
+extra = sorted(m.split(".")[0] for m in sys.modules if m.split(".")[0] in ("compute", "vectors", "jobs", "export", "torch", "onnx"))
+print("modules:", ",".join(sorted(set(extra))))
+"""
+
+
+def test_editor_runs_in_plain_onnxruntime(runs, editors, tmp_path):
+    _, method, latents = _cases(runs["w"])
+    inputs = {"code": latents[:3], "weights": method.edit_weights()[[0, 20, 49]], "group": np.array([-1, 0, -1])}
+    np.savez(tmp_path / "in.npz", **inputs)
+    done = subprocess.run([sys.executable, "-I", "-c", PLAIN, str(editors["w"] / "editor.onnx"),
+                           str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                          cwd="/", capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "modules:"
+    got = np.load(tmp_path / "out.npz")
+    want = _editor_run(editors["w"], *inputs.values())
+    for name, value in zip(("image", "scores", "group"), want):
+        np.testing.assert_array_equal(got[name], value)
+
+
+def test_readme_example_runs_on_an_editor(editors, tmp_path):
+    """The README's ten-line example, verbatim but for the editor's path, in plain onnxruntime."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Deploying"):]
+    example = section[section.index("```python\n") + 10:]
+    example = example[:example.index("```")]
+    assert len(example.strip().splitlines()) <= 12 and 'editor = "editors/demo"' in example
+    script = tmp_path / "example.py"
+    script.write_text(example.replace('editor = "editors/demo"', f'editor = {str(editors["w"])!r}'))
+    done = subprocess.run([sys.executable, "-I", str(script)], cwd="/", capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    group, *_, shape = done.stdout.split()
+    assert group in json.loads((editors["w"] / "manifest.json").read_text())["groups"]
+    assert done.stdout.strip().endswith("(1, 3, 64, 64)")
+
+
+# ---- rendering picks -----------------------------------------------------------------
+
+
+def _write_picks(run: Path, out: Path, ids, sha: str, how: str = "csv") -> Path:
+    """Picks in the gallery's format (exact float32 reprs), from the run's own cases."""
+    table, method, latents = _cases(run)
+    groups = table["group"].to_pylist()
+    if how == "json":
+        data = {"format": "vectorfind-picks", "version": 1, "bundle_manifest_sha256": sha, "space": method.space,
+                "run": str(run), "picks": [{"case_id": i, "group": groups[i], "code": [float(x) for x in latents[i]]}
+                                           for i in ids]}
+        out.write_text(json.dumps(data))
+        return out
+    lines = [",".join(["case_id", "group", "bundle"] + [f"z{d}" for d in range(latents.shape[1])])]
+    lines += [",".join([str(i), groups[i], sha[:16]] + [repr(float(x)) for x in latents[i]]) for i in ids]
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _png(path: Path) -> np.ndarray:
+    from matplotlib.image import imread
+
+    return imread(path)[..., :3]
+
+
+def _expected_rgb(editor_dir, codes, weights, groups) -> np.ndarray:
+    from compute.plots import to_rgb
+
+    image, _, _ = _editor_run(editor_dir, codes, weights, groups)
+    return np.stack([to_rgb(i) for i in image])
+
+
+def test_render_picks_csv_and_json(runs, editors, bundle, tmp_path):
+    table, method, latents = _cases(runs["w"])
+    ids = [1, 4, 7]
+    csv_file = _write_picks(runs["w"], tmp_path / "picks.csv", ids, bundle.manifest_sha256)
+    json_file = _write_picks(runs["w"], tmp_path / "picks.json", ids, bundle.manifest_sha256, "json")
+    for picks, out in ((csv_file, tmp_path / "from_csv"), (json_file, tmp_path / "from_json")):
+        done = call_job("jobs.render", "--picks", str(picks), "--bundle", str(editors["w"]),
+                        "--set", "eyes=0.8,mouth=-0.5,pose=0", "--out", str(out))
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert sorted(p.name for p in out.iterdir()) == sorted(f"case_{i}.png" for i in ids)
+    groups = [method.group_names.index(table["group"][i].as_py()) for i in ids]
+    want = _expected_rgb(editors["w"], latents[ids], np.array([[0.8, -0.5, 0]] * 3), groups)
+    for k, i in enumerate(ids):
+        got = _png(tmp_path / "from_csv" / f"case_{i}.png")
+        assert np.abs(got - want[k]).max() <= 1 / 255 + 1e-6
+        assert (tmp_path / "from_csv" / f"case_{i}.png").read_bytes() == \
+            (tmp_path / "from_json" / f"case_{i}.png").read_bytes()
+
+    done = call_job("jobs.render", "--picks", str(csv_file), "--bundle", str(editors["w"]), "--sweep", "pose",
+                    "--steps", "7", "--set", "eyes=-1.2", "--out", str(tmp_path / "sweep"))
+    assert done.returncode == 0, done.stderr
+    strip = _png(tmp_path / "sweep" / "case_4_pose.png")
+    assert strip.shape == (64, 7 * 64 + 6 * 2, 3)
+    frames = np.array([[-1.2, 0, v] for v in np.linspace(-0.6, 1.8, 7)], np.float32)
+    want = _expected_rgb(editors["w"], np.repeat(latents[4:5], 7, axis=0), frames, [groups[1]] * 7)
+    for f in (0, 3, 6):
+        assert np.abs(strip[:, f * 66:f * 66 + 64] - want[f]).max() <= 1 / 255 + 1e-6
+    assert np.abs(want[0] - want[6]).max() > 0.1   # the sweep moves the face
+
+
+def test_render_reference_pair(runs, editors, tmp_path):
+    """The reference's z-vectors and group-names CSVs (pandas layout) through the z editor;
+    without the groups file the editor finds the same groups. A w editor refuses z codes."""
+    table, _, z = _cases(runs["z"])
+    rows = [0, 3]
+    vectors = tmp_path / "ohlora_z_vectors.csv"
+    vectors.write_text("," + ",".join(map(str, range(z.shape[1]))) + "\n"
+                       + "".join(f"{k}," + ",".join(repr(float(x)) for x in z[i]) + "\n" for k, i in enumerate(rows)))
+    names = tmp_path / "ohlora_z_group_names.csv"
+    names.write_text(",0\n" + "".join(f"{k},{table['group'][i].as_py()}\n" for k, i in enumerate(rows)))
+    with_groups = call_job("jobs.render", "--picks", str(vectors), "--groups", str(names), "--bundle",
+                           str(editors["z"]), "--set", "pose=1.2", "--out", str(tmp_path / "a"))
+    found = call_job("jobs.render", "--picks", str(vectors), "--bundle", str(editors["z"]), "--set", "pose=1.2",
+                     "--out", str(tmp_path / "b"))
+    assert with_groups.returncode == 0 and found.returncode == 0, with_groups.stderr + found.stderr
+    for k in range(2):
+        assert (tmp_path / "a" / f"case_{k}.png").read_bytes() == (tmp_path / "b" / f"case_{k}.png").read_bytes()
+    want = _expected_rgb(editors["z"], z[rows], np.array([[0, 0, 1.2]] * 2), [-1, -1])
+    assert np.abs(_png(tmp_path / "a" / "case_1.png") - want[1]).max() <= 1 / 255 + 1e-6
+    refused = call_job("jobs.render", "--picks", str(vectors), "--bundle", str(editors["w"]), "--out",
+                       str(tmp_path / "c"))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "515-dim z codes" in refused.stderr and not (tmp_path / "c").exists()
+
+
+def test_render_refuses_bad_picks_and_warns_on_foreign_cases(runs, editors, bundle, tmp_path):
+    good = _write_picks(runs["w"], tmp_path / "picks.csv", [2, 5], bundle.manifest_sha256)
+    text = good.read_text().splitlines()
+
+    def variant(name: str, lines) -> Path:
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+        return tmp_path / name
+
+    not_in_run = variant("999.csv", [text[0], "999" + text[1][text[1].index(","):]])
+    other_bundle = variant("other.csv", [text[0], text[1].replace(bundle.manifest_sha256[:16], "0123456789abcdef")])
+    moved = text[1].split(",")
+    moved[5] = repr(float(moved[5]) + 0.25)
+    other_code = variant("code.csv", [text[0], ",".join(moved)])
+    short = variant("short.csv", [",".join(text[0].split(",")[:-1]), ",".join(text[1].split(",")[:-1])])
+    bad_group = variant("group.csv", [text[0], text[1].replace(text[1].split(",")[1], "hxh", 1)])
+    cases = [((other_bundle,), "0123456789abcdef"),
+             ((short,), "511-dim"), ((bad_group,), "hxh"), ((good, "--set", "smile=1"), "smile"),
+             ((good, "--set", "eyes=x"), "NAME=NUMBER"), ((good, "--sweep", "age"), "age")]
+    for (picks, *flags), words in cases:
+        out = tmp_path / f"out_{picks.stem}_{len(flags)}"
+        done = call_job("jobs.render", "--picks", str(picks), "--bundle", str(editors["w"]), "--out", str(out), *flags)
+        assert done.returncode == 2, (picks.name, flags, done.stdout)
+        assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1 and words in done.stderr
+        assert not out.exists()
+    # Faces the run cannot vouch for still render from their own codes, with a warning each.
+    for picks, words in ((not_in_run, "999"), (other_code, "differ")):
+        out = tmp_path / f"warned_{picks.stem}"
+        done = call_job("jobs.render", "--picks", str(picks), "--bundle", str(editors["w"]), "--out", str(out))
+        assert done.returncode == 0 and done.stderr.startswith("warning: ") and words in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1 and len(list(out.glob("*.png"))) == 1
+
+
+def test_render_warns_out_of_range_and_on_a_missing_run(runs, editors, bundle, tmp_path):
+    picks = _write_picks(runs["w"], tmp_path / "picks.csv", [2], bundle.manifest_sha256)
+    done = call_job("jobs.render", "--picks", str(picks), "--bundle", str(editors["w"]),
+                    "--set", "eyes=2.5,mouth=-3,pose=1", "--out", str(tmp_path / "far"))
+    assert done.returncode == 0
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2 and all(line.startswith("warning: ") for line in lines)
+    assert "eyes=2.5" in lines[0] and "[-1.2, 1.2]" in lines[0] and "mouth=-3" in lines[1]
+    assert _png(tmp_path / "far" / "case_2.png").shape == (64, 64, 3)
+
+    moved = tmp_path / "editor"
+    shutil.copytree(editors["w"], moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["cases_file"] = str(tmp_path / "gone" / "cases.parquet")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    done = call_job("jobs.render", "--picks", str(picks), "--bundle", str(moved), "--out", str(tmp_path / "gone_run"))
+    assert done.returncode == 0 and "is gone" in done.stderr and done.stderr.count("\n") == 1
+    assert (tmp_path / "gone_run" / "case_2.png").is_file()
+
+
+def test_export_editor_refusals(runs, editors, bundle_dir, tmp_path):
+    untested = tmp_path / "untested"
+    untested.mkdir()
+    shutil.copy(runs["w"] / "samples.parquet", untested)
+    other = tmp_path / "other_bundle"
+    shutil.copytree(bundle_dir, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["note"] = "another export"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    cases = [(("--editor", str(untested), "--bundle", str(bundle_dir)), "tested run"),
+             (("--editor", str(runs["w"]), "--bundle", str(other)), "--bundle"),
+             (("--editor", str(runs["w"]), "--bundle", str(bundle_dir), "--model", "synthetic"), "--model"),
+             (("--editor", str(runs["w"]), "--bundle", str(bundle_dir), "--out", str(editors["w"])), "not empty"),
+             (("--editor", str(runs["w"]), "--bundle", str(bundle_dir), "--out", str(runs["w"]), "--overwrite"),
+              "the run")]
+    for args, words in cases:
+        out = [] if "--out" in args else ["--out", str(tmp_path / "editor")]
+        done = call_job("jobs.export", *args, *out)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, (args, done.stderr)
+    assert not (tmp_path / "editor").exists() and (runs["w"] / "cases.parquet").is_file()
