@@ -22,6 +22,11 @@ def load_state_dict_strict(model: nn.Module, path: Path, wrapper_keys=("state_di
 
     A checkpoint dict that wraps the state dict under one of `wrapper_keys` is unwrapped.
     """
+    return fit_state_dict(model, read_state_dict(path, wrapper_keys), path)
+
+
+def read_state_dict(path: Path, wrapper_keys=("state_dict",)) -> dict[str, torch.Tensor]:
+    """The state dict in `path`, read with weights_only=True and unwrapped from `wrapper_keys`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
@@ -34,7 +39,12 @@ def load_state_dict_strict(model: nn.Module, path: Path, wrapper_keys=("state_di
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return state
 
+
+def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str | None = None) -> nn.Module:
+    """Load `state` (read from `path`) into `model` strictly: missing, unexpected and mis-shaped
+    keys are one error naming `what` the file should have held (default: the model's class)."""
     expected = model.state_dict()
     missing = set(expected) - set(state)
     unexpected = set(state) - set(expected)
@@ -48,6 +58,6 @@ def load_state_dict_strict(model: nn.Module, path: Path, wrapper_keys=("state_di
     if misshaped:
         problems.append(f"{len(misshaped)} mis-shaped: {_first(misshaped, 3)}")
     if problems:
-        raise CheckpointError(f"{path} does not fit {type(model).__name__}: " + "; ".join(problems))
+        raise CheckpointError(f"{path} does not fit {what or type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
     return model

@@ -14,28 +14,22 @@ from pathlib import Path
 
 import torch
 
-from export.checkpoints import CheckpointError, load_state_dict_strict
+from export.checkpoints import load_state_dict_strict
+from export.genforce import load_genforce, perturb_terms
 from export.onnx_bundle import ModelSpec, sha256_file
 from export.property_cnn import SCORE_NAMES, PropertyScoreCNN
-from export.stylegan import LABEL_DIM, RESOLUTION, W_DIM, Z_DIM, CodeToW, ReferenceGenerator, WToImage
+from export.stylegan import LABEL_DIM, RESOLUTION, W_DIM, Z_DIM, CodeToW, GenforceConfig, ReferenceGenerator, WToImage
 
 # Medians the reference measured on its training images (SPEC.md, "Group").
 REFERENCE_MEDIANS = {"hair_color": -0.2709, "hair_length": 0.3052, "background_mean": 0.0742}
 PARITY_TOLERANCE = 1e-3
 PARITY_CODES = 8
-# Keys under which training code commonly nests a state dict (genforce keeps its averaged
-# generator as "generator_smooth"); a bare state dict, as the reference saved, needs none.
-GENERATOR_WRAPPERS = ("generator_smooth", "generator", "state_dict", "model_state_dict")
 SCORER_WRAPPERS = ("state_dict", "model_state_dict", "model")
 
 
 def load_generator(path: Path) -> ReferenceGenerator:
-    generator = load_state_dict_strict(ReferenceGenerator(), path, GENERATOR_WRAPPERS).eval()
-    lod = float(generator.synthesis.lod)
-    if lod != 0.0:
-        raise CheckpointError(f"{path} has synthesis.lod = {lod:g}: a generator still growing "
-                              f"progressively; only a fully grown one (lod 0, {RESOLUTION} px) is supported")
-    return generator
+    """The reference's generator: a genforce StyleGAN that must fit GenforceConfig.ohlora() exactly."""
+    return load_genforce(path, GenforceConfig.ohlora())[1]
 
 
 def load_scorer(path: Path) -> PropertyScoreCNN:
@@ -71,9 +65,7 @@ def write_random_checkpoints(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
     """
     torch.manual_seed(seed)
     generator, scorer = ReferenceGenerator(), PropertyScoreCNN()
-    for name, tensor in generator.state_dict().items():
-        if name.endswith(("bias", "apply_noise.weight", "const")):
-            tensor.add_(0.1 * torch.randn_like(tensor))
+    perturb_terms(generator)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = out_dir / "generator.pth", out_dir / "property_score_cnn.pth"

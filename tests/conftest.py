@@ -36,7 +36,9 @@ def ray_session():
     from jobs.cli.ray import stay_on_loopback
 
     stay_on_loopback()
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False)
+    # Workers' and Ray's own log lines (e.g. a GCS note about an actor already gone) would
+    # otherwise reach the captured stderr that tests read as a job's one-line error.
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

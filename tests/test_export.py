@@ -15,7 +15,7 @@ from compute.bundle import BundleError, load_bundle
 from conftest import call_job
 from export.onnx_bundle import ExportError, export_bundle
 from export.synthetic import synthetic_spec
-from export.models import export_model
+from export.models import ExportOptions, export_model
 
 
 def test_bundle_files_and_manifest(bundle_dir):
@@ -69,7 +69,7 @@ def test_onnx_matches_torch_at_other_batch_sizes(bundle_dir):
 
 
 def test_export_at_256px(tmp_path):
-    manifest = export_model("synthetic", tmp_path / "b256", resolution=256)
+    manifest = export_model("synthetic", tmp_path / "b256", ExportOptions(resolution=256))
     assert manifest["resolution"] == 256
     session = ort.InferenceSession(str(tmp_path / "b256" / "synthesis.onnx"))
     image = session.run(None, {"ws": np.zeros((2, 10, 512), np.float32)})[0]

@@ -21,7 +21,7 @@ from export.checkpoints import CheckpointError
 from export.ohlora import REFERENCE_MEDIANS, load_generator, load_scorer, write_random_checkpoints
 from export.property_cnn import SCORE_NAMES, SUBNETS, PropertyScoreCNN
 from export.stylegan import ReferenceGenerator, StyleLayer
-from export.models import export_model
+from export.models import ExportOptions, export_model
 from vectors.method import Method
 
 GROUP_NAMES, PROPERTIES = Method().group_names, Method().property_names
@@ -38,7 +38,7 @@ def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def reference_bundle(tmp_path_factory, checkpoints) -> Path:
     out = tmp_path_factory.mktemp("reference_bundle") / "ohlora"
-    export_model("ohlora", out, generator=checkpoints[0], scorer=checkpoints[1])
+    export_model("ohlora", out, ExportOptions(generator=checkpoints[0], scorer=checkpoints[1]))
     return out
 
 
@@ -195,11 +195,11 @@ def test_export_manifest_parity_and_dynamic_batch(checkpoints, reference_bundle)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "ohlora", "--generator", "{g}"], "needs both checkpoints"),
+    (["--model", "ohlora", "--generator", "{g}"], "--model ohlora needs --scorer"),
     (["--model", "ohlora", "--generator", "{g}", "--scorer", "{g}"], "does not fit PropertyScoreCNN"),
     (["--model", "ohlora", "--generator", "{tmp}/none.pth", "--scorer", "{s}"], "weights file not found"),
-    (["--model", "synthetic", "--generator", "{g}"], "are for the ohlora model"),
-    (["--model", "ohlora", "--generator", "{g}", "--scorer", "{s}", "--resolution", "128"], "256 px"),
+    (["--model", "synthetic", "--generator", "{g}"], "--generator do(es) not apply to --model synthetic"),
+    (["--model", "ohlora", "--generator", "{g}", "--scorer", "{s}", "--resolution", "128"], "--resolution do(es) not apply"),
 ])
 def test_export_cli_bad_input(tmp_path, checkpoints, args, message):
     fill = {"g": checkpoints[0], "s": checkpoints[1], "tmp": tmp_path}

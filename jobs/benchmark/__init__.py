@@ -13,6 +13,8 @@ reference_loop.py), so every "reference style" figure means the same thing.
     grid:      one grid run vs the whole method once per cell.
     reference: the 256-px reference architecture: reference style, torch eager and ONNX
                Runtime with IO binding over a batch sweep (--gpu, --fp16 on GPU nodes).
+    stylegan2: a StyleGAN2 generator (256 px, config-f widths, random weights): torch eager
+               vs ONNX Runtime over a batch sweep, with multiply-adds per image.
     editor:    the deployable editor graph (stored groups, groups found, fp16) vs the test
                stage's own path through the bundle graphs, batch 1 and 64.
 """

@@ -1,4 +1,4 @@
-"""python -m jobs.benchmark {export,sampling,fit,test,grid,reference,editor} [options]"""
+"""python -m jobs.benchmark {export,sampling,fit,test,grid,reference,editor,stylegan2} [options]"""
 from __future__ import annotations
 
 import sys
@@ -35,6 +35,13 @@ def main(argv=None) -> None:
     reference.add_argument("--threads", type=int, default=2)
     reference.add_argument("--gpu", action="store_true", help="ONNX Runtime on CUDA, torch on the GPU")
     reference.add_argument("--fp16", action="store_true", help="also ONNX Runtime with fp16 graphs (fp32 I/O)")
+    stylegan2 = sub.add_parser("stylegan2", help="a StyleGAN2 generator (config-f widths): torch eager vs ONNX Runtime")
+    stylegan2.add_argument("--resolution", type=int, default=256)
+    stylegan2.add_argument("--channel-multiplier", type=int, default=2, help="2: config-f widths")
+    stylegan2.add_argument("--images", type=int, default=8, help="images timed per path and batch size")
+    stylegan2.add_argument("--batch-sizes", default="1,4")
+    stylegan2.add_argument("--threads", type=int, default=2)
+    stylegan2.add_argument("--gpu", action="store_true", help="torch on the GPU, ONNX Runtime on CUDA")
     editor = sub.add_parser("editor", help="the editor graph vs the test stage's path, batch 1 and 64")
     editor.add_argument("--run", type=Path, default=Path("runs/benchmark-editor"),
                         help="a tested run of the built-in model (made with n = 4,000 if absent)")
@@ -57,6 +64,14 @@ def main(argv=None) -> None:
         from jobs.benchmark.reference import bench_reference
 
         bench_reference(args.images, sizes, args.threads, args.gpu, args.fp16)
+        return
+    if args.which == "stylegan2":
+        sizes = parse_list(args.batch_sizes, "--batch-sizes", int)
+        if args.resolution < 8 or args.resolution & (args.resolution - 1) or args.images < 1 or min(sizes) < 1:
+            raise UsageError("--resolution must be a power of two >= 8, --images and --batch-sizes >= 1")
+        from jobs.benchmark.stylegan2 import bench_stylegan2
+
+        bench_stylegan2(args.resolution, args.channel_multiplier, args.images, sizes, args.threads, args.gpu)
         return
     if args.which == "editor":
         sizes = parse_list(args.batch_sizes, "--batch-sizes", int)

@@ -32,11 +32,11 @@ def resolve_bundle(path: str | Path | None, resolution: int = DEFAULT_RESOLUTION
             return load_bundle(path)
         target = builtin_bundle_path(resolution)
         if not (target / "manifest.json").is_file():
-            from export.models import ModelError, export_model  # torch only when an export is needed
+            from export.models import ExportOptions, ModelError, export_model  # torch only when exporting
 
             print(f"exporting the built-in synthetic model to {target} (first use) ...", flush=True)
             try:
-                export_model("synthetic", target, resolution=resolution, overwrite=True)
+                export_model("synthetic", target, ExportOptions(resolution=resolution), overwrite=True)
             except ModelError:
                 if not (target / "manifest.json").is_file():  # not a concurrent export winning
                     raise

@@ -1,0 +1,300 @@
+"""Read NVIDIA StyleGAN2-ADA-PyTorch / StyleGAN3-repo network pickles without running them.
+
+A network pickle (`network-snapshot-*.pkl`) is `pickle.dump` of a dict: `G`, `D`, `G_ema`,
+`augment_pipe` and `training_set_kwargs`. Each network is a `torch_utils.persistence`
+object: it pickles as `_reconstruct_persistent_obj(meta)`, where `meta` holds the source
+of the module that defines its class (`module_src`, which NVIDIA's loader `exec`s), the
+class name and the `nn.Module` state (`__dict__`: `_parameters`, `_buffers`, `_modules`
+whose children are persistent objects too, `_init_kwargs`, plain attributes).
+
+Here a restricted unpickler resolves an allow-list of globals only, each to a stand-in
+that builds data and nothing else: a persistent object becomes a `PersistentRecord`
+(class name, constructor arguments, attributes, tensors, children) and its source is
+kept as text, never executed; tensors are rebuilt from their storages by
+`torch.load(..., weights_only=True)`; numpy scalars and arrays from their raw bytes,
+numeric dtypes only. Any other global (`os.system`, `builtins.eval`, ...) is refused
+before it is called, so a hostile file fails with a `CheckpointError` and runs nothing.
+"""
+from __future__ import annotations
+
+import builtins
+import collections
+import io
+import pickle
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from export.checkpoints import CheckpointError
+
+# nn.Module bookkeeping in a pickled module's state: the training flag and hook tables.
+_MODULE_INTERNALS = frozenset({
+    "training", "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set",
+    "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook", "_forward_hooks",
+    "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs", "_state_dict_hooks", "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_init_args", "_init_kwargs",
+})
+_NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex: plain bytes, no Python objects
+
+
+class _Refused(Exception):
+    """Raised by a stand-in while unpickling; `read_nvidia_pickle` adds the path."""
+
+
+@dataclass(eq=False)
+class PersistentRecord:
+    """What a persistent NVIDIA network holds, recorded instead of built.
+
+    `tensors` are this module's own parameters and buffers (`weight`, `noise_const`, ...);
+    `children` its sub-modules by attribute name; `module_src` the embedded source code,
+    kept as text only.
+    """
+
+    class_name: str
+    init_args: tuple
+    init_kwargs: dict
+    attributes: dict
+    tensors: dict[str, torch.Tensor]
+    children: dict[str, PersistentRecord]
+    version: int | None = None
+    module_src: str = field(default="", repr=False)
+
+    def __setstate__(self, state):  # a file's BUILD opcode may not patch a record
+        raise _Refused("tries to overwrite a recorded network's state")
+
+    def __reduce__(self):  # copies rebuild from the fields, never through __setstate__
+        return PersistentRecord, tuple(getattr(self, f.name) for f in fields(self))
+
+    def walk(self, prefix: str = "") -> Iterator[tuple[str, PersistentRecord]]:
+        """(dotted name, record) for this record ("") and every descendant."""
+        yield prefix, self
+        for name, child in self.children.items():
+            yield from child.walk(f"{prefix}.{name}" if prefix else name)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """All tensors by dotted name, as `nn.Module.state_dict()` names them."""
+        return {f"{path}.{name}" if path else name: t
+                for path, record in self.walk() for name, t in record.tensors.items()}
+
+    def find(self, dotted: str) -> PersistentRecord | None:
+        """The descendant at `dotted` (e.g. "synthesis.b8.conv0"), or None."""
+        record = self
+        for name in dotted.split(".") if dotted else []:
+            record = record.children.get(name)
+            if record is None:
+                return None
+        return record
+
+
+class EasyDict(dict):
+    """Stand-in for `dnnlib.util.EasyDict`: the items, without attribute access."""
+
+    def __setstate__(self, state):
+        if isinstance(state, dict):
+            self.update(state)
+
+
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: " + (str(exc).strip().splitlines() or [""])[0]
+
+
+def _plain(value):
+    """EasyDicts (nested in lists, tuples, dicts) as plain dicts; numpy arrays as arrays."""
+    if isinstance(value, _NumpyArray):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _persistent_record(meta) -> PersistentRecord:
+    """Stand-in for `torch_utils.persistence._reconstruct_persistent_obj`: records, never execs."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("state"), dict):
+        raise _Refused("holds a persistent object whose meta is not a dict with a 'state' dict")
+    if meta.get("type") != "class" or not isinstance(meta.get("class_name"), str):
+        raise _Refused(f"holds a persistent object of type {meta.get('type')!r} named "
+                       f"{meta.get('class_name')!r}; only classes are supported")
+    name, state = meta["class_name"], meta["state"]
+    tensors = {}
+    for table in ("_parameters", "_buffers"):
+        tensors.update({k: v for k, v in (state.get(table) or {}).items() if v is not None})
+    children = {k: v for k, v in (state.get("_modules") or {}).items() if v is not None}
+    for key, value in list(tensors.items()) + list(children.items()):
+        if not isinstance(value, torch.Tensor if key in tensors else PersistentRecord):
+            raise _Refused(f"holds a {name} whose {key!r} is a {type(value).__name__}, "
+                           f"not a tensor or a persistent network")
+    init_args, init_kwargs = state.get("_init_args", ()), state.get("_init_kwargs", {})
+    if not isinstance(init_args, (tuple, list)) or not isinstance(init_kwargs, dict):
+        raise _Refused(f"holds a {name} whose constructor arguments are not a tuple and a dict")
+    attributes = {k: _plain(v) for k, v in state.items() if k not in _MODULE_INTERNALS}
+    src = meta.get("module_src")
+    version = meta.get("version")
+    return PersistentRecord(name, tuple(_plain(init_args)), _plain(init_kwargs), attributes, tensors,
+                            children, version if isinstance(version, int) else None,
+                            src if isinstance(src, str) else "")
+
+
+def _load_storage(data) -> torch.storage.TypedStorage:
+    """Stand-in for `torch.storage._load_from_bytes`, which would call torch.load unrestricted."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise _Refused(f"holds a tensor storage given as {type(data).__name__}, not bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TypedStorage deprecation notices
+            storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe bytes
+        raise _Refused(f"holds a tensor storage that a weights-only load refuses ({_first_line(exc)})") from None
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise _Refused(f"holds a tensor storage that is a {type(storage).__name__}")
+    return storage
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+    """Stand-in for `torch._utils._rebuild_tensor_v2`: a view of the storage; hooks ignored."""
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise _Refused(f"holds a tensor built on a {type(storage).__name__}, not a storage")
+    try:
+        return torch._utils._rebuild_tensor(storage, int(offset), tuple(size), tuple(stride))
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise _Refused(f"holds a tensor whose size/stride do not fit its storage ({exc})") from None
+
+
+def _rebuild_parameter(data, requires_grad=False, hooks=None, state=None):
+    """Stand-in for `torch._utils._rebuild_parameter[_with_state]`: the plain tensor."""
+    if not isinstance(data, torch.Tensor):
+        raise _Refused(f"holds a parameter whose data is a {type(data).__name__}")
+    return data
+
+
+class _NumpyDType:
+    """Stand-in for `numpy.dtype(name, align, copy)` + its byte-order state; numeric only."""
+
+    def __init__(self, name, align=False, copy=True):
+        if not isinstance(name, str) or len(name) > 8:
+            raise _Refused(f"holds a numpy dtype named {name!r}")
+        try:
+            self.dtype = np.dtype(name)
+        except TypeError:
+            raise _Refused(f"holds an unknown numpy dtype {name!r}") from None
+        if self.dtype.kind not in _NUMERIC_KINDS:
+            raise _Refused(f"holds a numpy dtype {name!r}, not a numeric one")
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _numpy_scalar(dtype, data):
+    """Stand-in for `numpy.core.multiarray.scalar`: the value as a Python number."""
+    if not isinstance(dtype, _NumpyDType) or not isinstance(data, bytes) or len(data) != dtype.dtype.itemsize:
+        raise _Refused("holds a numpy scalar that is not a numeric value with its bytes")
+    return np.frombuffer(data, dtype.dtype)[0].item()
+
+
+class _NumpyArray:
+    """Stand-in for a pickled numpy array; the array is `.value` once its state is set."""
+
+    value: np.ndarray | None = None
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], _NumpyDType)
+                and isinstance(state[4], (bytes, bytearray))):
+            raise _Refused("holds a numpy array that is not numeric data with its bytes")
+        _, shape, dtype, fortran, data = state
+        try:
+            array = np.frombuffer(bytes(data), dtype.dtype).reshape(tuple(shape), order="F" if fortran else "C")
+        except (TypeError, ValueError) as exc:
+            raise _Refused(f"holds a numpy array whose bytes do not fit its shape ({exc})") from None
+        self.value = array.copy()
+
+
+def _numpy_reconstruct(cls, shape, typecode):
+    if cls is not _NUMPY_NDARRAY:
+        raise _Refused("holds a numpy array of a class other than ndarray")
+    return _NumpyArray()
+
+
+_NUMPY_NDARRAY = object()  # what the global numpy.ndarray resolves to: only a marker
+
+
+class _StandIn:
+    """A stand-in function as the file sees it: callable, but a BUILD opcode cannot patch it."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def __call__(self, *args):
+        return self._fn(*args)
+
+    def __setstate__(self, state):  # BUILD calls this before it would set any attribute
+        raise _Refused(f"tries to modify the loader's {self._fn.__name__}")
+
+
+# (module, name) -> what the global resolves to. Nothing here runs code named by the file.
+ALLOWED_GLOBALS = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _StandIn(_persistent_record),
+    ("dnnlib.util", "EasyDict"): EasyDict,
+    ("dnnlib", "EasyDict"): EasyDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _StandIn(_rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): _StandIn(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _StandIn(_rebuild_parameter),
+    ("torch.storage", "_load_from_bytes"): _StandIn(_load_storage),
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("builtins", "set"): builtins.set,
+    ("builtins", "frozenset"): builtins.frozenset,
+    ("numpy", "dtype"): _NumpyDType,
+    ("numpy", "ndarray"): _NUMPY_NDARRAY,
+    **{(f"numpy{core}.multiarray", name): _StandIn(fn) for core in (".core", "._core")  # numpy 1 / 2
+       for name, fn in (("scalar", _numpy_scalar), ("_reconstruct", _numpy_reconstruct))},
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, path: Path):
+        super().__init__(file)
+        self._path = path
+
+    def find_class(self, module, name):
+        if (module, name) in ALLOWED_GLOBALS:
+            return ALLOWED_GLOBALS[(module, name)]
+        hint = ""
+        if str(module).startswith("dnnlib.tflib"):
+            hint = " (a TensorFlow StyleGAN pickle: convert it with NVIDIA's legacy.py where you trust it)"
+        raise CheckpointError(f"{self._path} refers to {module}.{name}, which is not in the allow-list of "
+                              f"an NVIDIA StyleGAN2 pickle; refusing to load it{hint}")
+
+
+def read_nvidia_pickle(path) -> dict:
+    """The top-level dict of an NVIDIA network pickle, networks as `PersistentRecord`s.
+
+    Nothing from the file is executed; every refusal or read failure is one CheckpointError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"network pickle not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if head == b"PK\x03\x04":
+            raise CheckpointError(f"{path} is a torch zip checkpoint (torch.save), not an NVIDIA "
+                                  f"network pickle; load it as a rosinality/state-dict checkpoint")
+        f.seek(0)
+        try:
+            data = _RestrictedUnpickler(f, path).load()
+        except CheckpointError:
+            raise
+        except _Refused as exc:
+            raise CheckpointError(f"{path} {exc}; refusing to load it") from None
+        except Exception as exc:  # pickle raises many types for corrupt or truncated input
+            raise CheckpointError(f"cannot read {path} as an NVIDIA network pickle ({_first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, not the dict of an NVIDIA network pickle")
+    return _plain(data)
