@@ -1,8 +1,9 @@
-"""The fit stage (method steps 2-5): groups, top/bottom-k selections, one linear SVM per
-(group, property) as a Ray task, unit directions toward larger scores.
+"""The fit stage (method steps 2-5): groups, top/bottom-k selections, one fit per (group,
+property) as a Ray task with the method's estimator (the reference: a linear SVM), unit
+directions toward larger scores, and each direction's stability measured in the same task.
 
-The latent matrix goes into the Ray object store once; each task receives the row indices
-of its fit. `fit_directions` is the stage as `jobs.fit` and `jobs.vectorfind` run it;
+The latent matrix and the scores go into the Ray object store once; each task receives the
+row indices of its fit. `fit_directions` is the stage as `jobs.fit` and `jobs.vectorfind` run it;
 `plan_fit`, `submit_fits` and `direction_rows` are the pieces the grid shares.
 """
 from __future__ import annotations
@@ -18,10 +19,12 @@ from compute.runs import SAMPLES_FILE, VECTORS_FILE, reusable
 from compute.tables import read_metadata, vector_matrix
 from compute.vectors_table import write_vectors
 from vectors.errors import InputError
+from vectors.estimators import fit_and_measure
 from vectors.groups import assign_groups, group_medians, group_sizes, plan_selections
 from vectors.interop import boundary_name, reference_csv_name, write_boundary, write_reference_csv
 from vectors.method import Method
-from vectors.svm import SvmConfig, fit_selection, orthogonalize
+from vectors.summary import mean_by_property
+from vectors.svm import SvmConfig, orthogonalize
 
 
 class FitError(InputError):
@@ -93,12 +96,15 @@ def plan_fit(samples: Samples, method: Method, seed: int, n: int | None = None) 
     return FitPlan(selections, config, sizes)
 
 
-def submit_fits(latents_ref, selections: list, svm: SvmConfig) -> dict:
-    """One Ray task per selection on the shared latent matrix; returns {future: selection}."""
+def submit_fits(latents_ref, selections: list, svm: SvmConfig, estimator: str = "svm", stability_splits: int = 0,
+                seed: int = 0, scores_ref=None) -> dict:
+    """One Ray task per selection on the shared latent matrix (and scores, {name: (N,)}, which
+    the ridge estimator needs): the fit and its stability; returns {future: selection}."""
     import ray
 
-    fit_task = ray.remote(num_cpus=1)(fit_selection)
-    return {fit_task.remote(latents_ref, s, svm): s for s in selections}
+    fit_task = ray.remote(num_cpus=1)(fit_and_measure)
+    return {fit_task.remote(latents_ref, scores_ref, s, estimator, svm, stability_splits, seed): s
+            for s in selections}
 
 
 def direction_rows(results: dict, method: Method) -> list[dict]:
@@ -110,7 +116,8 @@ def direction_rows(results: dict, method: Method) -> list[dict]:
                 directions[(g, p)] = d
     return [{"space": method.latent, "group": s.group, "property": s.prop, "direction": directions[key],
              "val_accuracy": r.val_accuracy, "group_size": s.group_size, "k": s.k, "ratio": method.ratio,
-             "converged": r.converged, "fit_seconds": r.fit_seconds}
+             "converged": r.converged, "fit_seconds": r.fit_seconds, "stability": r.stability,
+             "estimator": method.estimator}
             for key, (s, r) in sorted(results.items())]
 
 
@@ -126,8 +133,9 @@ def gather_fits(pending: dict, progress: bool = True) -> dict:
         results[(s.group, s.prop)] = (s, r)
         if progress:
             note = "" if r.converged else "  (did not converge)"
+            stable = "" if np.isnan(r.stability) else f"  stability {r.stability:.3f}"
             print(f"  [{len(results):2d}/{total}] {s.group} {s.prop:10s} k={s.k:<6d} "
-                  f"val acc {r.val_accuracy:.3f}  {r.fit_seconds:5.1f}s{note}", flush=True)
+                  f"val acc {r.val_accuracy:.3f}{stable}  {r.fit_seconds:5.1f}s{note}", flush=True)
     return results
 
 
@@ -147,7 +155,9 @@ def fit_directions(run: Path, method: Method = Method(), seed: int = 0, drop_non
               + (f", {samples.dropped} non-finite rows dropped" if samples.dropped else ""))
         print("group sizes: " + "  ".join(f"{g} {n}" for g, n in plan.sizes.items()))
     started = time.perf_counter()
-    results = gather_fits(submit_fits(ray.put(samples.latents), plan.selections, method.svm), progress)
+    pending = submit_fits(ray.put(samples.latents), plan.selections, method.svm, method.estimator,
+                          method.stability_splits, seed, ray.put(samples.scores))
+    results = gather_fits(pending, progress)
     rows = direction_rows(results, method)
     write_vectors(rows, {"fit": plan.config, "method": method.to_dict()}, out)
     if progress:
@@ -157,9 +167,14 @@ def fit_directions(run: Path, method: Method = Method(), seed: int = 0, drop_non
 
 
 def fit_summary(rows: list[dict], method: Method) -> str:
-    lines = ["mean validation accuracy: " + "  ".join(
+    lines = [f"estimator {method.estimator}; mean validation accuracy: " + "  ".join(
         f"{p} {np.mean([r['val_accuracy'] for r in rows if r['property'] == p]):.3f}"
         for p in method.property_names)]
+    stability = mean_by_property([r["property"] for r in rows], [r["stability"] for r in rows],
+                                 method.property_names)
+    if any(v is not None for v in stability.values()):
+        lines.append(f"mean stability (cosine between {method.stability_splits} resampled fits): " + "  ".join(
+            f"{p} {v:.3f}" for p, v in stability.items() if v is not None))
     unconverged = [f"{r['group']}/{r['property']}" for r in rows if not r["converged"]]
     if unconverged:
         lines.append(f"{len(unconverged)} of {len(rows)} fits did not converge ({', '.join(unconverged[:6])}"

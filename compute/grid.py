@@ -1,5 +1,7 @@
 """The seeds' n x k grid in one pass: sample once at the largest n, fit every cell as Ray
 tasks submitted together, test every cell on the same cases in one Ray Data pipeline.
+Cells may also differ in latent space and in direction estimator (vectors.estimators), so
+that estimators are judged on the same samples and the same test cases.
 
 Smaller n are prefixes of the largest sample (a code depends only on seed and id), so a
 cell at n = 10,000 is exactly a 10,000-sample run. Each cell lives in RUN/grid/<cell>/
@@ -24,7 +26,7 @@ from compute.tables import with_metadata, write_parquet_atomic
 from compute.testing import evaluate, load_direction_set, test_config, write_test_outputs
 from compute.vectors_table import read_vectors, write_vectors
 from vectors.method import Method
-from vectors.summary import mean_accuracy_by_property
+from vectors.summary import mean_by_property
 
 
 @dataclass(frozen=True)
@@ -32,13 +34,16 @@ class Cell:
     space: str
     n: int
     ratio: float
+    estimator: str = "svm"
 
     @property
     def name(self) -> str:
-        return f"{self.space.replace(':', '')}-n{self.n}-r{self.ratio:g}"  # w:0-6 -> w0-6
+        # w:0-6 -> w0-6; the reference estimator keeps the names grids had before estimators
+        suffix = "" if self.estimator == "svm" else f"-{self.estimator}"
+        return f"{self.space.replace(':', '')}-n{self.n}-r{self.ratio:g}{suffix}"
 
     def method(self, base: Method) -> Method:
-        return replace(base, space=self.space, ratio=self.ratio)
+        return replace(base, space=self.space, ratio=self.ratio, estimator=self.estimator)
 
 
 def cell_dir(run: Path, cell: Cell) -> Path:
@@ -54,10 +59,13 @@ def fit_cells(run: Path, cells: list[Cell], method: Method, seed: int, progress:
     todo = [c for c in cells if not reusable(cell_dir(run, c) / VECTORS_FILE, "fit", plans[c].config, progress)]
     if not todo:
         return
-    refs = {space: ray.put(samples[space].latents) for space in {c.space for c in todo}}
+    refs = {space: (ray.put(samples[space].latents), ray.put(samples[space].scores))
+            for space in {c.space for c in todo}}
     pending, owners, results = {}, {}, {c: {} for c in todo}
     for cell in todo:
-        for future, s in submit_fits(refs[cell.space], plans[cell].selections, method.svm).items():
+        latents_ref, scores_ref = refs[cell.space]
+        for future, s in submit_fits(latents_ref, plans[cell].selections, method.svm, cell.estimator,
+                                     method.stability_splits, seed, scores_ref).items():
             pending[future], owners[future] = s, cell
     total, started = len(pending), time.perf_counter()
     while pending:
@@ -76,7 +84,8 @@ def fit_cells(run: Path, cells: list[Cell], method: Method, seed: int, progress:
 
 def test_cells(run: Path, bundle, cells: list[Cell], method: Method, cases: int, seed: int, resources,
                rate: float | None = None, progress: bool = True) -> None:
-    """Test every cell whose results are missing or stale, all on the same case ids in one pipeline."""
+    """Test every cell whose results are missing or stale, all on the same cases (drawn from
+    `seed`) in one pipeline."""
     todo, sets, configs = [], [], {}
     for cell in cells:
         directory, cell_method = cell_dir(run, cell), cell.method(method)
@@ -115,31 +124,41 @@ def test_cells(run: Path, bundle, cells: list[Cell], method: Method, cases: int,
 
 
 def grid_table(run: Path, cells: list[Cell], method: Method) -> pa.Table:
-    """One row per cell: k per group, SVM accuracy and mean |corr| per property, passes, consistency."""
+    """One row per cell: k per group, SVM accuracy, stability and mean |corr| per property,
+    passes, consistency, fit seconds (summed over the cell's fits) and, for bundles with a
+    ground truth, the spread of the true identity traits."""
     rows = []
     for cell in cells:
         directory = cell_dir(run, cell)
         vectors, _, _ = read_vectors(directory / VECTORS_FILE)
         summary = json.loads((directory / SUMMARY_FILE).read_text())
-        acc = mean_accuracy_by_property(vectors["property"].to_pylist(), vectors["val_accuracy"].to_pylist(),
-                                        method.property_names)
+        props = vectors["property"].to_pylist()
+        acc = mean_by_property(props, vectors["val_accuracy"].to_pylist(), method.property_names)
+        stability = mean_by_property(props, vectors["stability"].to_pylist(), method.property_names)
         k = dict(zip(vectors["group"].to_pylist(), vectors["k"].to_pylist()))
-        rows.append({"space": cell.space, "n": cell.n, "ratio": cell.ratio,
+        rows.append({"space": cell.space, "n": cell.n, "ratio": cell.ratio, "estimator": cell.estimator,
                      "k": [k[g] for g in method.group_names],
                      **{f"svm_acc_{p}": acc[p] for p in method.property_names},
+                     **{f"stability_{p}": stability[p] for p in method.property_names},
                      **{f"mean_corr_{p}": summary["mean_abs_corr"][p] for p in method.property_names},
                      "sum_mean_abs_corr": summary["sum_mean_abs_corr"], "passed": summary["passed"],
-                     "cases": summary["cases"], "consistency": summary["mean_consistency"]})
+                     "cases": summary["cases"], "consistency": summary["mean_consistency"],
+                     "identity_spread": summary.get("mean_identity_spread"),
+                     "fit_seconds": float(sum(vectors["fit_seconds"].to_pylist()))})
     return pa.Table.from_pylist(rows)
 
 
 def run_grid(run: Path, bundle, method: Method, ns: list[int], ratios: list[float], spaces: list[str],
              cases: int, seed: int, resources, batch_size: int | None = None, rate: float | None = None,
-             progress: bool = True) -> pa.Table:
-    """Sample, fit and test every cell (space x n x ratio); writes RUN/grid.parquet and returns it."""
+             progress: bool = True, estimators: list[str] | None = None, case_seed: int | None = None) -> pa.Table:
+    """Sample, fit and test every cell (space x n x ratio x estimator; default the method's
+    estimator) with `seed`; test cases are drawn from `case_seed` (default `seed`), so grids
+    of several seeds can share them. Writes RUN/grid.parquet and returns it."""
     run = Path(run)
     method.check_scores(bundle.score_names)
-    cells = [Cell(s, n, r) for s in spaces for n in ns for r in ratios]
+    estimators = estimators or [method.estimator]
+    case_seed = seed if case_seed is None else case_seed
+    cells = [Cell(s, n, r, e) for s in spaces for n in ns for r in ratios for e in estimators]
     for cell in cells:
         cell.method(method).check_layers(bundle.num_ws)  # a bad space or ratio fails here, before any work
     if progress:
@@ -151,9 +170,10 @@ def run_grid(run: Path, bundle, method: Method, ns: list[int], ratios: list[floa
     fit_cells(run, cells, method, seed, progress)
     if progress:
         print(f"[3/3] testing {len(cells)} cells on {cases} cases", flush=True)
-    test_cells(run, bundle, cells, method, cases, seed, resources, rate, progress)
+    test_cells(run, bundle, cells, method, cases, case_seed, resources, rate, progress)
     table = with_metadata(grid_table(run, cells, method), {"grid": {
-        "n": ns, "ratio": ratios, "space": spaces, "cases": cases, "seed": seed, "method": method.to_dict()}})
+        "n": ns, "ratio": ratios, "space": spaces, "estimator": estimators, "cases": cases, "seed": seed,
+        "case_seed": case_seed, "method": method.to_dict()}})
     write_parquet_atomic(table, run / GRID_FILE)
     return table
 

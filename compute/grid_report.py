@@ -13,8 +13,14 @@ def write_grid_md(table: pa.Table, run: Path, properties) -> Path:
     plt = pyplot()
     rows = table.to_pylist()
     lines = ["# vectorfind grid", ""]
-    for space in sorted({r["space"] for r in rows}):
-        mine = [r for r in rows if r["space"] == space]
+    sections = sorted({(r["space"], r.get("estimator") or "svm") for r in rows})
+    if len({e for _, e in sections}) > 1:
+        lines += estimator_table(rows, properties)
+    for space, estimator in sections:
+        mine = [r for r in rows if r["space"] == space and (r.get("estimator") or "svm") == estimator]
+        if estimator != "svm":
+            space = f"{space}, estimator {estimator}"
+        tag = space.replace(", estimator ", "_").replace(":", "")
         ns, ratios = sorted({r["n"] for r in mine}), sorted({r["ratio"] for r in mine})
         cell = {(r["n"], r["ratio"]): r for r in mine}
         lines += [f"## Space {space}: passed cases (of {mine[0]['cases']}) and sum of mean |corr| by n and ratio", "",
@@ -26,11 +32,13 @@ def write_grid_md(table: pa.Table, run: Path, properties) -> Path:
         top = ns[-1]
         lines += ["", f"## Space {space}: by ratio at n = {top:,}", "",
                   "| ratio | " + " | ".join(f"SVM acc {p}" for p in properties) + " | "
+                  + " | ".join(f"stability {p}" for p in properties) + " | "
                   + " | ".join(f"mean corr {p}" for p in properties) + " | sum | passed |",
-                  "|---|" + "---|" * (2 * len(properties) + 2)]
+                  "|---|" + "---|" * (3 * len(properties) + 2)]
         for r in ratios:
             c = cell[(top, r)]
             lines.append(f"| {r:g} | " + " | ".join(_fmt(c[f'svm_acc_{p}']) for p in properties) + " | "
+                         + " | ".join(_fmt(c.get(f'stability_{p}')) for p in properties) + " | "
                          + " | ".join(f"{c[f'mean_corr_{p}']:.4f}" for p in properties)
                          + f" | {c['sum_mean_abs_corr']:.4f} | {c['passed']} |")
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -43,7 +51,7 @@ def write_grid_md(table: pa.Table, run: Path, properties) -> Path:
             ax.set_xlabel("ratio")
             ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(run / f"grid_{space}_sum_and_passed.png", dpi=90)
+        fig.savefig(run / f"grid_{tag}_sum_and_passed.png", dpi=90)
         plt.close(fig)
         fig, axes = plt.subplots(1, len(properties), figsize=(4 * len(properties), 3.3), squeeze=False)
         for ax, p in zip(axes[0], properties):
@@ -53,13 +61,31 @@ def write_grid_md(table: pa.Table, run: Path, properties) -> Path:
             ax.set_xlabel("ratio")
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(run / f"grid_{space}_per_property.png", dpi=90)
+        fig.savefig(run / f"grid_{tag}_per_property.png", dpi=90)
         plt.close(fig)
-        lines += ["", f"![sum and passed](grid_{space}_sum_and_passed.png)", "",
-                  f"![per property](grid_{space}_per_property.png)", ""]
+        lines += ["", f"![sum and passed](grid_{tag}_sum_and_passed.png)", "",
+                  f"![per property](grid_{tag}_per_property.png)", ""]
     path = Path(run) / "grid.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def estimator_table(rows: list[dict], properties) -> list[str]:
+    """The estimators side by side, one row per (space, n, ratio, estimator), all on the same cases."""
+    truth = any(r.get("identity_spread") is not None for r in rows)
+    lines = ["## Estimators side by side (same samples, same test cases)", "",
+             "| space | n | ratio | estimator | " + " | ".join(f"mean corr {p}" for p in properties)
+             + " | passed | consistency | " + " | ".join(f"stability {p}" for p in properties)
+             + (" | identity spread" if truth else "") + " | fit s |",
+             "|---|---|---|---|" + "---|" * (2 * len(properties) + 3 + truth)]
+    for r in sorted(rows, key=lambda r: (r["space"], r["n"], r["ratio"], r.get("estimator") or "svm")):
+        lines.append(f"| {r['space']} | {r['n']:,} | {r['ratio']:g} | {r.get('estimator') or 'svm'} | "
+                     + " | ".join(f"{r[f'mean_corr_{p}']:.4f}" for p in properties)
+                     + f" | {r['passed']} | {r['consistency']:.4f} | "
+                     + " | ".join(_fmt(r.get(f'stability_{p}')) for p in properties)
+                     + (f" | {_fmt(r.get('identity_spread'))}" if truth else "")
+                     + f" | {r.get('fit_seconds') or 0:.1f} |")
+    return lines + [""]
 
 
 def _fmt(value, digits: int = 4) -> str:

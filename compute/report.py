@@ -16,6 +16,7 @@ from compute.tables import read_metadata, vector_matrix
 from compute.vectors_table import VectorsError, read_vectors
 from vectors.edits import apply_edits, case_directions, direction_matrices, layer_codes
 from vectors.method import Method
+from vectors.summary import mean_by_property
 
 GRID_CASES = 3
 
@@ -105,6 +106,16 @@ def group_table(vectors, summary: dict, method: Method) -> list[str]:
     return lines
 
 
+def _estimator_note(fit: dict) -> list[str]:
+    """How the directions were fitted and what their stability means (nothing for older or imported vectors)."""
+    if not fit.get("estimator"):
+        return []
+    splits = fit.get("stability_splits") or 0
+    return [f"Directions fitted with the `{fit['estimator']}` estimator; "
+            + (f"stability is the mean cosine between directions fitted on {splits} resampled splits "
+               f"(1: the same direction whatever rows are held out)." if splits > 1 else "stability not measured.")]
+
+
 def write_report(run: Path, bundle) -> Path:
     """Write RUN/report.md from the test's stored results and the vectors it tested."""
     run = Path(run)
@@ -126,6 +137,8 @@ def write_report(run: Path, bundle) -> Path:
     passes_per_group(summary, method, run / "passes_per_group.png")
     shown = edit_grid(bundle, cases, matrices, method, run / "edits.png")
     acc = summary.get("svm_val_accuracy") or {}
+    stability = mean_by_property(vectors["property"].to_pylist(), vectors["stability"].to_pylist(),
+                                 method.property_names)
     groups = f"{len(method.group_names)} groups by {', '.join(method.group_by)}" if method.group_by else \
         "one global group"
     lines = [
@@ -134,15 +147,16 @@ def write_report(run: Path, bundle) -> Path:
         f"`{bundle.manifest['model']}`, {summary.get('n_samples', '?')} samples, ratio {summary.get('ratio')}, "
         f"{groups}, {summary['cases']} test cases x {summary['edits_per_case']} edits.", "",
         "## Results", "",
-        "| property | SVM val accuracy | mean corr | mean abs corr | cutoff |", "|---|---|---|---|---|",
+        "| property | SVM val accuracy | stability | mean corr | mean abs corr | cutoff |", "|---|---|---|---|---|---|",
     ]
     for p in method.property_names:
-        lines.append(f"| {p} | {_fmt(acc.get(p))} | {summary['mean_corr'][p]:.4f} | "
+        lines.append(f"| {p} | {_fmt(acc.get(p))} | {_fmt(stability[p])} | {summary['mean_corr'][p]:.4f} | "
                      f"{summary['mean_abs_corr'][p]:.4f} | {summary['cutoffs'][p]:.2f} |")
     lines += ["", f"Sum of mean |corr|: **{summary['sum_mean_abs_corr']:.4f}**. "
                   f"Passed: **{summary['passed']} / {summary['cases']}** ({100 * summary['passed_ratio']:.1f}%)"
                   + (f"; {summary['degenerate']} degenerate cases (constant scores) failed."
                      if summary["degenerate"] else "."),
+              *_estimator_note(meta.get("fit", {})),
               f"Mean consistency (std of the grouping scores over a case's edits): "
               f"{_fmt(summary['mean_consistency'])}"
               + (f"; mean spread of the true identity traits: {summary['mean_identity_spread']:.4f}."

@@ -26,7 +26,7 @@ from vectors.edits import direction_matrices
 from vectors.groups import group_medians
 from vectors.method import Method
 from vectors.stats import case_statistics, passes
-from vectors.summary import mean_accuracy_by_property, summarize
+from vectors.summary import mean_accuracy_by_property, mean_by_property, summarize
 
 # The synthetic world's traits that no score measures: their spread over a case's edits
 # says how much an edit changes identity.
@@ -134,6 +134,8 @@ def run_test(run: Path, bundle, method: Method = Method(), cases: int = 500, see
                     "svm_val_accuracy": mean_accuracy_by_property(vectors["property"].to_pylist(),
                                                                    vectors["val_accuracy"].to_pylist(),
                                                                    method.property_names),
+                    "stability": mean_by_property(vectors["property"].to_pylist(), vectors["stability"].to_pylist(),
+                                                  method.property_names),
                     "ratio": fit.get("ratio"), "n_samples": fit.get("n"), "seconds": round(elapsed, 2),
                     "images_per_second": round(cases * (len(weights) + 1) / elapsed, 1)})
     run.mkdir(parents=True, exist_ok=True)

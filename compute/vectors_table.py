@@ -1,4 +1,7 @@
-"""RUN/vectors.parquet: one row per (space, group, property) direction."""
+"""RUN/vectors.parquet: one row per (space, group, property) direction.
+
+`stability` (mean pairwise cosine between resampled fits; NaN when not measured) and
+`estimator` came later: files written before them read back with NaN and null."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +15,7 @@ from vectors.errors import InputError
 
 COLUMNS = ("space", "group", "property", "direction", "val_accuracy", "group_size", "k", "ratio",
            "converged", "fit_seconds")
+LATER_COLUMNS = {"stability": pa.float64(), "estimator": pa.string()}  # absent from older files
 
 
 class VectorsError(InputError):
@@ -32,6 +36,8 @@ def vectors_to_table(rows: list[dict]) -> pa.Table:
         "ratio": pa.array([r["ratio"] for r in rows], pa.float64()),
         "converged": pa.array([r["converged"] for r in rows], pa.bool_()),
         "fit_seconds": pa.array([r["fit_seconds"] for r in rows], pa.float64()),
+        "stability": pa.array([r.get("stability", float("nan")) for r in rows], pa.float64()),
+        "estimator": pa.array([r.get("estimator") for r in rows], pa.string()),
     })
 
 
@@ -53,6 +59,10 @@ def read_vectors(path: Path) -> tuple[pa.Table, dict[tuple[str, str], np.ndarray
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise VectorsError(f"{path} lacks columns {', '.join(missing)}")
+    for name, kind in LATER_COLUMNS.items():
+        if name not in table.column_names:
+            fill = [float("nan") if kind == pa.float64() else None] * table.num_rows
+            table = table.append_column(name, pa.array(fill, kind))
     spaces = set(table["space"].to_pylist())
     if len(spaces) != 1:
         raise VectorsError(f"{path} mixes latent spaces {sorted(spaces)}; one file holds one space")

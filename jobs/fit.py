@@ -1,9 +1,11 @@
-"""Fit the method's property directions: one linear SVM per (group, property) as Ray tasks.
+"""Fit the method's property directions: one fit per (group, property) as Ray tasks.
 
     python -m jobs.fit --run RUN [--space w|z] [--ratio 0.2] [--medians manifest|samples]
+                       [--estimator svm] [--stability-splits 5]
 
 Reads RUN/samples.parquet, writes RUN/vectors.parquet (or --out). With the seeds' method
-that is 8 groups x (eyes, mouth, pose) = 24 fits.
+that is 8 groups x (eyes, mouth, pose) = 24 fits, each with the method's estimator (the
+reference's linear SVM by default) and its stability (mean cosine between resampled fits).
 """
 from __future__ import annotations
 

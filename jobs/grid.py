@@ -3,6 +3,7 @@ tasks, test every cell on the same cases in one Ray Data pipeline.
 
     python -m jobs.grid --out runs/grid --n 4000,10000,20000,50000,80000 \\
         --ratio 0.01,0.025,0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5 --cases 500 [--space w|z|w,z]
+        [--estimator svm,ridge,...]
 
 Cells are persisted under RUN/grid/ as they finish and reused only when made with the same
 settings. Writes RUN/grid.parquet (one row per cell) and RUN/grid.md with tables and plots.
@@ -18,6 +19,7 @@ import numpy as np
 from compute.grid import Cell, run_grid
 from compute.grid_report import write_grid_md
 from compute.sampling import check_sampling_input
+from vectors.estimators import ESTIMATORS
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single
 from jobs.cli import UsageError, parse_list, parser, run_main
@@ -45,16 +47,23 @@ def main(argv=None) -> None:
     p.add_argument("--ratio", dest="ratios", default="0.01,0.025,0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5",
                    help="k ratios (comma-separated)")
     p.add_argument("--space", dest="spaces", default="w", help="w, z, or w,z")
+    p.add_argument("--estimator", dest="estimators", default="svm",
+                   help="direction estimators, compared on the same samples and cases: any of "
+                        f"{', '.join(ESTIMATORS)} (comma-separated)")
     p.add_argument("--cases", type=int, default=500, help="test cases, the same for every cell")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: built-in synthetic model)")
-    add_method_arguments(p, ratio_and_space=False)
+    add_method_arguments(p, grid_axes=True)
     add_resource_arguments(p)
     add_ray_arguments(p)
     args = p.parse_args(argv)
     ns = parse_list(args.n, "--n", int)
     ratios = parse_list(args.ratios, "--ratio", float)
     spaces = parse_list(args.spaces, "--space", str)
+    estimators = parse_list(args.estimators, "--estimator", str)
+    unknown = [e for e in estimators if e not in ESTIMATORS]
+    if unknown:
+        raise UsageError(f"--estimator {', '.join(unknown)}: unknown; choose from {', '.join(ESTIMATORS)}")
     if ns[0] <= 0:
         raise UsageError(f"--n values must be positive, got {ns[0]}")
     if args.cases < 1:
@@ -66,16 +75,17 @@ def main(argv=None) -> None:
     bundle = resolve_bundle(args.bundle)
     method.check_scores(bundle.score_names)
     check_sampling_input(bundle, ns[-1], args.seed, args.out)
-    cells = len(spaces) * len(ns) * len(ratios)
+    cells = len(spaces) * len(ns) * len(ratios) * len(estimators)
     rate = calibrate(bundle)
     images = args.cases * (1 + cells * method.edits_per_case)
     fits = cells * len(method.group_names) * len(method.properties)
-    print(f"plan: {cells} cells ({', '.join(spaces)} x {len(ns)} n x {len(ratios)} ratios), {ns[-1]:,} samples "
+    print(f"plan: {cells} cells ({', '.join(spaces)} x {len(ns)} n x {len(ratios)} ratios x {len(estimators)} "
+          f"estimators), {ns[-1]:,} samples "
           f"once, {fits} fits, {images:,} test images; calibration {rate:,.0f} images/s in one process, so "
           f"about {(ns[-1] + images) / (rate * 0.8) / 60:.1f} min of sampling and testing", flush=True)
     started = time.perf_counter()
     table = run_grid(args.out, bundle, method, ns, ratios, spaces, args.cases, args.seed, start(args),
-                     args.batch_size, rate)
+                     args.batch_size, rate, estimators=estimators)
     write_grid_md(table, args.out, method.property_names)
     print(f"done in {time.perf_counter() - started:.0f}s: {args.out / 'grid.parquet'}, {args.out / 'grid.md'}")
 

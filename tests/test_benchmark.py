@@ -24,3 +24,15 @@ def test_sampling_benchmark_prints_its_ratios(ray_session, bundle, capsys):
 def test_benchmark_bad_input():
     result = run_job("jobs.benchmark", "fit", "--n", "10")
     assert result.returncode == 2 and "--n must be >= 1000" in result.stderr
+
+
+def test_estimators_benchmark_compares_on_shared_cases(ray_session, bundle, tmp_path, capsys):
+    from compute.sampling import Resources
+    from jobs.benchmark.estimators import bench_estimators
+
+    rows = bench_estimators(bundle, tmp_path, 2000, [0, 1], 4, ["svm", "ridge"], 0.2, Resources(2, 0.5, 0.0, 1))
+    out = capsys.readouterr().out
+    assert len(rows) == 4 and {r["estimator"] for r in rows} == {"svm", "ridge"}
+    # The synthetic world knows its true directions: every fitted one points roughly along them.
+    assert all(0.3 < r["truth_cos_eyes"] <= 1 for r in rows)
+    assert "| ridge |" in out and "estimator - svm on the same seed" in out

@@ -105,3 +105,25 @@ def test_rerun_with_other_cases_or_medians_recomputes_stale_cells(small_grid, bu
     grid.main([*args, "--cases", "6", "--medians", "samples"])
     out = capsys.readouterr().out
     assert out.count("vectors.parquet: made with other settings") == 4 and "testing 4 cells" in out
+
+
+def test_estimators_are_cells_on_the_same_samples_and_cases(ray_session, bundle_dir, tmp_path):
+    """An estimator axis: each estimator fits the same selections and is tested on the same cases;
+    the reference estimator's cell keeps its old name, the table compares them side by side."""
+    out = tmp_path / "g"
+    done = call_job("jobs.grid", "--out", str(out), "--bundle", str(bundle_dir), "--n", "2400", "--ratio", "0.2",
+                    "--cases", "6", "--estimator", "svm,mean_diff", "--stability-splits", "2")
+    assert done.returncode == 0, done.stderr
+    rows = pq.read_table(out / "grid.parquet").to_pylist()
+    assert [r["estimator"] for r in rows] == ["mean_diff", "svm"]
+    assert sorted(p.name for p in (out / "grid").iterdir()) == ["w-n2400-r0.2", "w-n2400-r0.2-mean_diff"]
+    svm, diff = (pq.read_table(out / "grid" / name / "cases.parquet") for name in ("w-n2400-r0.2",
+                                                                                 "w-n2400-r0.2-mean_diff"))
+    assert svm["case_id"].equals(diff["case_id"]) and svm["z"].equals(diff["z"])
+    vectors = {name: read_vectors(out / "grid" / name / "vectors.parquet") for name in ("w-n2400-r0.2",
+                                                                                       "w-n2400-r0.2-mean_diff")}
+    assert vectors["w-n2400-r0.2-mean_diff"][0]["estimator"].to_pylist() == ["mean_diff"] * 24
+    assert all(0 < s <= 1 for s in vectors["w-n2400-r0.2"][0]["stability"].to_pylist())
+    assert "Estimators side by side" in (out / "grid.md").read_text()
+    bad = call_job("jobs.grid", "--out", str(tmp_path / "bad"), "--bundle", str(bundle_dir), "--estimator", "lasso")
+    assert bad.returncode == 2 and "lasso" in bad.stderr and not (tmp_path / "bad").exists()

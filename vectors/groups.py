@@ -72,6 +72,7 @@ class Selection:
     train_neg: np.ndarray
     val_pos: np.ndarray
     val_neg: np.ndarray
+    rows: np.ndarray | None = None  # every row of the group, ascending (the ridge estimator uses them all)
 
 
 def select_extremes(values: np.ndarray, rows: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray, int]:
@@ -102,7 +103,7 @@ def select(scores: Mapping[str, np.ndarray], groups: np.ndarray, group: str, pro
             f"for 2 training and 1 validation sample per class; use a larger n or ratio")
     rng = np.random.default_rng([seed, method.group_names.index(group), method.property_names.index(prop)])
     top, bottom = rng.permutation(top), rng.permutation(bottom)
-    return Selection(group, prop, len(rows), k, top[n_val:], bottom[n_val:], top[:n_val], bottom[:n_val])
+    return Selection(group, prop, len(rows), k, top[n_val:], bottom[n_val:], top[:n_val], bottom[:n_val], rows)
 
 
 def plan_selections(scores: Mapping[str, np.ndarray], groups: np.ndarray, method: Method, seed: int) -> list:

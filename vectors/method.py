@@ -2,7 +2,8 @@
 
 Which scores are edited (each with its edit schedule and pass cutoff), which scores split
 the samples into groups, where the group medians come from, the selection ratio, the
-latent space, the validation fraction and the SVM settings. It is saved (JSON) beside
+latent space, the validation fraction, the direction estimator and its SVM settings, and
+how many resampled fits measure each direction's stability. It is saved (JSON) beside
 every artifact and read back, so a run says exactly what produced it, and a stage reuses
 an earlier output only when the part of the method that output depends on is unchanged.
 
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vectors.errors import InputError
+from vectors.estimators import ESTIMATORS, MAX_STABILITY_SPLITS
 from vectors.svm import SvmConfig
 
 SPACES = ("w", "z")
@@ -92,6 +94,8 @@ class Method:
     orthogonalize: bool = False     # each direction orthogonal to the others of its group
     max_spread: float | None = None  # extra pass condition on consistency, if set
     svm: SvmConfig = field(default_factory=SvmConfig)
+    estimator: str = "svm"          # vectors.estimators.ESTIMATORS; "svm" is the reference's fit
+    stability_splits: int = 5       # resampled fits per direction for its stability; 0 or 1: off
 
     def __post_init__(self):
         object.__setattr__(self, "properties", tuple(self.properties))
@@ -124,6 +128,12 @@ class Method:
             if not self.group_by:
                 raise MethodError("max_spread limits the spread of the grouping scores; with no grouping "
                                   "scores there is nothing to limit")
+        if self.estimator not in ESTIMATORS:
+            raise MethodError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        if not (isinstance(self.stability_splits, int) and not isinstance(self.stability_splits, bool)
+                and 0 <= self.stability_splits <= MAX_STABILITY_SPLITS):
+            raise MethodError(f"stability_splits must be an integer in [0, {MAX_STABILITY_SPLITS}] (0 or 1: off), "
+                              f"got {self.stability_splits!r}")
         if self.edits_per_case > MAX_EDITS:
             raise MethodError(f"the schedules give {self.edits_per_case:,} edits per case (the product of their "
                               f"lengths), more than {MAX_EDITS:,}; shorten a schedule")
@@ -181,7 +191,8 @@ class Method:
         full = self.to_dict()
         # Directions are fitted on the whole latent: a layer range changes only the edits.
         return {"properties": list(self.property_names), "space": self.latent, **{k: full[k] for k in (
-            "group_by", "medians", "ratio", "validation_fraction", "orthogonalize", "svm")}}
+            "group_by", "medians", "ratio", "validation_fraction", "orthogonalize", "svm", "estimator",
+            "stability_splits")}}
 
     def check_scores(self, score_names) -> None:
         """Every property and grouping score must be an output of the bundle's scorer."""

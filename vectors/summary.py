@@ -32,22 +32,30 @@ def summarize(groups: np.ndarray, stats: dict[str, np.ndarray], passed: np.ndarr
     return summary
 
 
-def mean_accuracy_by_property(properties, accuracies, property_names) -> dict:
-    """{property: mean validation accuracy} over the rows of a vectors table (None where absent)."""
+def mean_by_property(properties, values, property_names) -> dict:
+    """{property: mean of its finite values} over the rows of a vectors table (None where there
+    are none: imported vectors, stability turned off)."""
     out = {}
     for p in property_names:
-        values = [a for a, q in zip(accuracies, properties) if q == p and a is not None]
-        out[p] = float(np.mean(values)) if values else None
+        mine = [v for v, q in zip(values, properties) if q == p and v is not None and np.isfinite(v)]
+        out[p] = float(np.mean(mine)) if mine else None
     return out
 
 
+mean_accuracy_by_property = mean_by_property  # {property: mean validation accuracy}
+
+
 def results_table(summary: dict, accuracy: dict | None) -> str:
-    """The seeds' results table: per property SVM accuracy, mean corr and cutoff; then passes."""
+    """The seeds' results table: per property SVM accuracy, direction stability (from the
+    summary, where recorded), mean corr and cutoff; then passes."""
     width = max(10, *(len(p) for p in summary["properties"]))
-    lines = ["", f"{'property':{width}s} {'SVM val acc':>11s} {'mean corr':>10s} {'cutoff':>7s}"]
+    stability = summary.get("stability") or {}
+    lines = ["", f"{'property':{width}s} {'SVM val acc':>11s} {'stability':>9s} {'mean corr':>10s} {'cutoff':>7s}"]
     for p in summary["properties"]:
         acc = f"{accuracy[p]:.4f}" if accuracy and accuracy.get(p) is not None else "-"
-        lines.append(f"{p:{width}s} {acc:>11s} {summary['mean_corr'][p]:10.4f} {summary['cutoffs'][p]:7.2f}")
+        stable = f"{stability[p]:.4f}" if stability.get(p) is not None else "-"
+        lines.append(f"{p:{width}s} {acc:>11s} {stable:>9s} {summary['mean_corr'][p]:10.4f} "
+                     f"{summary['cutoffs'][p]:7.2f}")
     lines.append(f"sum of mean |corr|: {summary['sum_mean_abs_corr']:.4f}   passed: {summary['passed']} / "
                  f"{summary['cases']} ({100 * summary['passed_ratio']:.1f}%)"
                  + (f", {summary['degenerate']} degenerate" if summary["degenerate"] else ""))

@@ -21,6 +21,7 @@ from vectors.errors import InputError
 log = logging.getLogger(__name__)
 
 SOLVERS = ("linearsvc", "svc")
+LIBLINEAR_SEED = 0  # seeds liblinear's coordinate descent, so that every fit repeats exactly
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ class FitResult:
     train_accuracy: float
     converged: bool
     fit_seconds: float
-    solver: str
+    solver: str             # what fitted it: the SVM solver, or the estimator's name for mean_diff and ridge
+    stability: float = float("nan")  # mean pairwise cosine over resampled fits (vectors.estimators)
 
 
 def _svc_class():
@@ -68,27 +70,41 @@ def _svc_class():
     return SVC
 
 
-def _classifier(cfg: SvmConfig):
+def _classifier(cfg: SvmConfig, random_state: int | None = None):
     if cfg.solver == "linearsvc":
         from sklearn.svm import LinearSVC
 
         dual = {"auto": "auto", "true": True, "false": False}[cfg.dual]
-        return LinearSVC(C=cfg.C, dual=dual, max_iter=cfg.max_iter)
+        return LinearSVC(C=cfg.C, dual=dual, max_iter=cfg.max_iter, random_state=random_state)
     return _svc_class()(kernel="linear", C=cfg.C, max_iter=cfg.max_iter)
 
 
-def fit_direction(x_pos: np.ndarray, x_neg: np.ndarray, v_pos: np.ndarray, v_neg: np.ndarray,
-                  cfg: SvmConfig = SvmConfig()) -> FitResult:
-    """Fit on training rows x_pos/x_neg (N, D); validate on v_pos/v_neg."""
+@dataclass(frozen=True)
+class TrainedSvm:
+    """A fitted classifier with the input standardisation it was trained under."""
+
+    model: object
+    mean: np.ndarray        # (D,) subtracted before the model (zeros when unscaled)
+    std: np.ndarray         # (D,) divided by before the model (ones when unscaled)
+    direction: np.ndarray   # (D,) float64, unit norm, latent coordinates, toward label 1
+    converged: bool
+    seconds: float
+
+    def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
+        return float(self.model.score((x - self.mean) / self.std, y))
+
+
+def train_svm(x_pos: np.ndarray, x_neg: np.ndarray, cfg: SvmConfig = SvmConfig(),
+              random_state: int | None = None) -> TrainedSvm:
+    """One classifier, x_pos (label 1) against x_neg (label 0); `random_state` seeds liblinear's
+    coordinate descent (None: NumPy's global generator, as the reference did)."""
     x = np.concatenate([x_pos, x_neg]).astype(np.float64)
     y = np.r_[np.ones(len(x_pos)), np.zeros(len(x_neg))]
-    v = np.concatenate([v_pos, v_neg]).astype(np.float64)
-    vy = np.r_[np.ones(len(v_pos)), np.zeros(len(v_neg))]
     mean, std = np.zeros(x.shape[1]), np.ones(x.shape[1])
     if cfg.scale:
         mean, std = x.mean(axis=0), x.std(axis=0)
         std[std == 0] = 1.0
-    model = _classifier(cfg)
+    model = _classifier(cfg, random_state)
     started = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -101,11 +117,21 @@ def fit_direction(x_pos: np.ndarray, x_neg: np.ndarray, v_pos: np.ndarray, v_neg
     if not np.isfinite(norm) or norm == 0:
         raise InputError("the SVM found no separating direction (zero normal vector); the selected samples "
                          "do not differ in this space: check the scores or use a larger n")
+    return TrainedSvm(model, mean, std, normal / norm, converged, seconds)
+
+
+def fit_direction(x_pos: np.ndarray, x_neg: np.ndarray, v_pos: np.ndarray, v_neg: np.ndarray,
+                  cfg: SvmConfig = SvmConfig(), random_state: int | None = None) -> FitResult:
+    """Fit on training rows x_pos/x_neg (N, D); validate on v_pos/v_neg."""
+    svm = train_svm(x_pos, x_neg, cfg, random_state)
+    x = np.concatenate([x_pos, x_neg]).astype(np.float64)
+    y = np.r_[np.ones(len(x_pos)), np.zeros(len(x_neg))]
+    v = np.concatenate([v_pos, v_neg]).astype(np.float64)
+    vy = np.r_[np.ones(len(v_pos)), np.zeros(len(v_neg))]
     return FitResult(
-        direction=(normal / norm).astype(np.float32),
-        val_accuracy=float(model.score((v - mean) / std, vy)),
-        train_accuracy=float(model.score((x - mean) / std, y)),
-        converged=converged, fit_seconds=seconds, solver=cfg.solver,
+        direction=svm.direction.astype(np.float32),
+        val_accuracy=svm.accuracy(v, vy), train_accuracy=svm.accuracy(x, y),
+        converged=svm.converged, fit_seconds=svm.seconds, solver=cfg.solver,
     )
 
 
@@ -128,6 +154,10 @@ def orthogonalize(directions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def fit_selection(latents: np.ndarray, selection, cfg: SvmConfig = SvmConfig()) -> FitResult:
-    """Fit one (group, property) Selection of vectors.groups on rows of `latents` (N, D)."""
+    """Fit one (group, property) Selection of vectors.groups on rows of `latents` (N, D).
+
+    liblinear is seeded (LIBLINEAR_SEED): the reference left it to NumPy's global generator,
+    so its reruns differed by up to ~1e-5 per component; ours repeat exactly."""
     s = selection
-    return fit_direction(latents[s.train_pos], latents[s.train_neg], latents[s.val_pos], latents[s.val_neg], cfg)
+    return fit_direction(latents[s.train_pos], latents[s.train_neg], latents[s.val_pos], latents[s.val_neg], cfg,
+                         LIBLINEAR_SEED)

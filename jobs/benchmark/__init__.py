@@ -15,6 +15,8 @@ reference_loop.py), so every "reference style" figure means the same thing.
                Runtime with IO binding over a batch sweep (--gpu, --fp16 on GPU nodes).
     stylegan2: a StyleGAN2 generator (256 px, config-f widths, random weights): torch eager
                vs ONNX Runtime over a batch sweep, with multiply-adds per image.
+    estimators: every direction estimator on the same samples and test cases, at several
+               seeds: mean |corr|, passes, consistency, stability, truth cosines.
     editor:    the deployable editor graph (stored groups, groups found, fp16) vs the test
                stage's own path through the bundle graphs, batch 1 and 64.
 """

@@ -1,4 +1,4 @@
-"""python -m jobs.benchmark {export,sampling,fit,test,grid,reference,editor,stylegan2} [options]"""
+"""python -m jobs.benchmark {export,sampling,fit,test,grid,reference,editor,stylegan2,estimators} [options]"""
 from __future__ import annotations
 
 import sys
@@ -6,6 +6,7 @@ from pathlib import Path
 
 from jobs.benchmark import __doc__ as overview
 from jobs.cli import UsageError, parse_list, parser, run_main
+from vectors.estimators import ESTIMATORS
 
 
 def main(argv=None) -> None:
@@ -42,6 +43,16 @@ def main(argv=None) -> None:
     stylegan2.add_argument("--batch-sizes", default="1,4")
     stylegan2.add_argument("--threads", type=int, default=2)
     stylegan2.add_argument("--gpu", action="store_true", help="torch on the GPU, ONNX Runtime on CUDA")
+    estimators = sub.add_parser("estimators", help="direction estimators side by side on the same test cases, "
+                                                   "several seeds")
+    estimators.add_argument("--bundle", type=Path, default=None, help="model bundle (default: built-in model)")
+    estimators.add_argument("--n", type=int, default=80000)
+    estimators.add_argument("--seeds", default="0,1,2")
+    estimators.add_argument("--cases", type=int, default=500)
+    estimators.add_argument("--ratio", type=float, default=0.2)
+    estimators.add_argument("--estimators", default=",".join(ESTIMATORS))
+    estimators.add_argument("--out", type=Path, default=None,
+                            help="runs directory (default: runs/benchmark-estimators/<model>)")
     editor = sub.add_parser("editor", help="the editor graph vs the test stage's path, batch 1 and 64")
     editor.add_argument("--run", type=Path, default=Path("runs/benchmark-editor"),
                         help="a tested run of the built-in model (made with n = 4,000 if absent)")
@@ -77,6 +88,12 @@ def main(argv=None) -> None:
         sizes = parse_list(args.batch_sizes, "--batch-sizes", int)
         if min(sizes) < 1 or args.seconds <= 0 or args.threads < 1:
             raise UsageError("--batch-sizes and --threads must be >= 1 and --seconds > 0")
+    if args.which == "estimators":
+        picked = [e for e in ESTIMATORS if e in parse_list(args.estimators, "--estimators", str)]
+        unknown = sorted(set(parse_list(args.estimators, "--estimators", str)) - set(ESTIMATORS))
+        if unknown or args.n < 1000 or args.cases < 1:
+            raise UsageError(f"--estimators from {', '.join(ESTIMATORS)} (unknown: {', '.join(unknown) or 'none'}); "
+                             f"--n >= 1000, --cases >= 1")
     if args.which == "sampling" and (args.n < 1 or args.reference_n < 4):
         raise UsageError("--n must be >= 1 and --reference-n >= 4")
     if args.which == "fit" and args.n < 1000:
@@ -89,7 +106,7 @@ def main(argv=None) -> None:
     from jobs.cli.bundles import resolve_bundle
     from jobs.cli.ray import init_ray
 
-    bundle = resolve_bundle(None)
+    bundle = resolve_bundle(getattr(args, "bundle", None))
     init_ray()
     if args.which == "sampling":
         from jobs.benchmark.sampling import bench_sampling
@@ -103,6 +120,13 @@ def main(argv=None) -> None:
         from jobs.benchmark.generation_test import bench_test
 
         bench_test(bundle, args.cases, args.reference_cases, Path("runs/benchmark-test"))
+    elif args.which == "estimators":
+        from compute.sampling import plan_resources
+        from jobs.benchmark.estimators import bench_estimators
+
+        out = args.out or Path("runs/benchmark-estimators") / bundle.manifest["model"]
+        bench_estimators(bundle, out, args.n, parse_list(args.seeds, "--seeds", int), args.cases, picked,
+                         args.ratio, plan_resources())
     elif args.which == "editor":
         from compute.pipeline import run_method
         from jobs.benchmark.editor_cmp import bench_editor

@@ -12,6 +12,7 @@ import argparse
 from dataclasses import replace
 
 from jobs.cli import UsageError, parse_floats
+from vectors.estimators import ESTIMATORS
 from vectors.method import Method, default_property, load_method
 from vectors.svm import SOLVERS
 
@@ -19,7 +20,8 @@ SHORTHANDS = ("eyes", "mouth", "pose")  # the seeds' per-property schedule flags
 
 
 def add_method_arguments(p: argparse.ArgumentParser, fit: bool = True, test: bool = True,
-                         ratio_and_space: bool = True) -> None:
+                         grid_axes: bool = False) -> None:
+    """grid_axes: leave out --ratio, --space and --estimator, which jobs.grid takes as lists."""
     g = p.add_argument_group("method (default: the seeds' v7 method; see docs/method.md)")
     add = lambda *a, **k: g.add_argument(*a, default=argparse.SUPPRESS, **k)  # noqa: E731
     add("--method", metavar="FILE", help="a method file (JSON, or TOML by its .toml suffix); flags override it")
@@ -28,7 +30,7 @@ def add_method_arguments(p: argparse.ArgumentParser, fit: bool = True, test: boo
                                             "(default: hair_color,hair_length,background_mean)")
     add("--medians", choices=("manifest", "samples"),
         help="group medians: the bundle's fixed ones or measured on the samples (default: manifest)")
-    if ratio_and_space:
+    if not grid_axes:
         add("--ratio", type=float, help="k = max(int(ratio * group size), 1), in (0, 0.5] (default: 0.2)")
         add("--space", help="latent space: w (v7), z (v6, 512 + 3 label dims) or a layer range of w, w:A-B (default: w)")
     if fit:
@@ -43,6 +45,12 @@ def add_method_arguments(p: argparse.ArgumentParser, fit: bool = True, test: boo
         add("--scale", action="store_true", help="standardise latent dims before fitting")
         add("--dual", choices=("auto", "true", "false"), help="LinearSVC dual/primal (default: auto)")
         add("--max-iter", type=int, help="solver iteration limit (default: 1000)")
+        if not grid_axes:
+            add("--estimator", choices=ESTIMATORS, help="how a direction is fitted: svm (the reference's LinearSVC "
+                                                       "on the 80%% split), svm_refit, bagged_svm, svm_cv, "
+                                                       "mean_diff or ridge; see vectors/estimators.py (default: svm)")
+        add("--stability-splits", type=int, metavar="B",
+            help="resampled fits per direction for its stability (mean pairwise cosine); 0 or 1: off (default: 5)")
     if test:
         add("--schedule", action="append", metavar="NAME=W1,W2,...",
             help="edit weights of one property, e.g. smile=-1.5,-0.5,0.5,1.5 (repeatable)")
@@ -69,7 +77,7 @@ def method_from(args: argparse.Namespace, base: Method | None = None) -> Method:
             n.strip() for n in text.split(",") if n.strip())
     if given.get("global_fit"):
         changes["group_by"] = ()
-    for key in ("medians", "ratio", "space", "validation_fraction", "max_spread"):
+    for key in ("medians", "ratio", "space", "validation_fraction", "max_spread", "estimator", "stability_splits"):
         if key in given:
             changes[key] = given[key]
     if given.get("orthogonalize"):
