@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +168,7 @@ def attributes_spec(resolution: int = DEFAULT_RESOLUTION) -> ModelSpec:
         probe.linear.bias.copy_(torch.from_numpy(fit.bias))
     scorer = AttributeScorer(cnn, probe).eval()
 
-    world = asdict(cfg)
+    world = cfg.record()
     # The variant's own settings join the hash, so a cache keyed by it never serves the
     # built-in bundle (or an older probe) for this model.
     variant = {"model": NAME, "score_names": ATTRIBUTE_NAMES, "probe_seed": PROBE_SEED,

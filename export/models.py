@@ -2,6 +2,7 @@
 and of the built-in model's first-use export.
 
     synthetic, synthetic-attributes  the built-in world (export/synthetic.py, export/attributes.py)
+    synthetic-hard                   the harder world, calibrated to the seeds' figures (export.world.HARD_WORLD)
     ohlora                           the reference's genforce StyleGAN and Property Score CNN
     stylegan2                        any StyleGAN checkpoint: rosinality .pt, NVIDIA .pkl, genforce .pth
                                      (export/checkpoint_specs.py), with an ONNX or CNN scorer
@@ -19,7 +20,7 @@ from export.checkpoints import CheckpointError
 from export.onnx_bundle import ExportError, export_bundle
 from export.scorer_adapter import ScorerAdapter
 
-MODELS = ("synthetic", "synthetic-attributes", "ohlora", "stylegan2", "onnx")
+MODELS = ("synthetic", "synthetic-hard", "synthetic-attributes", "ohlora", "stylegan2", "onnx")
 
 
 class ModelError(ExportError):
@@ -30,8 +31,8 @@ class ModelError(ExportError):
 class ExportOptions:
     """Everything `jobs.export` can pass; each model reads the options it takes (OPTIONS)."""
 
-    resolution: int | None = None        # synthetic: image size
-    weights: Path | None = None          # synthetic: scorer weights
+    resolution: int | None = None        # the synthetic models: image size
+    weights: Path | None = None          # synthetic, synthetic-hard: scorer weights
     generator: Path | None = None        # ohlora, stylegan2: the generator checkpoint
     scorer: Path | None = None           # ohlora, stylegan2, onnx: the scorer (ONNX or Property Score CNN)
     score_names: tuple[str, ...] | None = None  # the scorer's output columns in order
@@ -47,6 +48,7 @@ class ExportOptions:
 
 OPTIONS = {
     "synthetic": {"resolution", "weights"},
+    "synthetic-hard": {"resolution", "weights"},
     "synthetic-attributes": {"resolution"},
     "ohlora": {"generator", "scorer"},
     "stylegan2": {"generator", "scorer", "score_names", "adapter", "truncation", "median_samples"},
@@ -111,7 +113,7 @@ def export_model(model: str, out: Path, options: ExportOptions = ExportOptions()
             from export.scorer import WEIGHTS
             from export.synthetic import DEFAULT_RESOLUTION, synthetic_spec
 
-            spec = synthetic_spec(options.resolution or DEFAULT_RESOLUTION, options.weights or WEIGHTS)
+            spec = synthetic_spec(options.resolution or DEFAULT_RESOLUTION, options.weights or WEIGHTS, name=model)
         return export_bundle(spec, out, overwrite=overwrite)
     except (CheckpointError, ValueError) as exc:
         raise ModelError(str(exc)) from exc

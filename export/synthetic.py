@@ -1,9 +1,10 @@
-"""The built-in synthetic face model as an exportable ModelSpec."""
+"""The built-in synthetic face model as an exportable ModelSpec: `synthetic` (the default
+world) or `synthetic-hard` (export.world.HARD_WORLD: the same faces and scorer, with the
+entanglement and cross-talk calibrated to the seeds' figures)."""
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,15 @@ from export.checkpoints import load_state_dict_strict
 from export.onnx_bundle import ModelSpec
 from export.render import FaceRenderer
 from export.scorer import WEIGHTS, ScoreCNN
-from export.world import (GROUPING, LABEL_DIM, LAYER_BANDS, NUM_WS, PARAMS, SCORED, W_DIM, Z_DIM, SemanticReadout,
-                          WorldConfig, build_world)
+from export.world import (GROUPING, HARD_WORLD, LABEL_DIM, LAYER_BANDS, NUM_WS, PARAMS, SCORED, W_DIM, Z_DIM,
+                          SemanticReadout, WorldConfig, build_world)
 
 DEFAULT_RESOLUTION = 64
 MEDIAN_SAMPLES = 2048
 MEDIAN_SEED = 7
+# Bundle model name -> the world it draws. Both use the shipped scorer: the hard world's
+# parameters are standardised like the default's, and the renderer is the same.
+WORLD_MODELS = {"synthetic": WorldConfig(), "synthetic-hard": HARD_WORLD}
 
 
 class SyntheticSynthesis(nn.Module):
@@ -48,16 +52,21 @@ def _median_scores(mapping, synthesis, scorer) -> dict[str, float]:
 
 
 def synthetic_spec(resolution: int = DEFAULT_RESOLUTION, weights: Path = WEIGHTS,
-                   cfg: WorldConfig = WorldConfig()) -> ModelSpec:
+                   cfg: WorldConfig | None = None, name: str = "synthetic") -> ModelSpec:
+    """The bundle spec of the world WORLD_MODELS[name], or of `cfg` under that name."""
+    if cfg is None:
+        if name not in WORLD_MODELS:
+            raise ValueError(f"unknown synthetic world {name!r}; choose from: {', '.join(WORLD_MODELS)}")
+        cfg = WORLD_MODELS[name]
     scorer = load_state_dict_strict(ScoreCNN(resolution), weights).eval()  # fail fast on bad weights
     mapping, readout = build_world(cfg)
     synthesis = SyntheticSynthesis(readout, resolution).eval()
-    world = asdict(cfg)
+    world = cfg.record()
     # The layer bands join the hash: a cached bundle from before per-layer codes is not this one.
     source = hashlib.sha256(Path(weights).read_bytes() + json.dumps(world, sort_keys=True).encode()
                             + json.dumps(LAYER_BANDS, sort_keys=True).encode())
     return ModelSpec(
-        name="synthetic",
+        name=name,
         mapping=mapping, synthesis=synthesis, scorer=scorer,
         z_dim=Z_DIM + LABEL_DIM, label_dim=LABEL_DIM, w_dim=W_DIM,
         resolution=resolution,

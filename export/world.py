@@ -20,10 +20,25 @@ Like a StyleGAN's synthesis, the read-out also takes per-layer codes ws [B, NUM_
 (W+): each parameter reads the mean of its band of layers, coarse layers the head turn and
 face shape, middle ones the eyes and mouth, fine ones colours and background (LAYER_BANDS).
 With every layer given the same w this is exactly the read-out of w.
+
+Two worlds ship. The default WorldConfig is the built-in model; on it the seeds' method
+passes about two thirds of the test cases, far more than the seeds' 0.4-4.2%. HARD_WORLD
+(the `synthetic-hard` bundle) has the same mapping, faces, renderer and scorer, stronger
+cross-talk and one more knob, `entanglement`: the edited parameters' linear parts (group
+interactions included) leak into each other pairwise, as smiling narrows the eyes in a real
+generator. Cross-talk is nonlinear and hits some faces much harder than others (it grows
+with the base face's pose or mouth), so on its own it lowers the mean correlations but
+leaves many cases untouched: at the seeds' mean correlations it still passed 10-17% of
+the cases. Entanglement is linear and costs every case alike; making each direction
+orthogonal to the others (`--orthogonalize`) takes much of it back, which on the default
+world changes nothing. Calibrated together, the seeds' method (n = 80,000, ratio 0.2, 500
+cases, w) gives mean corr 0.90 / 0.85 / 0.77 and 6.2% passes (seed 1: 0.89 / 0.85 /
+0.75, 5.2%) against the seeds' 0.91 / 0.87 / 0.79 and 4.2%. With entanglement off (its
+default) the read-out is bit for bit the one before the knob existed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -65,6 +80,33 @@ class WorldConfig:
     # Cross-talk: eyes += a (pose^2 - 1), mouth += b eyes * pose, pose += c (mouth^2 - 1),
     # on the standardised linear parts.
     cross_talk: tuple[float, float, float] = (0.2, 0.25, 0.15)
+    # Entanglement, pairwise (eyes-mouth, eyes-pose, mouth-pose): with (u, v, x),
+    # eyes += u mouth + v pose, mouth += u eyes + x pose, pose += v eyes + x mouth, on the
+    # linear parts with their group interactions, before cross-talk. (0, 0, 0): none.
+    entanglement: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def __post_init__(self):
+        for name in ("cross_talk", "entanglement"):
+            values = tuple(float(v) for v in getattr(self, name))
+            if len(values) != 3 or not all(np.isfinite(values)):
+                raise ValueError(f"{name} takes 3 finite numbers (eyes, mouth, pose terms), got "
+                                 f"{getattr(self, name)!r}")
+            object.__setattr__(self, name, values)
+
+    def record(self) -> dict:
+        """The config as a bundle's manifest records it (and its source hash covers). A knob
+        added after the built-in bundle first shipped is left out while it is off, so that
+        bundle's manifest and hash stay byte for byte what they were."""
+        out = asdict(self)
+        if not any(self.entanglement):
+            del out["entanglement"]
+        return out
+
+
+# The second, harder world (`jobs.export --model synthetic-hard`): calibrated so that the
+# seeds' method lands near the seeds' figures (module docstring).
+HARD_WORLD = WorldConfig(cross_talk=(0.33, 0.55, 0.42), entanglement=(0.15, 0.15, 0.15))
+WORLDS = {"default": WorldConfig(), "hard": HARD_WORLD}
 
 
 class PixelNorm(nn.Module):
@@ -109,6 +151,10 @@ class SemanticReadout(nn.Module):
         self.interaction = cfg.interaction
         self.sharpness = cfg.group_sharpness
         self.cross_talk = tuple(float(c) for c in cfg.cross_talk)
+        # Symmetric (3, 3) mixing of the edited parameters; None (no graph node) when off.
+        u, v, x = cfg.entanglement
+        mixing = _tensor([[1.0, u, v], [u, 1.0, x], [v, x, 1.0]]) if any(cfg.entanglement) else None
+        self.register_buffer("entanglement", mixing)
         self.register_buffer("directions", _tensor(directions))      # (512, 10)
         self.register_buffer("interactions", _tensor(interactions))  # (512, 9): edited x grouping
         # An interaction term moves its edited parameter, so it reads that parameter's band.
@@ -130,6 +176,8 @@ class SemanticReadout(nn.Module):
         soft_group = torch.tanh(self.sharpness * lin[:, 3:6])           # (B, 3), +-1 per group letter
         inter = inter.reshape(-1, 3, 3)                                  # (B, edited, grouping)
         edited = lin[:, :3] + self.interaction * (inter * soft_group.unsqueeze(1)).sum(dim=2)
+        if self.entanglement is not None:
+            edited = edited @ self.entanglement                         # (B, 3), mixing is symmetric
         eyes, mouth, pose = lin[:, 0:1], lin[:, 1:2], lin[:, 2:3]
         a, b, c = self.cross_talk
         cross = torch.cat([a * (pose * pose - 1), b * eyes * pose, c * (mouth * mouth - 1)], dim=1)

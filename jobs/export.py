@@ -1,6 +1,7 @@
 """Export a generator + scorer pair to an ONNX model bundle, or a tested run's editor.
 
-    python -m jobs.export --model synthetic|synthetic-attributes --out DIR [--resolution 64] [--weights W.pt]
+    python -m jobs.export --model synthetic|synthetic-hard|synthetic-attributes --out DIR [--resolution 64]
+                          [--weights W.pt]
     python -m jobs.export --model ohlora --generator G.pth --scorer C.pth --out DIR
     python -m jobs.export --model stylegan2 --generator G.pt|G.pkl|G.pth --scorer C.onnx|C.pth
                           [--score-names a,b,c] [--scorer-size 224 --scorer-range 0,1 --scorer-mean .. --scorer-std ..]
@@ -8,13 +9,16 @@
     python -m jobs.export --model onnx --mapping M.onnx --synthesis S.onnx --scorer C.onnx --score-names a,b,c --out DIR
     python -m jobs.export --editor RUN --out DIR [--bundle B]
 
-`synthetic` is the built-in model; `synthetic-attributes` the same world with a scorer
-that uses other score names and adds the identity traits; `ohlora` is the reference's
-genforce StyleGAN (256 px, 3-dim label) with its Property Score CNN. `stylegan2` reads any
-StyleGAN checkpoint: rosinality stylegan2-pytorch .pt, NVIDIA StyleGAN2(-ADA) .pkl (read
-without running anything in it) or genforce StyleGAN .pth, its format and architecture
-read from the file. `onnx` takes your own three graphs. `--editor RUN` writes instead a
-deployable editor of a tested run: one ONNX graph that edits a face along its directions.
+`synthetic` is the built-in model; `synthetic-hard` the same faces and scorer in a world
+whose entanglement and cross-talk are calibrated so that the seeds' method lands near the
+seeds' own figures (run jobs on it with --bundle DIR); `synthetic-attributes` the built-in
+world with a scorer that uses other score names and adds the identity traits; `ohlora` is
+the reference's genforce StyleGAN (256 px, 3-dim label) with its Property Score CNN.
+`stylegan2` reads any StyleGAN checkpoint: rosinality stylegan2-pytorch .pt, NVIDIA
+StyleGAN2(-ADA) .pkl (read without running anything in it) or genforce StyleGAN .pth, its
+format and architecture read from the file. `onnx` takes your own three graphs.
+`--editor RUN` writes instead a deployable editor of a tested run: one ONNX graph that
+edits a face along its directions.
 """
 from __future__ import annotations
 
@@ -31,12 +35,14 @@ MODEL_FLAGS = ("model", "resolution", "weights", "generator", "scorer", "score_n
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--model", default=None,
-                   help="synthetic, synthetic-attributes, ohlora, stylegan2 (a checkpoint file) or onnx (your "
-                        "graphs); default synthetic")
+                   help="synthetic, synthetic-hard (the harder world), synthetic-attributes, ohlora, stylegan2 (a "
+                        "checkpoint file) or onnx (your graphs); default synthetic")
     p.add_argument("--out", type=Path, required=True, help="bundle (or --editor: editor) directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    p.add_argument("--resolution", type=int, default=None, help="synthetic: image size (multiple of 64; default 64)")
-    p.add_argument("--weights", type=Path, default=None, help="synthetic: scorer weights (default: the shipped ones)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="synthetic models: image size (multiple of 64; default 64)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="synthetic, synthetic-hard: scorer weights (default: the shipped ones)")
     p.add_argument("--generator", type=Path, default=None,
                    help="ohlora, stylegan2: the generator checkpoint (.pt rosinality, .pkl NVIDIA, .pth genforce)")
     p.add_argument("--scorer", type=Path, default=None,

@@ -35,4 +35,4 @@ def test_estimators_benchmark_compares_on_shared_cases(ray_session, bundle, tmp_
     assert len(rows) == 4 and {r["estimator"] for r in rows} == {"svm", "ridge"}
     # The synthetic world knows its true directions: every fitted one points roughly along them.
     assert all(0.3 < r["truth_cos_eyes"] <= 1 for r in rows)
-    assert "| ridge |" in out and "estimator - svm on the same seed" in out
+    assert "| ridge |" in out and "estimator - svm on the same seed" in out and "consistency [" in out
