@@ -105,15 +105,16 @@ def test_truncation_is_baked_into_the_mapping(files, tmp_path):
     np.testing.assert_allclose(mapping.run(None, {"z": z})[0], want.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_main_job_runs_on_a_stylegan2_bundle_with_a_layer_range(files, tmp_path, ray_session):
-    assert _export(files, "rosinality", tmp_path / "b").returncode == 0
+@pytest.mark.parametrize("fmt, space", [("rosinality", "w:0-3"), ("nvidia", "w"), ("genforce", "w:4-7")])
+def test_main_job_runs_on_each_format_with_a_layer_range(files, tmp_path, ray_session, fmt, space):
+    assert _export(files, fmt, tmp_path / "b").returncode == 0
     done = call_job("jobs.vectorfind", "--bundle", str(tmp_path / "b"), "--out", str(tmp_path / "run"),
                     "--n", "600", "--cases", "6", "--properties", "smile,yaw", "--group-by", "age",
-                    "--space", "w:0-3")
+                    "--space", space)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "gallery.html").is_file()
     test = read_metadata(tmp_path / "run" / "cases.parquet")["test"]
-    assert test["method"]["space"] == "w:0-3" and test["bundle_manifest_sha256"] == load_bundle(
+    assert test["method"]["space"] == space and test["bundle_manifest_sha256"] == load_bundle(
         tmp_path / "b").manifest_sha256
 
 
