@@ -18,6 +18,12 @@ BATCH_PIXELS = 2048 * 64 * 64
 # (`jobs.benchmark reference`), while the 64-px built-in model is as fast at 64 as at 512.
 # GPUs want bigger calls (not measured here: no GPU on the development machines).
 CALL_PIXELS = {"cpu": 64 * 64 * 64, "cuda": 512 * 64 * 64}
+# Pixels say nothing of width: a 64-px StyleGAN2 at config-f widths (512 channels at 64 px)
+# held 4.6 GB per sampling actor at 64 images per call. So a call is also capped at this many
+# bytes of its largest intermediate tensor (per image, read from the graph by ONNX shape
+# inference when the session is made): that model gets 15 images, the built-in one keeps 64.
+# A graph whose intermediate shapes cannot be inferred keeps the pixel rule alone.
+ACTIVATION_BYTES = {"cpu": 128 << 20, "cuda": 1 << 30}
 _warned_cpu_fallback = False  # one warning per process, not one per session
 
 
@@ -45,7 +51,27 @@ def make_session(model_bytes: bytes, threads: int = 1, use_gpu: bool = False) ->
         _warned_cpu_fallback = True
         log.warning("CUDA was requested but ONNX Runtime runs this session on the CPU "
                     "(no GPU, or onnxruntime-gpu/CUDA libraries missing)")
+    if len(session.get_outputs()[0].shape) == 4:  # draws images: images_per_call reads this
+        session.largest_activation = largest_activation(model_bytes)
     return session
+
+
+def largest_activation(model_bytes: bytes) -> int | None:
+    """Bytes per image of the graph's largest float32 intermediate tensor whose shape ONNX
+    shape inference can tell (batch first, every other dim known); None if there is none."""
+    import onnx
+
+    try:
+        graph = onnx.shape_inference.infer_shapes(onnx.load_from_string(model_bytes)).graph
+    except Exception:  # a graph the inference cannot read: the pixel rule alone
+        return None
+    largest = 0
+    for value in graph.value_info:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) < 2 or dims[0].HasField("dim_value") or not all(d.HasField("dim_value") for d in dims[1:]):
+            continue
+        largest = max(largest, 4 * int(np.prod([d.dim_value for d in dims[1:]])))
+    return largest or None
 
 
 def run_single(session: ort.InferenceSession, array: np.ndarray) -> np.ndarray:
@@ -91,11 +117,15 @@ def _device(session: ort.InferenceSession) -> str:
 
 
 def images_per_call(synthesis: ort.InferenceSession) -> int:
-    """Images per synthesis call for this graph's output size and device (see CALL_PIXELS)."""
+    """Images per synthesis call for this graph's output size, widest activation and device
+    (see CALL_PIXELS and ACTIVATION_BYTES)."""
     height, width = synthesis.get_outputs()[0].shape[-2:]
     if not (isinstance(height, int) and isinstance(width, int)):
         height = width = 256  # a graph with dynamic image size: assume the reference's
-    return max(1, CALL_PIXELS[_device(synthesis)] // (height * width))
+    device = _device(synthesis)
+    images = max(1, CALL_PIXELS[device] // (height * width))
+    per_image = getattr(synthesis, "largest_activation", None)
+    return max(1, min(images, ACTIVATION_BYTES[device] // per_image)) if per_image else images
 
 
 def synthesize_and_score(synthesis: ort.InferenceSession, scorer: ort.InferenceSession,

@@ -179,3 +179,21 @@ def test_bad_input_is_one_line_exit_2(bundle_dir, tmp_path, extra, make_bundle, 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (run / "samples.parquet").exists()
+
+
+def test_wide_graphs_get_fewer_images_per_call(bundle):
+    """Calls are capped by the widest activation, not only by pixels: a 512-channel 64-px
+    layer (8 MiB per image) gets 128 MiB / 8 MiB = 16 images, the built-in model its 64."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compute.sessions import ACTIVATION_BYTES, images_per_call, make_session
+
+    weight = numpy_helper.from_array(np.full((3, 512, 1, 1), 0.01, np.float32), "weight")
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["ws"], ["wide"]), helper.make_node("Conv", ["wide", "weight"], ["image"])],
+        "wide", [helper.make_tensor_value_info("ws", TensorProto.FLOAT, ["batch", 512, 64, 64])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 64, 64])], [weight])
+    wide = make_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    assert wide.largest_activation == 512 * 64 * 64 * 4
+    assert images_per_call(wide) == ACTIVATION_BYTES["cpu"] // (512 * 64 * 64 * 4) == 16
+    assert images_per_call(make_session(bundle.graph_bytes("synthesis"))) == 64
