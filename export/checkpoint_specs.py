@@ -69,7 +69,7 @@ def detect_format(path: Path) -> str:
         except (zipfile.BadZipFile, StopIteration, OSError) as exc:
             raise CheckpointError(f"{path} is a zip file but not a torch checkpoint ({exc})") from None
     elif head[:1] == b"\x80":
-        strings = _legacy_torch_strings(path.read_bytes())
+        strings = _legacy_torch_strings(path)
         if strings is None:  # a plain pickle: NVIDIA's network pickles are
             return "nvidia"
     else:
@@ -82,20 +82,20 @@ def detect_format(path: Path) -> str:
                           f"for rosinality, no mapping.dense0.weight for genforce)")
 
 
-def _legacy_torch_strings(data: bytes) -> set[str] | None:
-    """The strings of a pre-zip torch file, which is a row of pickles starting with a magic
-    number; None for any other pickle."""
-    stream = io.BytesIO(data)
-    first = []
-    try:
-        for op, arg, _ in pickletools.genops(stream):
-            first.append(arg)
-            if len(first) > 3:
-                return None
-    except Exception:
-        return None
-    if _TORCH_LEGACY_MAGIC not in first:
-        return None
+def _legacy_torch_strings(path: Path) -> set[str] | None:
+    """The strings of a pre-zip torch file, which is a row of pickles starting with a pickled
+    magic number; None for any other pickle. Only a legacy file is read past its first bytes:
+    an NVIDIA pickle can be hundreds of MB."""
+    with open(path, "rb") as f:
+        head = io.BytesIO(f.read(64))
+        try:  # the magic number's own pickle: PROTO, LONG1, STOP
+            first = [arg for _, arg, _ in pickletools.genops(head)]
+        except Exception:  # a longer pickle ends mid-opcode in 64 bytes: not the magic number's
+            return None
+        if _TORCH_LEGACY_MAGIC not in first:
+            return None
+        f.seek(head.tell())
+        stream = io.BytesIO(f.read())
     strings = set()
     for _ in range(3):  # protocol version, system info, then the checkpoint itself
         try:

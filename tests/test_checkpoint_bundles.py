@@ -162,3 +162,16 @@ def test_an_onnx_scorer_needs_its_score_names(files, tmp_path):
     done = call_job("jobs.export", "--model", "stylegan2", "--generator", str(files["rosinality"]), "--scorer",
                     str(files["scorer"]), "--out", str(tmp_path / "b"))
     assert done.returncode == 2 and "--score-names" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_format_is_read_from_the_contents_not_the_name(files, tmp_path):
+    from export.checkpoint_specs import detect_format
+
+    # Pre-zip torch files (torch < 1.6, and still written on request) hold the same layouts.
+    torch.save({"g_ema": {"style.1.weight": torch.zeros(2)}}, tmp_path / "a.pkl", _use_new_zipfile_serialization=False)
+    torch.save({"mapping.dense0.weight": torch.zeros(2)}, tmp_path / "b.pt", _use_new_zipfile_serialization=False)
+    renamed = tmp_path / "snapshot.pt"
+    renamed.write_bytes(files["nvidia"].read_bytes())
+    assert [detect_format(p) for p in (tmp_path / "a.pkl", tmp_path / "b.pt", renamed, files["genforce"],
+                                       files["rosinality"])] == ["rosinality", "genforce", "nvidia", "genforce",
+                                                                 "rosinality"]
