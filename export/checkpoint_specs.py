@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from export.checkpoints import CheckpointError
-from export.onnx_bundle import ModelSpec, sha256_file, to_onnx_bytes
+from export.onnx_bundle import ModelSpec, cpu_session, sha256_file, to_onnx_bytes
 from export.scorer_adapter import ScorerAdapter, adapt_numpy, adapt_scorer
 
 FORMATS = ("rosinality", "nvidia", "genforce")
@@ -222,7 +221,7 @@ def scorer_graph(path: Path, score_names: list[str] | None, adapter: ScorerAdapt
             raise CheckpointError(f"scorer {path}: {str(exc).splitlines()[0]}") from exc
         except Exception as exc:  # protobuf and the checker raise several types
             raise CheckpointError(f"scorer {path} is not a valid ONNX graph: {str(exc).splitlines()[0]}") from exc
-        session = ort.InferenceSession(raw, providers=["CPUExecutionProvider"])
+        session = cpu_session(raw)
         name = session.get_inputs()[0].name
 
         def reference(image: torch.Tensor) -> torch.Tensor:

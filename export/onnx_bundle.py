@@ -116,7 +116,7 @@ def measure_medians(graphs: dict[str, bytes], z_dim: int, score_names: list[str]
                     seed: int = 0, batch: int = 16) -> dict[str, float]:
     """The median of every score over `samples` seeded codes z ~ N(0, 1), run through the
     bundle's graphs in ONNX Runtime: default group medians for a model that ships none."""
-    sessions = {stem: _session(graphs[stem]) for stem in ("mapping", "synthesis", "scorer")}
+    sessions = {stem: cpu_session(graphs[stem]) for stem in ("mapping", "synthesis", "scorer")}
     rng = np.random.default_rng(seed)
     scores = []
     for done in range(0, samples, batch):
@@ -129,7 +129,8 @@ def measure_medians(graphs: dict[str, bytes], z_dim: int, score_names: list[str]
     return {name: round(float(np.median(scores[:, i])), 6) for i, name in enumerate(score_names)}
 
 
-def _session(model_bytes: bytes) -> ort.InferenceSession:
+def cpu_session(model_bytes: bytes) -> ort.InferenceSession:
+    """A quiet CPU session for export-time checks (the pipeline's own are compute.sessions')."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
@@ -144,7 +145,7 @@ def _run_session(session: ort.InferenceSession, array: np.ndarray) -> np.ndarray
 
 
 def _ort_run(model_bytes: bytes, array: np.ndarray) -> np.ndarray:
-    return _run_session(_session(model_bytes), array)
+    return _run_session(cpu_session(model_bytes), array)
 
 
 def _parity(spec: ModelSpec, graphs: dict[str, bytes], codes: int, seed: int) -> dict:

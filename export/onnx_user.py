@@ -22,7 +22,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto
 
-from export.onnx_bundle import FORMAT_VERSION, GRAPHS, ExportError, measure_medians, sha256_file, write_bundle
+from export.onnx_bundle import (FORMAT_VERSION, GRAPHS, ExportError, cpu_session, measure_medians, sha256_file,
+                                write_bundle)
 from export.scorer_adapter import INPUT, ScorerAdapter, adapt_scorer, free_name, rename_value
 
 EXPORTER = "user ONNX graphs"
@@ -101,7 +102,7 @@ def user_bundle(mapping: Path, synthesis: Path, scorer: Path, score_names: list[
         "score_names": score_names,
         "group_medians": medians,
         "group_medians_source": f"median of {median_samples} seeded samples (seed {seed})",
-        "opset": max(_opset(data) for data in graphs.values()),
+        "opset": max(_opset(model) for model in models.values()),  # renaming and the adapter keep it
         "exporter": EXPORTER,
         "parity": {"codes": BATCHES[0], "w": None, "image": None, "scores": None,
                    "relative": {"w": None, "image": None, "scores": None}, "tolerance": None,
@@ -212,10 +213,8 @@ def rename_graph_io(model: onnx.ModelProto | bytes, new_input: str, new_output: 
 
 
 def _session(data: bytes, where: str) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:
-        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        return cpu_session(data)
     except Exception as exc:  # ORT raises its own exception types
         raise ExportError(f"{where} does not load in ONNX Runtime: {_first_line(exc)}") from exc
 
@@ -235,8 +234,8 @@ def _run(session: ort.InferenceSession, array: np.ndarray, shape: tuple, where: 
     return result
 
 
-def _opset(data: bytes) -> int:
-    return next(o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx"))
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _shape(dims: list) -> str:
