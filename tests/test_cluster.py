@@ -38,10 +38,18 @@ def test_cluster_yaml_passes_rays_validation():
         validate_config(prepare_config(broken))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """Distinct free ports: every socket stays bound until all are picked, so the kernel
+    cannot hand the same port out twice (one at a time, CI once got the dashboard's port
+    again for the agent and `ray start` refused)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _pids_using(marker: str) -> list[int]:
@@ -71,16 +79,16 @@ def _stop_cluster(temp_dir: str) -> None:
 
 def test_ray_job_submit_runs_the_main_job_on_a_local_cluster(ray_session, bundle_dir, tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="vfray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    port, dashboard = _free_port(), _free_port()
+    names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+             "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")
+    port, dashboard, *agent_ports = _free_ports(2 + len(names))
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
                RAY_USAGE_STATS_ENABLED="0", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     env.pop("RAY_ADDRESS", None)
     ray_bin = str(Path(sys.executable).parent / "ray")
     try:
         # Every port explicit: the test session's own instance already holds the defaults.
-        ports = [f"--{name}={_free_port()}" for name in (
-            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-            "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")]
+        ports = [f"--{name}={number}" for name, number in zip(names, agent_ports)]
         started = subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1",
                                   "--dashboard-host", "127.0.0.1", "--port", str(port), "--dashboard-port",
                                   str(dashboard), *ports, "--num-cpus", "2", "--temp-dir", temp_dir,
