@@ -117,12 +117,13 @@ def direction_rows(results: dict, method: Method) -> list[dict]:
     return [{"space": method.latent, "group": s.group, "property": s.prop, "direction": directions[key],
              "val_accuracy": r.val_accuracy, "group_size": s.group_size, "k": s.k, "ratio": method.ratio,
              "converged": r.converged, "fit_seconds": r.fit_seconds, "stability": r.stability,
-             "estimator": method.estimator}
+             "estimator": method.estimator, "svm_c": r.c}
             for key, (s, r) in sorted(results.items())]
 
 
-def gather_fits(pending: dict, progress: bool = True) -> dict:
-    """Wait for every future of `pending` ({future: selection}); {(group, prop): (selection, result)}."""
+def gather_fits(pending: dict, progress: bool = True, show_c: bool = False) -> dict:
+    """Wait for every future of `pending` ({future: selection}); {(group, prop): (selection, result)}.
+    show_c: print each fit's C (svm_cv chooses one per direction)."""
     import ray
 
     total, results = len(pending), {}
@@ -134,6 +135,8 @@ def gather_fits(pending: dict, progress: bool = True) -> dict:
         if progress:
             note = "" if r.converged else "  (did not converge)"
             stable = "" if np.isnan(r.stability) else f"  stability {r.stability:.3f}"
+            if show_c:
+                stable = f"  C {r.c:g}" + stable
             print(f"  [{len(results):2d}/{total}] {s.group} {s.prop:10s} k={s.k:<6d} "
                   f"val acc {r.val_accuracy:.3f}{stable}  {r.fit_seconds:5.1f}s{note}", flush=True)
     return results
@@ -157,7 +160,7 @@ def fit_directions(run: Path, method: Method = Method(), seed: int = 0, drop_non
     started = time.perf_counter()
     pending = submit_fits(ray.put(samples.latents), plan.selections, method.svm, method.estimator,
                           method.stability_splits, seed, ray.put(samples.scores))
-    results = gather_fits(pending, progress)
+    results = gather_fits(pending, progress, show_c=method.estimator == "svm_cv")
     rows = direction_rows(results, method)
     write_vectors(rows, {"fit": plan.config, "method": method.to_dict()}, out)
     if progress:

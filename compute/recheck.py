@@ -32,6 +32,7 @@ class StoredCases:
     stats: dict[str, np.ndarray]
     accuracy: dict | None         # mean SVM accuracy per property, where known
     note: str = ""
+    stability: dict | None = None  # mean direction stability per property, where measured
 
 
 def stored_cases(run: Path) -> StoredCases:
@@ -51,8 +52,9 @@ def stored_cases(run: Path) -> StoredCases:
         raise RecheckError(f"{path} lacks columns {', '.join(missing)}")
     stats = {c: table[c].to_numpy(zero_copy_only=False) for c in columns}
     summary_path = Path(run) / SUMMARY_FILE
-    accuracy = json.loads(summary_path.read_text()).get("svm_val_accuracy") if summary_path.is_file() else None
-    return StoredCases(method, np.array(table["group"].to_pylist()), stats, accuracy)
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return StoredCases(method, np.array(table["group"].to_pylist()), stats, summary.get("svm_val_accuracy"),
+                       stability=summary.get("stability"))
 
 
 def reference_cases(path: Path) -> StoredCases:
@@ -98,4 +100,7 @@ def recheck(stored: StoredCases, method: Method) -> dict:
             raise RecheckError(f"{key} has values outside [-1, 1]: these are not correlations")
     if method.max_spread is not None and np.isnan(stored.stats["consistency"]).all():
         raise RecheckError("a max spread needs consistency figures, which these results do not have")
-    return summarize(stored.groups, stored.stats, passes(stored.stats, method), method)
+    summary = summarize(stored.groups, stored.stats, passes(stored.stats, method), method)
+    if stored.stability:  # the directions did not change, so neither did their stability
+        summary["stability"] = stored.stability
+    return summary

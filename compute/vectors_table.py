@@ -1,7 +1,8 @@
 """RUN/vectors.parquet: one row per (space, group, property) direction.
 
-`stability` (mean pairwise cosine between resampled fits; NaN when not measured) and
-`estimator` came later: files written before them read back with NaN and null."""
+`stability` (mean pairwise cosine between resampled fits; NaN when not measured),
+`estimator` and `svm_c` (the SVM's C, which svm_cv chooses per direction; NaN for
+mean_diff and ridge) came later: files written before them read back with NaN and null."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,7 @@ from vectors.errors import InputError
 
 COLUMNS = ("space", "group", "property", "direction", "val_accuracy", "group_size", "k", "ratio",
            "converged", "fit_seconds")
-LATER_COLUMNS = {"stability": pa.float64(), "estimator": pa.string()}  # absent from older files
+LATER_COLUMNS = {"stability": pa.float64(), "estimator": pa.string(), "svm_c": pa.float64()}  # absent from older files
 
 
 class VectorsError(InputError):
@@ -38,6 +39,7 @@ def vectors_to_table(rows: list[dict]) -> pa.Table:
         "fit_seconds": pa.array([r["fit_seconds"] for r in rows], pa.float64()),
         "stability": pa.array([r.get("stability", float("nan")) for r in rows], pa.float64()),
         "estimator": pa.array([r.get("estimator") for r in rows], pa.string()),
+        "svm_c": pa.array([r.get("svm_c", float("nan")) for r in rows], pa.float64()),
     })
 
 

@@ -117,6 +117,7 @@ def test_svm_cv_picks_the_c_a_hand_loop_picks():
     assert choose_c(x_pos, x_neg, SvmConfig(), np.random.default_rng(3), len(s.val_pos) / s.k) == best
     r = fit_estimator(latents, s, scores, "svm_cv", random_state=3)
     np.testing.assert_allclose(r.direction, _unit(_linearsvc(x_pos, x_neg, best).coef_), atol=1e-6)
+    assert r.c == best  # recorded, so vectors.parquet says which C each direction used
 
 
 def test_mean_diff_is_the_difference_of_the_training_class_means():
@@ -240,14 +241,15 @@ def test_flags_set_the_estimator_and_the_stability_splits():
 def test_vectors_files_without_the_new_columns_read_as_nan(tmp_path):
     row = {"space": "w", "group": "all", "property": "eyes", "direction": np.eye(3, dtype=np.float32)[0],
            "val_accuracy": 0.9, "group_size": 10, "k": 2, "ratio": 0.2, "converged": True, "fit_seconds": 0.1}
-    old = vectors_to_table([row]).drop(["stability", "estimator"])
+    old = vectors_to_table([row]).drop(["stability", "estimator", "svm_c"])
     pq.write_table(old, tmp_path / "old.parquet")
     table, _, _ = read_vectors(tmp_path / "old.parquet")
     assert np.isnan(table["stability"][0].as_py()) and table["estimator"][0].as_py() is None
-    write_vectors([{**row, "stability": 0.97, "estimator": "ridge"}], {}, tmp_path / "new.parquet")
+    assert np.isnan(table["svm_c"][0].as_py())
+    write_vectors([{**row, "stability": 0.97, "estimator": "svm_cv", "svm_c": 0.1}], {}, tmp_path / "new.parquet")
     table, _, _ = read_vectors(tmp_path / "new.parquet")
     assert table.schema.field("stability").type == pa.float64()
-    assert (table["stability"][0].as_py(), table["estimator"][0].as_py()) == (0.97, "ridge")
+    assert [table[c][0].as_py() for c in ("stability", "estimator", "svm_c")] == [0.97, "svm_cv", 0.1]
 
 
 def test_summaries_show_mean_stability_per_property():

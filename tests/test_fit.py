@@ -14,6 +14,7 @@ from compute.vectors_table import read_vectors
 from conftest import call_job
 from jobs import fit, import_vectors
 from vectors.errors import InputError
+from vectors.estimators import CV_GRID
 from vectors.groups import assign_groups
 from vectors.method import SEEDS_GROUPING, Method
 
@@ -72,8 +73,10 @@ def test_vectors_parquet_contract(fitted, bundle):
     assert table.schema.field("direction").type == pa.list_(pa.float32(), 512)
     for name, kind in (("space", pa.string()), ("group", pa.string()), ("property", pa.string()),
                        ("val_accuracy", pa.float64()), ("group_size", pa.int64()), ("k", pa.int64()),
-                       ("ratio", pa.float64()), ("converged", pa.bool_()), ("fit_seconds", pa.float64())):
+                       ("ratio", pa.float64()), ("converged", pa.bool_()), ("fit_seconds", pa.float64()),
+                       ("stability", pa.float64()), ("estimator", pa.string()), ("svm_c", pa.float64())):
         assert table.schema.field(name).type == kind, name
+    assert set(table["estimator"].to_pylist()) == {"svm"} and set(table["svm_c"].to_pylist()) == {1.0}
     norms = np.linalg.norm(vector_matrix(table["direction"]), axis=1)
     assert np.allclose(norms, 1, atol=1e-5)
     sizes = dict(zip(table["group"].to_pylist(), table["group_size"].to_pylist()))
@@ -162,3 +165,15 @@ def test_missing_samples_columns_and_small_groups(fitted, tmp_path):
     write_parquet_atomic(table.slice(0, 80), tmp_path / "tiny" / "samples.parquet")
     with pytest.raises(InputError, match=r"group '\w{3}' has \d+ samples"):
         fit.main(["--run", str(tmp_path / "tiny"), "--ratio", "0.1"])
+
+
+def test_svm_cv_records_the_c_it_chose_per_direction(fitted, tmp_path):
+    out = tmp_path / "cv.parquet"
+    result = call_job("jobs.fit", "--run", str(fitted), "--out", str(out), "--estimator", "svm_cv",
+                      "--stability-splits", "0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = pq.read_table(out)
+    chosen = table["svm_c"].to_pylist()
+    assert table.num_rows == 24 and set(chosen) <= set(CV_GRID)
+    shown = [float(line.split("  C ")[1].split()[0]) for line in result.stdout.splitlines() if "  C " in line]
+    assert sorted(shown) == sorted(chosen)  # each progress line names the C its direction used

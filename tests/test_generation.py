@@ -138,6 +138,8 @@ def test_outputs_and_recheck(tested):
 
     same = call_job("jobs.recheck", "--run", str(run), "--cutoffs", "0.92,0.88,0.92")
     assert same.returncode == 0 and f"passed: {summary['passed']} / {CASES_N}" in same.stdout
+    eyes_row = next(line.split() for line in same.stdout.splitlines() if line.startswith("eyes "))
+    assert eyes_row[2] == f"{summary['stability']['eyes']:.4f}"  # the directions' stability, not "-"
     relaxed = call_job("jobs.recheck", "--run", str(run), "--cutoffs", "0.5,0.5,0.5")
     passed_relaxed = int(relaxed.stdout.split("passed: ")[1].split(" /")[0])
     assert passed_relaxed >= summary["passed"]

@@ -172,7 +172,7 @@ def fit_estimator(latents: np.ndarray, selection, scores: np.ndarray | None = No
     check_estimator(estimator)
     s = selection
     if estimator == "svm":
-        return fit_selection(latents, s, cfg)
+        return replace(fit_selection(latents, s, cfg), c=cfg.C)
     fraction, x = _held_out_share(s, scores, estimator), partial(_float_rows, latents)
     rng = np.random.default_rng(random_state)
     started = time.perf_counter()
@@ -181,12 +181,12 @@ def fit_estimator(latents: np.ndarray, selection, scores: np.ndarray | None = No
         direction, converged = _svm(x(np.r_[s.train_pos, s.val_pos]), x(np.r_[s.train_neg, s.val_neg]),
                                     cfg, rng, fraction)
         return replace(validated, direction=direction.astype(np.float32), converged=validated.converged and converged,
-                       fit_seconds=time.perf_counter() - started)
+                       fit_seconds=time.perf_counter() - started, c=cfg.C)
     if estimator == "svm_cv":
         c = choose_c(x(s.train_pos), x(s.train_neg), cfg, rng, fraction)
         fit = fit_direction(x(s.train_pos), x(s.train_neg), x(s.val_pos), x(s.val_neg), replace(cfg, C=c),
                             LIBLINEAR_SEED)
-        return replace(fit, fit_seconds=time.perf_counter() - started)
+        return replace(fit, fit_seconds=time.perf_counter() - started, c=c)
     if estimator == "ridge":
         held_out = np.r_[s.val_pos, s.val_neg]
         rows = s.rows[~np.isin(s.rows, held_out)]
@@ -198,7 +198,8 @@ def fit_estimator(latents: np.ndarray, selection, scores: np.ndarray | None = No
                      val_accuracy=projection_accuracy(direction, tp, tn, x(s.val_pos), x(s.val_neg)),
                      train_accuracy=projection_accuracy(direction, tp, tn, tp, tn), converged=converged,
                      fit_seconds=time.perf_counter() - started,
-                     solver=estimator if estimator in ("mean_diff", "ridge") else cfg.solver)
+                     solver=estimator if estimator in ("mean_diff", "ridge") else cfg.solver,
+                     c=float("nan") if estimator in ("mean_diff", "ridge") else cfg.C)
 
 
 def resampled_directions(latents: np.ndarray, selection, scores: np.ndarray | None = None, estimator: str = "svm",

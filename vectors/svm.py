@@ -57,6 +57,7 @@ class FitResult:
     fit_seconds: float
     solver: str             # what fitted it: the SVM solver, or the estimator's name for mean_diff and ridge
     stability: float = float("nan")  # mean pairwise cosine over resampled fits (vectors.estimators)
+    c: float = float("nan")          # the SVM's C (svm_cv's chosen one); NaN where no SVM fitted it
 
 
 def _svc_class():
