@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from compute.bundle import Bundle, cache_root, load_bundle, write_directory
 from compute.editor_graph import EditorError, build_editor
 from compute.runs import CASES_FILE, recorded_path
-from compute.sessions import make_session, run_single
+from compute.sessions import images_per_call, make_session, run_single, synthesize
 from compute.tables import read_metadata, vector_matrix
 from compute.vectors_table import read_vectors
 from vectors.edits import apply_edits, case_directions, direction_matrices, layer_codes
@@ -102,8 +102,13 @@ def _parity_rows(edits: RunEdits, cases) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _run_editor(session, codes: np.ndarray, weights: np.ndarray, groups: np.ndarray) -> list[np.ndarray]:
-    return session.run(list(OUTPUTS), {"code": codes.astype(np.float32), "weights": weights.astype(np.float32),
-                                       "group": groups.astype(np.int64)})
+    """The editor's outputs, in calls as large as the pipeline's synthesis calls (images_per_call)."""
+    step = images_per_call(session)
+    parts = [session.run(list(OUTPUTS), {"code": codes[lo:lo + step].astype(np.float32),
+                                         "weights": weights[lo:lo + step].astype(np.float32),
+                                         "group": groups[lo:lo + step].astype(np.int64)})
+             for lo in range(0, max(len(codes), 1), step)]
+    return [np.concatenate(outputs) for outputs in zip(*parts)]
 
 
 def check_parity(bundle: Bundle, edits: RunEdits, editor: bytes, editor_fp16: bytes) -> dict:
@@ -118,7 +123,7 @@ def check_parity(bundle: Bundle, edits: RunEdits, editor: bytes, editor_fp16: by
         edited = layer_codes(vector_matrix(cases["w"])[rows], edited, method.layers, bundle.num_ws)
     edited = edited.reshape(-1, *edited.shape[2:])
     mapping, synthesis, scorer = (make_session(bundle.graph_bytes(s), threads=2) for s in ("mapping", "synthesis", "scorer"))
-    want = run_single(synthesis, run_single(mapping, edited) if method.latent == "z" else edited)
+    want = synthesize(synthesis, run_single(mapping, edited) if method.latent == "z" else edited)
     want_scores = run_single(scorer, want)
 
     codes, tiled = np.repeat(latents, len(weights), axis=0), np.tile(weights, (len(rows), 1))

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from compute.plots import to_rgb
 from compute.runs import CASES_FILE, VECTORS_FILE, recorded_path
-from compute.sessions import CALL_PIXELS, make_session, num_ws, run_single
+from compute.sessions import CALL_PIXELS, make_session, num_ws, run_single, synthesize
 from compute.tables import read_metadata, vector_matrix
 from compute.vectors_table import VectorsError, read_vectors
 from vectors.edits import apply_edits, case_directions, direction_matrices, layer_codes
@@ -59,7 +59,7 @@ def edit_strips(bundle, latents: np.ndarray, groups, matrices: dict, method: Met
         if method.layers is not None:
             edited = layer_codes(chunk, edited, method.layers, num_ws(synthesis))       # (b, E, L, D)
         edited = edited.reshape(-1, *edited.shape[2:])
-        images = run_single(synthesis, run_single(mapping, edited) if method.latent == "z" else edited)
+        images = synthesize(synthesis, run_single(mapping, edited) if method.latent == "z" else edited)
         images = images.reshape(len(chunk), len(columns), *images.shape[1:])           # (b, E, 3, H, W)
         for case in images:
             row, first = [], 0

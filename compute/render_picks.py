@@ -30,7 +30,6 @@ from compute.tables import vector_matrix
 from vectors.errors import InputError
 
 PICKS_FORMAT, PICKS_VERSION = "vectorfind-picks", 1
-BATCH = 64   # editor rows per ONNX Runtime call
 GAP = 2      # white pixels between the frames of a sweep
 
 
@@ -228,8 +227,7 @@ def render_picks(editor: Editor, picks: Picks, weights: dict[str, float], out: P
     codes = np.repeat(picks.codes, len(frames), axis=0)
     rows = (np.tile(frames, (len(picks.codes), 1)), np.repeat(groups, len(frames)))
     session = editor.session(threads=threads)
-    images = np.concatenate([editor.run(session, codes[i:i + BATCH], rows[0][i:i + BATCH], rows[1][i:i + BATCH])[0]
-                             for i in range(0, len(codes), BATCH)])
+    images = editor.run(session, codes, *rows)[0]  # in memory-bounded calls
     images = images.reshape(len(picks.codes), len(frames), *images.shape[1:])
     pictures = {}
     for case_id, face in zip(picks.case_ids, images):

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from compute.plots import pyplot, to_rgb
 from compute.runs import CASES_FILE, REPORT_FILE, SUMMARY_FILE, VECTORS_FILE, recorded_path
-from compute.sessions import make_session, num_ws, run_single
+from compute.sessions import make_session, num_ws, run_single, synthesize
 from compute.tables import read_metadata, vector_matrix
 from compute.vectors_table import VectorsError, read_vectors
 from vectors.edits import apply_edits, case_directions, direction_matrices, layer_codes
@@ -68,7 +68,7 @@ def edit_grid(bundle, cases, matrices: dict, method: Method, out: Path) -> list[
     if method.layers is not None:
         edited = layer_codes(latents, edited, method.layers, num_ws(synthesis))
     edited = edited.reshape(-1, *edited.shape[2:])
-    images = run_single(synthesis, run_single(mapping, edited) if method.latent == "z" else edited)
+    images = synthesize(synthesis, run_single(mapping, edited) if method.latent == "z" else edited)
     images = images.reshape(len(chosen), len(columns), *images.shape[1:])
     fig, axes = plt.subplots(len(chosen), len(columns), figsize=(1.3 * len(columns), 1.55 * len(chosen)),
                              squeeze=False)

@@ -15,7 +15,7 @@ import numpy as np
 
 from compute.plots import pyplot, to_rgb
 from compute.seeding import draw_codes
-from compute.sessions import make_session, run_single
+from compute.sessions import make_session, run_single, synthesize
 from jobs.cli.bundles import resolve_bundle
 from jobs.cli import UsageError, parser, run_main
 
@@ -25,7 +25,7 @@ def render_faces(bundle, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     mapping, synthesis, scorer = (make_session(bundle.graph_bytes(s), threads=2)
                                   for s in ("mapping", "synthesis", "scorer"))
     z = draw_codes(seed, np.arange(count), bundle.z_dim)
-    images = run_single(synthesis, run_single(mapping, z))
+    images = synthesize(synthesis, run_single(mapping, z))
     return images, run_single(scorer, images)
 
 

@@ -21,22 +21,26 @@ from compute.grid_report import write_grid_md
 from compute.sampling import check_sampling_input
 from vectors.estimators import ESTIMATORS
 from compute.seeding import draw_codes
-from compute.sessions import make_session, run_single
+from compute.sessions import images_per_call, make_session, run_single, synthesize_and_score
 from jobs.cli import UsageError, parse_list, parser, run_main
 from jobs.cli.bundles import resolve_bundle
 from jobs.cli.method_args import add_method_arguments, method_from
 from jobs.cli.ray import add_ray_arguments, add_resource_arguments, start
 
 
-def calibrate(bundle, images: int = 256) -> float:
-    """Images/s of synthesis + scoring in one process, for the plan's time estimate."""
+def calibrate(bundle, images: int = 256, seconds: float = 5.0) -> float:
+    """Images/s of synthesis + scoring in one process, for the plan's time estimate: calls
+    sized as the sampling stage sizes them, until `images` are drawn or `seconds` have
+    passed (a 1024-px generator draws about one image a second here)."""
     mapping, synthesis, scorer = (make_session(bundle.graph_bytes(s), threads=2)
                                   for s in ("mapping", "synthesis", "scorer"))
     w = run_single(mapping, draw_codes(0, np.arange(images), bundle.z_dim))
-    run_single(scorer, run_single(synthesis, w[:8]))
-    started = time.perf_counter()
-    run_single(scorer, run_single(synthesis, w))
-    return images / (time.perf_counter() - started)
+    step = images_per_call(synthesis)
+    synthesize_and_score(synthesis, scorer, w[:step])  # warm-up
+    drawn, started = 0, time.perf_counter()
+    while drawn < images and (drawn == 0 or time.perf_counter() - started < seconds):
+        drawn += len(synthesize_and_score(synthesis, scorer, w[drawn:drawn + step]))
+    return drawn / (time.perf_counter() - started)
 
 
 def main(argv=None) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import call_job
+from conftest import Capped, call_job
 
 TOLERANCE = 1e-4
 
@@ -155,6 +155,15 @@ def test_dynamic_batch_and_given_groups(runs, editors):
         one, one_scores, one_used = _editor_run(editors["w"], latents[i:i + 1], weights[i:i + 1], groups[i:i + 1])
         assert one.shape == (1, 3, 64, 64) and one_used[0] == used[i]
         assert np.abs(one[0] - image[i]).max() <= 1e-5 and np.abs(one_scores[0] - scores[i]).max() <= 1e-5
+    # in calls capped at 5 images (as for a large generator), the same rows
+    from compute.editor import load_editor
+
+    editor = load_editor(editors["w"])
+    capped = Capped(editor.session())
+    many = np.repeat(latents[:5], 3, axis=0), np.repeat(weights, 3, axis=0), np.repeat(groups, 3)
+    parts = editor.run(capped, *many)
+    assert capped.calls == [5, 5, 5] and np.array_equal(parts[2], np.repeat(used, 3))
+    assert np.abs(parts[0] - np.repeat(image, 3, axis=0)).max() <= 1e-5
     # another group means other directions: the picture changes
     assert np.abs(image[2] - _editor_run(editors["w"], latents[2:3], weights[:1], stored[2:3])[0][0]).max() > 1e-3
 

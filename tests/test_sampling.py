@@ -19,7 +19,7 @@ from compute.sampling import Resources, SampleActor, SamplingError, sample_table
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single
 from compute.tables import read_metadata, vector_matrix
-from conftest import REPO, call_job, run_job
+from conftest import REPO, Capped, call_job, run_job
 
 N, SEED = 700, 5
 
@@ -197,3 +197,16 @@ def test_wide_graphs_get_fewer_images_per_call(bundle):
     assert wide.largest_activation == 512 * 64 * 64 * 4
     assert images_per_call(wide) == ACTIVATION_BYTES["cpu"] // (512 * 64 * 64 * 4) == 16
     assert images_per_call(make_session(bundle.graph_bytes("synthesis"))) == 64
+
+
+def test_driver_side_drawing_is_sized_like_the_pipeline(bundle):
+    """Reports, galleries, editors and exports draw their images through `synthesize`, in
+    calls of images_per_call: a 1024-px report grid drawn in one call held 18 GB."""
+    from compute.sessions import make_session, run_single, synthesize
+
+    session = make_session(bundle.graph_bytes("synthesis"))
+    w = run_single(make_session(bundle.graph_bytes("mapping")), np.random.default_rng(0).standard_normal((12, bundle.z_dim)))
+    capped = Capped(session)
+    images = synthesize(capped, w)
+    assert capped.calls == [5, 5, 2]
+    assert np.abs(images - run_single(session, w)).max() <= 1e-5
