@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from compute.bundle import write_directory
-from compute.sessions import images_per_call, make_session
+from compute.sessions import images_per_call, make_session, run_single, synthesize, synthesize_and_score
 
 OPSET = 17
 FORMAT_VERSION = 1
@@ -130,8 +130,8 @@ def measure_medians(graphs: dict[str, bytes], z_dim: int, score_names: list[str]
     scores, started, shown = [], time.perf_counter(), time.perf_counter()
     for done in range(0, samples, batch):
         z = rng.standard_normal((min(batch, samples - done), z_dim)).astype(np.float32)
-        w = _run_session(sessions["mapping"], z)
-        scores.append(_run_session(sessions["scorer"], _run_session(sessions["synthesis"], w)))
+        w = run_single(sessions["mapping"], z)
+        scores.append(synthesize_and_score(sessions["synthesis"], sessions["scorer"], w))
         if progress and time.perf_counter() - shown > 15:  # large generators take minutes here
             shown = time.perf_counter()
             print(f"  {done + len(z)}/{samples} samples, {shown - started:.0f}s", flush=True)
@@ -145,20 +145,6 @@ def cpu_session(model_bytes: bytes) -> ort.InferenceSession:
     """A quiet CPU session on every core for export-time checks; made like the pipeline's
     (compute.sessions), so a generator's session knows its widest activation."""
     return make_session(model_bytes, threads=os.cpu_count() or 1)
-
-
-def _run_session(session: ort.InferenceSession, array: np.ndarray) -> np.ndarray:
-    """Run a one-input graph; one code per image is given to every layer of a W+ synthesis."""
-    shape = session.get_inputs()[0].shape
-    if len(shape) == 3 and array.ndim == 2 and isinstance(shape[1], int):
-        array = np.repeat(array[:, None, :], shape[1], axis=1)
-    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(array, np.float32)})[0]
-
-
-def _ort_run(graph: bytes | ort.InferenceSession, array: np.ndarray, chunk: int | None = None) -> np.ndarray:
-    session = graph if isinstance(graph, ort.InferenceSession) else cpu_session(graph)
-    chunk = chunk or len(array)
-    return np.concatenate([_run_session(session, array[i:i + chunk]) for i in range(0, len(array), chunk)])
 
 
 def _parity(spec: ModelSpec, graphs: dict[str, bytes], codes: int, seed: int) -> dict:
@@ -177,9 +163,9 @@ def _parity(spec: ModelSpec, graphs: dict[str, bytes], codes: int, seed: int) ->
         image = torch.cat([spec.synthesis(per_layer(spec, w[i:i + chunk])) for i in range(0, codes, chunk)])
         scorer = spec.scorer_reference if isinstance(spec.scorer, bytes) else spec.scorer
         scores = None if scorer is None else scorer(image).numpy()
-    ort = {"w": _ort_run(graphs["mapping"], z.numpy()),
-           "image": _ort_run(synthesis, per_layer(spec, w).numpy(), chunk),
-           "scores": _ort_run(graphs["scorer"], image.numpy())}
+    ort = {"w": run_single(cpu_session(graphs["mapping"]), z.numpy()),
+           "image": synthesize(synthesis, per_layer(spec, w).numpy()),
+           "scores": run_single(cpu_session(graphs["scorer"]), image.numpy())}
     if ort["scores"].ndim != 2 or ort["scores"].shape[1] != len(spec.score_names):
         raise ExportError(f"the scorer outputs shape {list(ort['scores'].shape)} but {len(spec.score_names)} "
                           f"score names are given ({', '.join(spec.score_names)}); name each output column once")
