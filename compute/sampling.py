@@ -223,6 +223,29 @@ def check_sampling_input(bundle: Bundle, n, seed, run_dir: Path | None = None, c
     return seed
 
 
+class _ChunkProgress:
+    """One stdout line when the first chunk is written (the run is resumable from then on),
+    then at most one every PERIOD seconds, so a long run shows its rate as it goes."""
+
+    PERIOD = 10.0
+
+    def __init__(self, chunks: int, images: int, enabled: bool):
+        self.chunks, self.images, self.enabled = chunks, images, enabled
+        self.done_chunks = self.done_images = 0
+        self.started = self.last = time.perf_counter()
+
+    def chunk_done(self, rows: int) -> None:
+        self.done_chunks += 1
+        self.done_images += rows
+        now = time.perf_counter()
+        if not self.enabled or (self.done_chunks > 1 and now - self.last < self.PERIOD):
+            return
+        self.last = now
+        rate = self.done_images / max(now - self.started, 1e-9)
+        print(f"chunk {self.done_chunks}/{self.chunks} written: {self.done_images:,} of {self.images:,} images, "
+              f"{rate:,.0f} images/s", flush=True)
+
+
 def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None = None, *,
                  batch_size: int | None = None, resources: Resources | None = None,
                  chunk_size: int = 16384, actor_class: type = SampleActor,
@@ -291,6 +314,7 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
         ray.data.DataContext.get_current().enable_progress_bars = progress
         pending: dict[int, list] = {}
         counts = dict.fromkeys(missing, 0)
+        report = _ChunkProgress(len(missing), sum(chunk_len[c] for c in missing), progress)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             if not len(batch["sample_id"]):
                 continue
@@ -306,6 +330,7 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
                                              chunk_dir / f"{int(c):06d}.parquet")
                         table = None  # re-read at the end; keeps driver memory to one copy
                     chunks[int(c)] = table
+                    report.chunk_done(chunk_len[c])
         incomplete = [c for c in missing if counts[c] != chunk_len[c]]
         if incomplete:
             raise RuntimeError(f"sampling lost rows of chunks {incomplete[:5]}: got "

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -107,25 +108,55 @@ def test_a_damaged_chunk_is_recomputed_not_trusted(sampled, bundle, tmp_path, ra
     assert table["z"].equals(reference["z"])
 
 
+def _full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is already full: the first write to it blocks until the reader reads.
+    The filler writes through its own non-blocking open of the pipe, so the job's end stays blocking."""
+    read_end, write_end = os.pipe()
+    filler = os.open(f"/proc/self/fd/{read_end}", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(filler, b"#" * 4096)
+    except BlockingIOError:
+        pass
+    os.close(filler)
+    return read_end, write_end
+
+
 def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(bundle_dir, tmp_path):
+    """Deterministic, whatever the machine's speed: the job's stdout is a full pipe, so its first
+    progress line, printed once chunk 0 is on disk, blocks the driver there until Ctrl-C arrives.
+    (Sending the signal when a chunk file appeared raced the job: on a fast machine the driver
+    wrote every chunk and samples.parquet before the signal reached it.)"""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "jobs.sample", "--bundle", str(bundle_dir), "--out", str(run), "--n", "20000",
            "--seed", "3", "--chunk-size", "500"]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    read_end, write_end = _full_pipe()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=write_end, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    os.close(write_end)
     deadline = time.time() + 240
-    while time.time() < deadline and not any((run / "sample_chunks").glob("*.parquet")):
+    while time.time() < deadline and proc.poll() is None and not any((run / "sample_chunks").glob("*.parquet")):
         time.sleep(0.2)
+    assert proc.poll() is None, "the job ended before writing its first chunk"
+    assert any((run / "sample_chunks").glob("*.parquet")), "no chunk written within 240 s"
+    time.sleep(1.0)  # the driver reaches its blocked progress line; nothing it does can finish the run
+    assert proc.poll() is None and not (run / "samples.parquet").exists()
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+    stdout = os.fdopen(read_end, "rb")  # drained so the blocked driver can go on to exit
+    drain = threading.Thread(target=stdout.read, daemon=True)
+    drain.start()
     _, err = proc.communicate(timeout=120)
+    drain.join(timeout=10)
+    stdout.close()
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted"), err[-2000:]
     assert not (run / "samples.parquet").exists()
     again = run_job("jobs.sample", "--bundle", str(bundle_dir), "--out", str(run), "--n", "20000", "--seed", "3",
                     "--chunk-size", "500", timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "reused" in again.stdout and pq.read_table(run / "samples.parquet").num_rows == 20000
+    reused = int(again.stdout.split(" reused)")[0].rsplit(", ", 1)[1].replace(",", ""))
+    assert reused >= 500 and pq.read_table(run / "samples.parquet").num_rows == 20000, again.stdout
 
 
 # ---- fitting, testing, report, recheck: damaged or mismatched results ---------------------
