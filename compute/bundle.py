@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+from onnx import TensorProto
 
 from vectors.errors import InputError
+from vectors.names import NameRefused, check_score_names, file_name
 
 REQUIRED_GRAPHS = ("mapping", "synthesis", "scorer")
 REQUIRED_KEYS = ("format_version", "model", "z_dim", "label_dim", "w_dim", "resolution",
@@ -37,6 +39,8 @@ def write_directory(out: Path, files: dict[str, bytes], manifest: dict, manifest
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for name in (*files, manifest_name):
+        file_name(name, "bundle file name")  # one component: nothing is written outside `out`
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         for name, data in files.items():
@@ -89,42 +93,61 @@ class Bundle:
         return stem in self.manifest["files"]
 
     def graph_bytes(self, stem: str) -> bytes:
+        """The graph's bytes, read again through the same checks as load_bundle: inside the
+        bundle and equal to the manifest's sha256 (so what runs is what was checked)."""
         if not self.has_graph(stem):
             raise BundleError(f"bundle {self.path} has no '{stem}' graph")
-        return (self.path / self.manifest["files"][stem]["file"]).read_bytes()
+        file = entry_path(self.path, stem, self.manifest["files"][stem], self.path / "manifest.json")
+        return _read_checked(file, self.manifest["files"][stem])
 
 
 def load_bundle(path, check_graphs: bool = True) -> Bundle:
-    """Open a bundle directory, checking manifest, file hashes and (optionally) onnx.checker."""
+    """Open a bundle directory, checking manifest, file hashes and (optionally) onnx.checker.
+
+    Checked once, here, before any graph runs: score names are safe names (they become
+    columns and file names), every `files` entry is a file in the bundle directory itself
+    (no absolute paths, '..' or links out) with a sha256 that matches, and no graph keeps
+    tensors in external data files (ONNX Runtime would resolve them against the working
+    directory, and the manifest's hash would not cover them)."""
     path = Path(path)
     manifest_file = path / "manifest.json"
     if not path.is_dir():
         raise BundleError(f"bundle directory not found: {path}")
     if not manifest_file.is_file():
         raise BundleError(f"{path} is not a bundle: no manifest.json (export one with `python -m jobs.export`)")
+    if manifest_file.resolve().parent != path.resolve():
+        raise BundleError(f"{manifest_file} is a link to {manifest_file.resolve()}, outside the bundle directory; "
+                          f"a bundle holds its manifest itself: export the bundle again")
     raw = manifest_file.read_bytes()
     try:
         manifest = json.loads(raw)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{manifest_file} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{manifest_file} is not a table of settings (JSON object); export the bundle again")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise BundleError(f"{manifest_file} lacks keys: {', '.join(missing)}")
-    _check_types(manifest, manifest_file)  # any score names are valid: the method picks from them
+    _check_types(manifest, manifest_file)  # score names: any safe ones, the method picks from them
     missing_graphs = [g for g in REQUIRED_GRAPHS if g not in manifest["files"]]
     if missing_graphs:
         raise BundleError(f"{manifest_file} lists no {', '.join(missing_graphs)} graph")
 
     for stem, entry in manifest["files"].items():
-        file = path / entry["file"]
-        if not file.is_file():
-            raise BundleError(f"bundle {path} is missing {entry['file']}")
-        data = file.read_bytes()
-        if "sha256" in entry and hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise BundleError(f"{file} does not match the sha256 in the manifest (corrupt or edited)")
+        file = entry_path(path, stem, entry, manifest_file)
+        data = _read_checked(file, entry)
+        try:
+            model = onnx.load_from_string(data)
+        except Exception as exc:  # protobuf raises several types
+            raise BundleError(f"{file} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+        external = external_data_tensors(model)
+        if external:
+            raise BundleError(f"{file} keeps tensor {external[0][0]!r} in an external data file "
+                              f"({external[0][1]!r}), which the manifest's sha256 does not cover and which ONNX "
+                              f"Runtime would look for in the working directory, not the bundle; bundle graphs "
+                              f"are self-contained: export the bundle again")
         if check_graphs:
             try:
-                model = onnx.load_from_string(data)
                 onnx.checker.check_model(model)
             except Exception as exc:  # checker and protobuf raise several types
                 raise BundleError(f"{file} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
@@ -148,6 +171,10 @@ def _check_types(manifest: dict, manifest_file: Path) -> None:
     names = manifest["score_names"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise bad("score_names", "a list of names")
+    try:  # they become table columns and file names: safe, unique, not a column of the tables
+        check_score_names(names, str(manifest_file), "export the bundle again with other --score-names")
+    except NameRefused as exc:
+        raise BundleError(str(exc)) from exc
     medians = manifest["group_medians"]
     if not isinstance(medians, dict) or not all(
             isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in medians.items()):
@@ -156,6 +183,82 @@ def _check_types(manifest: dict, manifest_file: Path) -> None:
     if not isinstance(files, dict) or not all(isinstance(e, dict) and isinstance(e.get("file"), str)
                                               for e in files.values()):
         raise bad("files", "a table of graphs, each with a file name")
+
+
+def entry_path(path: Path, stem: str, entry: dict, manifest_file: Path) -> Path:
+    """The file of a manifest `files` entry: a plain file name in the bundle directory that
+    exists and resolves inside it (a symbolic link to elsewhere is refused), with a sha256."""
+    name = entry.get("file")
+    try:
+        file_name(name)
+    except NameRefused:
+        raise BundleError(f"{manifest_file}: the '{stem}' entry names {name!r}, not a file name inside the "
+                          f"bundle (absolute paths, '..' and separators are refused); a bundle's graphs are "
+                          f"files in its own directory: export the bundle again") from None
+    file = Path(path) / name
+    if not file.is_file():
+        raise BundleError(f"bundle {path} is missing {name}")
+    root, target = Path(path).resolve(), file.resolve()
+    if target.parent != root:
+        raise BundleError(f"{file} is a link to {target}, outside the bundle directory {root}; a bundle holds "
+                          f"its graphs itself: copy the file into the bundle or export the bundle again")
+    digest = entry.get("sha256")
+    if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise BundleError(f"{manifest_file}: the '{stem}' entry has no sha256 of {name} (every graph's hash is "
+                          f"required and checked); export the bundle again")
+    return file
+
+
+def _read_checked(file: Path, entry: dict) -> bytes:
+    data = file.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise BundleError(f"{file} does not match the sha256 in the manifest (corrupt or edited); export the "
+                          f"bundle again")
+    return data
+
+
+def _subgraphs(nodes):
+    for node in nodes:
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from _graphs(attribute.g)
+            for sub in attribute.graphs:
+                yield from _graphs(sub)
+
+
+def _graphs(graph: onnx.GraphProto):
+    """The graph and every subgraph in it."""
+    yield graph
+    yield from _subgraphs(graph.node)
+
+
+def stored_tensors(model: onnx.ModelProto):
+    """Every tensor the model stores: initializers (sparse ones too) and node attributes, in
+    the graph, its subgraphs, its functions and its training graphs."""
+    tops = [model.graph] + [g for t in model.training_info for g in (t.initialization, t.algorithm)]
+    graphs = [g for top in tops for g in _graphs(top)] + list(_subgraphs(n for f in model.functions for n in f.node))
+    for graph in graphs:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+    for node in [n for g in graphs for n in g.node] + [n for f in model.functions for n in f.node]:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            sparse = ([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else [])
+            for tensor in sparse + list(attribute.sparse_tensors):
+                yield from (tensor.values, tensor.indices)
+
+
+def external_data_tensors(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(tensor name, location) of every tensor whose data lives outside the model's bytes."""
+    found = []
+    for tensor in stored_tensors(model):
+        if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            found.append((tensor.name, location))
+    return found
 
 
 def _static_dims(values) -> list[list]:

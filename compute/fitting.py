@@ -185,13 +185,20 @@ def fit_summary(rows: list[dict], method: Method) -> str:
     return "\n".join(lines)
 
 
+def export_names(method: Method) -> list[str]:
+    """Every file name --export-csv and --export-boundaries write for `method`; refused
+    (vectors.names.NameRefused) before any work where a property name would leave the directory."""
+    return [name(p, method.latent, g) for name in (reference_csv_name, boundary_name)
+            for g in method.group_names for p in method.property_names]
+
+
 def export_directions(directions: dict, space: str, csv_dir: Path | None, boundary_dir: Path | None) -> None:
     """Write {(group, property): direction} in the reference's CSV layout and/or as
-    InterFaceGAN boundaries."""
-    for directory, name, write in ((csv_dir, reference_csv_name, write_reference_csv),
-                                   (boundary_dir, boundary_name, write_boundary)):
-        if directory is None:
-            continue
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        for (group, prop), d in directions.items():
-            write(d, Path(directory) / name(prop, space, group))
+    InterFaceGAN boundaries. Every file name is built (and checked) before anything is written."""
+    planned = [(Path(directory), name(prop, space, group), write, d)
+               for directory, name, write in ((csv_dir, reference_csv_name, write_reference_csv),
+                                              (boundary_dir, boundary_name, write_boundary)) if directory is not None
+               for (group, prop), d in directions.items()]
+    for directory, file, write, d in planned:
+        directory.mkdir(parents=True, exist_ok=True)
+        write(d, directory / file)

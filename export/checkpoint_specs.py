@@ -204,7 +204,7 @@ def scorer_graph(path: Path, score_names: list[str] | None, adapter: ScorerAdapt
     parity figure. A Property Score CNN checkpoint is the reference's 256-px scorer: other
     resolutions are resized to 256 px unless --scorer-size says otherwise.
     """
-    from export.onnx_user import rename_graph_io
+    from export.onnx_user import load_user_graph, rename_graph_io
 
     path = Path(path)
     if not path.is_file():
@@ -213,7 +213,7 @@ def scorer_graph(path: Path, score_names: list[str] | None, adapter: ScorerAdapt
     if is_onnx(path):
         if not score_names:
             raise CheckpointError(f"{path} is an ONNX scorer: name its output columns in order with --score-names a,b,c")
-        raw = path.read_bytes()
+        raw = load_user_graph(path, "scorer").SerializeToString()  # external data: its own directory, inlined
         try:
             onnx.checker.check_model(onnx.load_from_string(raw))
             adapted = rename_graph_io(adapt_scorer(raw, adapter, resolution), "image", "scores")

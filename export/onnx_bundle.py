@@ -25,8 +25,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from compute.bundle import write_directory
+from compute.bundle import external_data_tensors, write_directory
 from compute.sessions import images_per_call, make_session, run_single, synthesize, synthesize_and_score
+from vectors.names import NameRefused, check_score_names
 
 OPSET = 17
 FORMAT_VERSION = 1
@@ -63,6 +64,14 @@ class ModelSpec:
     # Optional extra graphs, e.g. the synthetic world's ground truth: stem -> (module, in, out).
     extra_graphs: dict[str, tuple[nn.Module, str, str]] = field(default_factory=dict)
     extra_manifest: dict = field(default_factory=dict)
+
+
+def checked_score_names(names, where: str = "--score-names") -> list[str]:
+    """Score names as a bundle stores them (vectors.names.check_score_names), or ExportError."""
+    try:
+        return check_score_names(names, where, "name each scorer output once with a safe name (--score-names)")
+    except NameRefused as exc:
+        raise ExportError(str(exc)) from exc
 
 
 def sha256_file(path: Path) -> str:
@@ -187,6 +196,7 @@ def export_bundle(spec: ModelSpec, out: Path, overwrite: bool = False, seed: int
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ExportError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+    checked_score_names(spec.score_names, f"the {spec.name} model's score names")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     graphs = export_graphs(spec)
@@ -236,8 +246,19 @@ def export_bundle(spec: ModelSpec, out: Path, overwrite: bool = False, seed: int
 
 def write_bundle(out: Path, payload: dict[str, bytes], manifest: dict, overwrite: bool = False) -> None:
     """Write graphs (manifest["files"][stem]["file"] <- payload[stem]) and the manifest to `out`,
-    atomically (compute.bundle.write_directory)."""
+    atomically (compute.bundle.write_directory).
+
+    What load_bundle refuses is refused here too, before anything is written: unsafe,
+    repeated or column-clashing score names, and graphs that keep tensors in external data
+    files (a bundle's graphs are self-contained, so its hashes cover every weight)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ExportError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+    checked_score_names(manifest["score_names"], "the bundle's score names")
+    for stem, data in payload.items():
+        external = external_data_tensors(onnx.load_from_string(data))
+        if external:
+            raise ExportError(f"the {stem} graph keeps tensor {external[0][0]!r} in an external data file "
+                              f"({external[0][1]!r}); a bundle stores self-contained graphs: load the data into "
+                              f"the graph (onnx.load with its external data) before exporting")
     write_directory(out, {manifest["files"][stem]["file"]: data for stem, data in payload.items()}, manifest)

@@ -1,6 +1,7 @@
 """A model bundle from the user's own ONNX graphs: a mapping, a synthesis and a scorer file.
 
-Each file is checked before anything is written: onnx.checker, one input and one output,
+Each file is read as one self-contained graph (load_user_graph: external data only from
+the graph's own directory, inlined) and checked before anything is written: onnx.checker, one input and one output,
 a dynamic batch axis on both, float32 where the pipeline feeds or reads it, and dims that
 agree between the graphs (mapping z [B, z_dim] -> w [B, w_dim]; synthesis w [B, w_dim] or
 ws [B, L, w_dim] -> image [B, 3, R, R]; scorer image -> scores [B, P]). Then seeded codes
@@ -22,12 +23,14 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto
 
-from export.onnx_bundle import (FORMAT_VERSION, GRAPHS, ExportError, cpu_session, measure_medians, sha256_file,
-                                write_bundle)
+from compute.bundle import stored_tensors
+from export.onnx_bundle import (FORMAT_VERSION, GRAPHS, ExportError, checked_score_names, cpu_session,
+                                measure_medians, sha256_file, write_bundle)
 from export.scorer_adapter import INPUT, ScorerAdapter, adapt_scorer, free_name, rename_value
 
 EXPORTER = "user ONNX graphs"
 BATCHES = (2, 3)  # a second size proves the batch axis is dynamic
+PROTOBUF_LIMIT = 2**31 - 1  # the largest serialised ModelProto; a self-contained graph must fit
 CHECKED = ("onnx.checker (full), one input and one output per graph, dynamic batch axis, dims agree; "
            "ONNX Runtime on seeded batches of 2 and 3 codes: finite outputs of the stated shapes")
 
@@ -117,23 +120,63 @@ def user_bundle(mapping: Path, synthesis: Path, scorer: Path, score_names: list[
 
 def _checked_names(score_names) -> list[str]:
     names = [n.strip() for n in score_names.split(",")] if isinstance(score_names, str) else list(score_names or [])
-    if not names or not all(isinstance(n, str) and n.strip() for n in names):
-        raise ExportError(f"score names (--score-names) must be non-empty names, one per scorer output, "
-                          f"got {score_names!r}")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ExportError(f"score names (--score-names) must be unique; {', '.join(repeated)} appear(s) more "
-                          f"than once")
-    return names
+    return checked_score_names(names)
+
+
+def load_user_graph(path: Path, what: str) -> onnx.ModelProto:
+    """A user's ONNX file as one self-contained model (ExportError otherwise).
+
+    Tensors kept in external data files are read from the graph's own directory only (never
+    the working directory, as ONNX Runtime would for a graph given as bytes): a location
+    must be a relative path that stays inside that directory, links included, and its bytes
+    are inlined, so the bundle holds every weight and its hashes cover them."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{what} {path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf and onnx raise several types
+        raise ExportError(f"{what} {path} is not an ONNX model: {_first_line(exc)}") from exc
+    external = [t for t in stored_tensors(model) if t.data_location == TensorProto.EXTERNAL or len(t.external_data)]
+    if not external:
+        return model
+    base, reads = path.parent.resolve(), []
+    for tensor in external:
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (base / location).resolve() if location and "\x00" not in location else None
+        if target is None or Path(location).is_absolute() or ".." in Path(location).parts \
+                or base not in target.parents:
+            raise ExportError(f"{what} {path} keeps tensor {tensor.name!r} in external data at {location!r}, outside "
+                              f"the graph's own directory {base}; external data must be a relative path inside "
+                              f"it (or save the graph with its weights inside: onnx.save(model, path))")
+        if not target.is_file():
+            raise ExportError(f"{what} {path} keeps tensor {tensor.name!r} in external data {location!r}, which is "
+                              f"not a file next to the graph; copy the graph's data files with it")
+        try:
+            offset, size = int(info.get("offset", 0)), target.stat().st_size
+            length = int(info["length"]) if "length" in info else size - offset
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"{what} {path}: the external data of tensor {tensor.name!r} ({location!r}) cannot be "
+                              f"read: {_first_line(exc)}") from exc
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ExportError(f"{what} {path}: tensor {tensor.name!r} reads bytes {offset}-{offset + length} of "
+                              f"{location!r}, which has {size}; the external data does not match the graph")
+        reads.append((tensor, target, offset, length))
+    if model.ByteSize() + sum(r[3] for r in reads) > PROTOBUF_LIMIT:
+        raise ExportError(f"{what} {path} with its external data is over 2 GB, more than one self-contained ONNX "
+                          f"graph can hold; bundles store graphs whole")
+    for tensor, target, offset, length in reads:
+        with open(target, "rb") as f:
+            f.seek(offset)
+            tensor.raw_data = f.read(length)
+        tensor.data_location = TensorProto.DEFAULT
+        del tensor.external_data[:]
+    return model
 
 
 def _load(stem: str, path: Path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise ExportError(f"{stem} graph {path}: no such file")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # protobuf and onnx raise several types
-        raise ExportError(f"{stem} graph {path} is not an ONNX model: {_first_line(exc)}") from exc
+    model = load_user_graph(path, f"{stem} graph")
     if not model.graph.node or not model.opset_import:
         raise ExportError(f"{stem} graph {path} is not an ONNX model (no graph nodes or opset in it)")
     try:

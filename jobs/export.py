@@ -90,6 +90,7 @@ def main(argv=None) -> None:
 def export_options(args):
     from export.models import ExportOptions
     from export.scorer_adapter import ScorerAdapter
+    from vectors.names import check_score_names
 
     adapter = None
     if any(v is not None for v in (args.scorer_size, args.scorer_range, args.scorer_mean, args.scorer_std)):
@@ -98,11 +99,9 @@ def export_options(args):
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
     names = None
-    if args.score_names is not None:
-        names = tuple(n.strip() for n in args.score_names.split(","))
-        if not all(names) or len(set(names)) != len(names):
-            raise UsageError(f"--score-names must be distinct non-empty names separated by commas, got "
-                             f"{args.score_names!r}")
+    if args.score_names is not None:  # columns and file names later: checked here, before any file is read
+        names = tuple(check_score_names([n.strip() for n in args.score_names.split(",")], "--score-names",
+                                        "name each scorer output once, separated by commas"))
     return ExportOptions(resolution=args.resolution, weights=args.weights, generator=args.generator,
                          scorer=args.scorer, score_names=names, adapter=adapter, truncation=args.truncation,
                          median_samples=args.median_samples, mapping=args.mapping, synthesis=args.synthesis)

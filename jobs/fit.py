@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from compute.fitting import export_directions, fit_directions
+from compute.fitting import export_directions, export_names, fit_directions
 from compute.vectors_table import read_vectors
 from jobs.cli import UsageError, parser, run_main
 from jobs.cli.method_args import add_method_arguments, method_from
@@ -33,6 +33,8 @@ def main(argv=None) -> None:
     method = method_from(args)
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if args.export_csv or args.export_boundaries:
+        export_names(method)  # a property name that would leave the export directory: refused before any work
     init_ray(args.address, args.num_cpus)
     out = fit_directions(args.run, method, args.seed, args.drop_nonfinite, args.out)
     if args.export_csv or args.export_boundaries:

@@ -1,6 +1,7 @@
 """`jobs.export`: the bundle contract, parity, atomicity and bad input."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -128,12 +129,13 @@ def test_load_bundle_rejects_broken_bundles(tmp_path, bundle_dir):
     with pytest.raises(BundleError, match="sha256"):
         load_bundle(broken)
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    for stem in manifest["files"].values():
-        stem.pop("sha256")
+    original = manifest["files"]["scorer"]["sha256"]  # every graph's hash is required: give the garbage its own
+    manifest["files"]["scorer"]["sha256"] = hashlib.sha256(b"\x00garbage").hexdigest()
     (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="onnx.checker"):
         load_bundle(broken)
     shutil.copy(bundle_dir / "scorer.onnx", broken / "scorer.onnx")
+    manifest["files"]["scorer"]["sha256"] = original
     manifest["score_names"] = ["eyes", "mouth"]
     (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="scorer.onnx outputs 6 scores but the manifest names 2"):

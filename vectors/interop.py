@@ -16,12 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from vectors.names import file_name
+
 SPACES = ("w", "z")
 _CSV_NAME = re.compile(r"^(?P<prop>.+)_change_(?P<space>[wz])_vector_(?P<group>[hl]{1,4}|all)\.csv$")
 
 
 def reference_csv_name(prop: str, space: str, group: str) -> str:
-    return f"{prop}_change_{space}_vector_{group}.csv"
+    """The file name, one path component (vectors.names.NameRefused for a name that would leave its directory)."""
+    return file_name(f"{prop}_change_{space}_vector_{group}.csv", "reference CSV file name")
 
 
 def write_reference_csv(direction: np.ndarray, path: Path) -> None:
@@ -56,7 +59,8 @@ def parse_reference_csv_name(name: str) -> tuple[str, str, str]:
 
 
 def boundary_name(prop: str, space: str, group: str) -> str:
-    return f"{prop}_{space}_{group}_boundary.npy"
+    """The file name, one path component (vectors.names.NameRefused for a name that would leave its directory)."""
+    return file_name(f"{prop}_{space}_{group}_boundary.npy", "boundary file name")
 
 
 def write_boundary(direction: np.ndarray, path: Path) -> None:
