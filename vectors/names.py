@@ -64,8 +64,8 @@ def file_name(name: str, what: str = "file name") -> str:
     if not isinstance(name, str) or name in ("", ".", "..") or "\x00" in name or "/" in name \
             or "\\" in name or any(sep and sep in name for sep in (os.sep, os.altsep)):
         raise NameRefused(f"{what} {_show(name)} is not a plain file name (it is empty or holds a path "
-                          f"separator, '..' or NUL, and would point outside its directory); rename what it is "
-                          f"built from ({SAFE_NAME_RULE})")
+                          f"separator, '..' or NUL, and would point outside its directory); rename the score or "
+                          f"property it is built from ({SAFE_NAME_RULE})")
     return name
 
 
