@@ -134,18 +134,7 @@ def load_bundle(path, check_graphs: bool = True) -> Bundle:
         raise BundleError(f"{manifest_file} lists no {', '.join(missing_graphs)} graph")
 
     for stem, entry in manifest["files"].items():
-        file = entry_path(path, stem, entry, manifest_file)
-        data = _read_checked(file, entry)
-        try:
-            model = onnx.load_from_string(data)
-        except Exception as exc:  # protobuf raises several types
-            raise BundleError(f"{file} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
-        external = external_data_tensors(model)
-        if external:
-            raise BundleError(f"{file} keeps tensor {external[0][0]!r} in an external data file "
-                              f"({external[0][1]!r}), which the manifest's sha256 does not cover and which ONNX "
-                              f"Runtime would look for in the working directory, not the bundle; bundle graphs "
-                              f"are self-contained: export the bundle again")
+        file, _, model = checked_graph(path, stem, entry, manifest_file)
         if check_graphs:
             try:
                 onnx.checker.check_model(model)
@@ -207,6 +196,27 @@ def entry_path(path: Path, stem: str, entry: dict, manifest_file: Path) -> Path:
         raise BundleError(f"{manifest_file}: the '{stem}' entry has no sha256 of {name} (every graph's hash is "
                           f"required and checked); export the bundle again")
     return file
+
+
+def checked_graph(path: Path, stem: str, entry, manifest_file: Path) -> tuple[Path, bytes, onnx.ModelProto]:
+    """The file, bytes and model of one graph entry of a bundle (or editor) directory: inside
+    the directory, equal to its required sha256, and self-contained (no external data)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        raise BundleError(f"{manifest_file}: the '{stem}' entry must be a table with a file name, got {entry!r}; "
+                          f"export the bundle again")
+    file = entry_path(path, stem, entry, manifest_file)
+    data = _read_checked(file, entry)
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf raises several types
+        raise BundleError(f"{file} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+    external = external_data_tensors(model)
+    if external:
+        raise BundleError(f"{file} keeps tensor {external[0][0]!r} in an external data file "
+                          f"({external[0][1]!r}), which the manifest's sha256 does not cover and which ONNX "
+                          f"Runtime would look for in the working directory, not the bundle; bundle graphs "
+                          f"are self-contained: export the bundle again")
+    return file, data, model
 
 
 def _read_checked(file: Path, entry: dict) -> bytes:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from compute.bundle import Bundle, cache_root, load_bundle, write_directory
+from compute.bundle import Bundle, cache_root, checked_graph, load_bundle, write_directory
 from compute.editor_graph import EditorError, build_editor
 from compute.runs import CASES_FILE, recorded_path
 from compute.sessions import images_per_call, make_session, run_single, synthesize
@@ -216,7 +216,8 @@ class Editor:
         return list(self.manifest["groups"])
 
     def session(self, fp16: bool = False, threads: int = 2):
-        return make_session((self.path / self.manifest["files"]["editor_fp16" if fp16 else "editor"]["file"]).read_bytes(),
+        stem = "editor_fp16" if fp16 else "editor"  # read through the same checks as load_editor
+        return make_session(checked_graph(self.path, stem, self.manifest["files"][stem], self.path / MANIFEST_FILE)[1],
                             threads)
 
     def run(self, session, codes: np.ndarray, weights: np.ndarray, groups: np.ndarray) -> list[np.ndarray]:
@@ -241,10 +242,6 @@ def load_editor(path) -> Editor:
     if manifest.get("version") != EDITOR_VERSION:
         raise EditorError(f"{path} is editor version {manifest.get('version')!r}; this vectorfind reads version "
                           f"{EDITOR_VERSION}: export it again")
-    for entry in manifest.get("files", {}).values():
-        file = path / entry["file"]
-        if not file.is_file():
-            raise EditorError(f"editor {path} is missing {entry['file']}")
-        if _sha256(file.read_bytes()) != entry["sha256"]:
-            raise EditorError(f"{file} does not match the sha256 in the manifest (corrupt or edited); export it again")
+    for stem, entry in manifest.get("files", {}).items():  # in the directory, hashed, no external data
+        checked_graph(path, stem, entry, manifest_file)
     return Editor(path, manifest)

@@ -28,6 +28,7 @@ from compute.editor import Editor
 from compute.plots import to_rgb
 from compute.tables import vector_matrix
 from vectors.errors import InputError
+from vectors.names import file_name
 
 PICKS_FORMAT, PICKS_VERSION = "vectorfind-picks", 1
 GAP = 2      # white pixels between the frames of a sweep
@@ -233,7 +234,7 @@ def render_picks(editor: Editor, picks: Picks, weights: dict[str, float], out: P
     for case_id, face in zip(picks.case_ids, images):
         strip = [to_rgb(f) for f in face]
         gap = np.ones((strip[0].shape[0], GAP, 3))
-        pictures[f"case_{case_id}" + (f"_{sweep}" if sweep else "") + ".png"] = \
+        pictures[file_name(f"case_{case_id}" + (f"_{sweep}" if sweep else "") + ".png", "picture file name")] = \
             np.concatenate([x for f in strip for x in (f, gap)][:-1], axis=1)
     return _write_pngs(Path(out), pictures)
 

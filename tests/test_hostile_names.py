@@ -428,3 +428,38 @@ def test_a_bundle_is_never_written_with_external_data(bundle_dir, tmp_path):
     with pytest.raises(ExportError, match="keeps tensor 'W' in an external data file"):
         write_bundle(tmp_path / "out", payload, manifest)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("dotdot", "the 'editor' entry names '../outside/editor.onnx', not a file name inside the bundle"),
+    ("absolute", "not a file name inside the bundle"),
+    ("symlink", "editor.onnx is a link to"),
+    ("no-sha256", "the 'editor' entry has no sha256"),
+    ("external", "editor.onnx keeps tensor 'W' in an external data file ('README.md')"),
+])
+def test_editor_entries_stay_in_the_editor(bundle_dir, tmp_path, monkeypatch, case, message):
+    """An editor directory (jobs.render --bundle) is read through the same checks as a bundle."""
+    from compute.editor import EDITOR_FORMAT, EDITOR_VERSION
+
+    scene = Scene(tmp_path, monkeypatch)
+    editor = tmp_path / "editor"
+    editor.mkdir()
+    data = (mapping_with_external_weights("README.md").SerializeToString() if case == "external"
+            else (bundle_dir / "mapping.onnx").read_bytes())  # any real graph: it is refused before it runs
+    (scene.outside / "editor.onnx").write_bytes(data)
+    if case == "symlink":
+        (editor / "editor.onnx").symlink_to(scene.outside / "editor.onnx")
+    elif case in ("no-sha256", "external"):
+        (editor / "editor.onnx").write_bytes(data)
+    entry = {"file": {"dotdot": "../outside/editor.onnx", "absolute": str(scene.outside / "editor.onnx")}.get(
+        case, "editor.onnx"), "sha256": hashlib.sha256(data).hexdigest()}
+    if case == "no-sha256":
+        entry.pop("sha256")
+    (editor / "manifest.json").write_text(json.dumps({"format": EDITOR_FORMAT, "version": EDITOR_VERSION,
+                                                      "files": {"editor": entry}}))
+    (scene.outside / "picks.csv").write_text("case_id,group,bundle,z0\n0,hhh,0,0.0\n")
+    scene.freeze()
+    result = call_job("jobs.render", "--picks", str(scene.outside / "picks.csv"), "--bundle", str(editor),
+                      "--out", str(scene.out))
+    refused(result, message)
+    scene.assert_untouched()
