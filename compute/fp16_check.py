@@ -1,0 +1,115 @@
+"""Would this graph survive fp16 on a GPU? A range analysis run on the CPU.
+
+CPUs upcast fp16 arithmetic, so an fp16 graph that is all NaN on CUDA can run cleanly on
+a CPU: testing the converted graph there proves nothing. Instead run the float32 graph
+on real inputs, record every intermediate tensor, and check what `compute.fp16.to_fp16`
+would hold in fp16: every such tensor, every weight it converts, and every reduction left
+in fp16 (its running sum: the sum of |x| over the reduced axes) must stay within fp16's
+range with a margin. The fp32 islands are exempt; that is what they are for.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, numpy_helper
+
+from compute.fp16 import (FLOAT32_INPUTS, FP16_MAX, REDUCTIONS, SHAPE_ONLY, _bad_scalar, _float_types, _hoist_constants,
+                          fp32_nodes)
+
+
+@dataclass
+class RangeReport:
+    """Largest |value| per tensor held in fp16, with the limit it was held to."""
+
+    limit: float
+    largest: dict[str, float] = field(default_factory=dict)       # fp16 tensor -> max |value|
+    running_sums: dict[str, float] = field(default_factory=dict)  # fp16 reduction node -> max sum of |x|
+    nonfinite: list[str] = field(default_factory=list)            # tensors NaN or inf already in fp32
+    flushed: list[str] = field(default_factory=list)              # scalar constants fp16 makes 0 or inf
+    fp16_tensors: int = 0
+    fp32_nodes: int = 0
+
+    @property
+    def violations(self) -> list[str]:
+        over = [f"{name}: {value:.4g}" for name, value in self.largest.items() if value > self.limit]
+        over += [f"running sum of {name}: {value:.4g}" for name, value in self.running_sums.items()
+                 if value > self.limit]
+        over += [f"constant {name}: 0 or inf in fp16" for name in self.flushed]
+        return over + [f"{name}: not finite in fp32" for name in self.nonfinite]
+
+    @property
+    def peak(self) -> float:
+        return max([*self.largest.values(), *self.running_sums.values(), 0.0])
+
+
+def fp16_ranges(model_bytes: bytes, feeds: Iterable[dict[str, np.ndarray]], margin: float = 4.0,
+                islands: set[str] | None = None, threads: int = 2) -> RangeReport:
+    """Run the float32 graph on each feed and check every tensor to_fp16 keeps in fp16 against
+    FP16_MAX / margin. `islands` overrides the fp32 nodes (a test passes an empty set to show
+    what a plain fp16 conversion would overflow)."""
+    model = onnx.load_from_string(model_bytes)
+    _hoist_constants(model.graph)
+    types = _float_types(model)
+    islands = fp32_nodes(model, types) if islands is None else islands
+    graph = model.graph
+    is_float = lambda n: bool(n) and types.get(n) == TensorProto.FLOAT  # noqa: E731
+    held16, reductions = set(), {}
+    for node in graph.node:
+        if node.name in islands:
+            continue
+        held16.update(o for o in node.output if is_float(o))
+        held16.update(n for i, n in enumerate(node.input)
+                      if is_float(n) and node.op_type not in SHAPE_ONLY and (node.op_type, i) not in FLOAT32_INPUTS)
+        if node.op_type in REDUCTIONS and is_float(node.input[0]):
+            reductions[node.name] = (node.input[0], _axes(node, model))
+    report = RangeReport(limit=FP16_MAX / margin, fp16_tensors=len(held16), fp32_nodes=len(islands))
+    constants = {t.name: t for t in graph.initializer}
+    for name in held16 & constants.keys():
+        report.largest[name] = float(np.abs(numpy_helper.to_array(constants[name])).max(initial=0.0))
+        if _bad_scalar(constants[name]):
+            report.flushed.append(name)
+
+    watched = sorted((held16 - constants.keys()) | {src for src, _ in reductions.values()})
+    graph_outputs = {v.name for v in graph.output}
+    for name in watched:
+        if name not in graph_outputs and name not in {v.name for v in graph.input}:
+            graph.output.append(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs() if o.name in set(watched)]
+    for feed in feeds:
+        values = dict(zip(names, session.run(names, feed)))
+        for name, value in values.items():
+            if not np.isfinite(value).all():
+                report.nonfinite.append(name)
+                continue
+            if name in held16:
+                report.largest[name] = max(report.largest.get(name, 0.0), float(np.abs(value).max(initial=0.0)))
+        for node_name, (source, axes) in reductions.items():
+            partial = np.abs(values[source]).sum(axis=axes) if axes is not None else np.abs(values[source]).sum()
+            report.running_sums[node_name] = max(report.running_sums.get(node_name, 0.0), float(partial.max()))
+    report.nonfinite = sorted(set(report.nonfinite))
+    return report
+
+
+def _axes(node: onnx.NodeProto, model: onnx.ModelProto) -> tuple[int, ...] | None:
+    """The axes a reduction sums over (attribute before opset 18, input after); None: all."""
+    if node.op_type in ("GlobalAveragePool", "GlobalLpPool", "InstanceNormalization"):
+        return (2, 3)
+    if node.op_type in ("Softmax", "LogSoftmax", "LpNormalization"):
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        return (axis,)
+    for attr in node.attribute:
+        if attr.name == "axes":
+            return tuple(attr.ints)
+    if len(node.input) > 1 and node.input[1]:
+        for tensor in model.graph.initializer:
+            if tensor.name == node.input[1]:
+                return tuple(int(a) for a in numpy_helper.to_array(tensor).ravel())
+    return None
