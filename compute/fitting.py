@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from compute import samples_store
 from compute.runs import SAMPLES_FILE, VECTORS_FILE, reusable
-from compute.tables import read_metadata, vector_matrix
+from compute.tables import vector_matrix
 from compute.vectors_table import write_vectors
 from vectors.errors import InputError
 from vectors.estimators import fit_and_measure
@@ -44,16 +44,16 @@ class Samples:
 def load_samples(run: Path, method: Method, drop_nonfinite: bool = False) -> Samples:
     """The latents of the method's space and the scores it uses, from RUN/samples.parquet."""
     path = Path(run) / SAMPLES_FILE
-    if not path.is_file():
+    if not samples_store.exists(path):
         raise FitError(f"no samples at {path}: sample them first (python -m jobs.sample --out {run})")
     needed = [*method.property_names, *method.group_by]
     try:
-        columns = pq.read_schema(path).names
+        columns = samples_store.schema(path).names
         missing = [c for c in (method.latent, *needed) if c not in columns]
         if missing:
             raise FitError(f"{path} has no column {', '.join(missing)} (its columns: {', '.join(columns)})")
-        table = pq.read_table(path, columns=[method.latent, *needed])
-        sampling = read_metadata(path).get("sampling", {})
+        table = samples_store.read_samples(path, columns=[method.latent, *needed])
+        sampling = samples_store.metadata(path).get("sampling", {})
     except FitError:
         raise
     except Exception as exc:  # truncated or foreign files: pyarrow raises several types

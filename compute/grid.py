@@ -163,7 +163,8 @@ def run_grid(run: Path, bundle, method: Method, ns: list[int], ratios: list[floa
         cell.method(method).check_layers(bundle.num_ws)  # a bad space or ratio fails here, before any work
     if progress:
         print(f"[1/3] sampling {max(ns):,} faces (smaller n are prefixes)", flush=True)
-    sample_table(bundle, max(ns), seed, run, batch_size=batch_size, resources=resources, progress=progress)
+    sample_table(bundle, max(ns), seed, run, batch_size=batch_size, resources=resources, progress=progress,
+                 read_back=False)
     if progress:
         print(f"[2/3] fitting {len(cells)} cells x {len(method.group_names) * len(method.properties)} directions",
               flush=True)

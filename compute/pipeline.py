@@ -39,7 +39,8 @@ def run_method(run: Path, bundle, method: Method = Method(), n: int = 80000, cas
     fits = len(method.group_names) * len(method.properties)
     say = print if progress else (lambda *a, **k: None)
     say(f"[1/4] sampling {n:,} faces into {run}", flush=True)
-    sample_table(bundle, n, seed, run, batch_size=batch_size, resources=resources, progress=progress)
+    sample_table(bundle, n, seed, run, batch_size=batch_size, resources=resources, progress=progress,
+                 read_back=False)
     say(f"[2/4] fitting {fits} directions in {method.space} (ratio {method.ratio})", flush=True)
     vectors = fit_directions(run, method, seed, drop_nonfinite, progress=progress)
     say(f"[3/4] testing {cases} cases x {method.edits_per_case} edits", flush=True)

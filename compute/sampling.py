@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from compute import samples_store
 from compute.bundle import Bundle
 from compute.runs import SAMPLES_FILE, check_writable, normalized
 from compute.seeding import check_seed, draw_codes
-from compute.sessions import images_per_batch, make_session, resolve, run_single, synthesize_and_score
+from compute.engine import EngineSpec, NullEngine, SampleEngine
+from compute.sessions import resolve
 from compute.tables import read_metadata, vector_column, with_metadata, write_parquet_atomic
 from vectors.errors import InputError
 
@@ -33,6 +36,11 @@ log = logging.getLogger(__name__)
 CHUNK_DIR = "sample_chunks"
 
 
+# Sample ids per actor call (a Ray Data block), whatever the resolution: the engine splits
+# a call into inference calls of its own size, so block size only sets Ray Data's per-block
+# overhead. The pipeline with no inference (`jobs.benchmark ceiling`) ran 6,197 images/s with
+# 128-id blocks on 2 cores and NNN with these.
+BATCH_IDS = 4096
 # Driver peak memory / raw table size, measured at n = 300,000 (2.1 GB peak for 1.25 GB of Parquet).
 BYTES_PER_SAMPLE_FACTOR = 2.0
 
@@ -44,24 +52,31 @@ class SamplingError(InputError):
 class SampleActor:
     """Callable class for `map_batches`: {"id": int64[B]} -> sample_id, z, w and scores.
 
-    Testable without Ray: `SampleActor(graphs={stem: bytes}, ...)({"id": ids})`.
+    Testable without Ray: `SampleActor(graphs={stem: bytes}, seed=..., spec=engine_spec(...),
+    score_names=...)({"id": ids})`. `null=True` replaces inference by zeros (the pipeline's ceiling).
     """
 
-    def __init__(self, graphs: dict, seed: int, z_dim: int, score_names: list[str],
-                 threads: int = 1, use_gpu: bool = False):
-        self.sessions = {stem: make_session(resolve(graphs[stem]), threads, use_gpu)
-                         for stem in ("mapping", "synthesis", "scorer")}
-        self.seed, self.z_dim, self.score_names = seed, z_dim, list(score_names)
+    def __init__(self, graphs: dict, seed: int, spec: EngineSpec, score_names: list[str], null: bool = False):
+        graphs = {stem: resolve(graphs[stem]) for stem in graphs}
+        self.engine = NullEngine(graphs, spec) if null else SampleEngine(graphs, spec)
+        self.seed, self.z_dim, self.score_names = seed, spec.z_dim, list(score_names)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = np.asarray(batch["id"], dtype=np.int64)
         z = draw_codes(self.seed, ids, self.z_dim)
-        w = run_single(self.sessions["mapping"], z)
-        scores = synthesize_and_score(self.sessions["synthesis"], self.sessions["scorer"], w)
-        out = {"sample_id": ids, "z": z, "w": w.astype(np.float32, copy=False)}
+        w, scores = self.engine(z)
+        out = {"sample_id": ids, "z": z, "w": w}
         for i, name in enumerate(self.score_names):
-            out[name] = scores[:, i].astype(np.float32, copy=False)
+            out[name] = np.ascontiguousarray(scores[:, i])
         return out
+
+
+def engine_spec(bundle: Bundle, resources: Resources) -> EngineSpec:
+    """The engine an actor of these resources builds for this bundle."""
+    return EngineSpec(z_dim=bundle.z_dim, w_dim=bundle.w_dim, num_ws=bundle.num_ws, resolution=bundle.resolution,
+                      scores=len(bundle.score_names), use_gpu=resources.gpus_per_actor > 0,
+                      threads=resources.threads, fp16=resources.fp16, gpu_share=min(1.0, resources.gpus_per_actor),
+                      call_images=resources.call_images, cuda_graph=resources.cuda_graph)
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,9 @@ class Resources:
     cpus_per_actor: float
     gpus_per_actor: float
     threads: int
+    fp16: bool = True                # GPU actors only: fp16 graphs with fp32 islands
+    call_images: int | None = None   # images per inference call; None: the device's measured default
+    cuda_graph: bool = False
 
 
 def plan_resources(actors: int | None = None, cpus_per_actor: float | None = None,
@@ -117,11 +135,16 @@ def samples_schema(bundle: Bundle) -> pa.Schema:
 
 
 def _chunk_table(parts: list[dict], schema: pa.Schema) -> pa.Table:
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    order = np.argsort(merged["sample_id"], kind="stable")
+    """One chunk's rows in id order. Each part is a run of consecutive ids (a slice of one
+    block of ray.data.range), so ordering the parts orders the rows."""
+    parts = sorted(parts, key=lambda p: int(p["sample_id"][0]))
+    ids = np.concatenate([p["sample_id"] for p in parts])
+    # Should Ray Data ever bundle non-adjacent ranges into one batch, sort the rows instead.
+    order = None if np.all(np.diff(ids) == 1) else np.argsort(ids, kind="stable")
     columns = []
     for field in schema:
-        values = merged[field.name][order]
+        values = np.concatenate([p[field.name] for p in parts])
+        values = values if order is None else values[order]
         columns.append(vector_column(values) if pa.types.is_fixed_size_list(field.type) else pa.array(values))
     return pa.Table.from_arrays(columns, schema=schema)
 
@@ -147,10 +170,10 @@ def check_run_dir(run_dir: Path, config: dict) -> bool:
     files' own metadata is the authority: nothing beside them can vouch for them. Needs no
     cluster, so jobs call it before Ray starts."""
     samples = Path(run_dir) / SAMPLES_FILE
-    if samples.is_file():
+    if samples_store.exists(samples):
         try:
-            stored = read_metadata(samples).get("sampling", {})
-            rows = pq.read_metadata(samples).num_rows
+            stored = samples_store.metadata(samples).get("sampling", {})
+            rows = samples_store.num_rows(samples)
         except Exception as exc:  # truncated or foreign: pyarrow raises several types
             raise SamplingError(f"{samples} is damaged ({str(exc).splitlines()[0]}); delete it and rerun "
                                 f"to sample again") from exc
@@ -249,17 +272,19 @@ class _ChunkProgress:
 def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None = None, *,
                  batch_size: int | None = None, resources: Resources | None = None,
                  chunk_size: int = 16384, actor_class: type = SampleActor,
-                 progress: bool = True) -> pa.Table:
+                 progress: bool = True, null: bool = False, read_back: bool = True) -> pa.Table | None:
     """Sample n faces on the Ray cluster; returns the table (id order) and, with run_dir,
-    writes RUN/samples.parquet, reusing any chunks a previous attempt completed.
-    `actor_class` may be a subclass of SampleActor (tests use one that crashes once)."""
+    writes RUN/samples.parquet, reusing any chunks a previous attempt completed. With a run
+    directory and `read_back=False` it returns None instead of reading the table back.
+    `actor_class` may be a subclass of SampleActor (tests use one that crashes once);
+    `null` replaces inference by zeros, to measure the pipeline's own ceiling."""
     import ray
 
     seed = check_sampling_input(bundle, n, seed)
     resources = resources or plan_resources()
     if batch_size is None:
-        # As big as images_per_batch allows, but at least 4 calls per actor so work spreads evenly.
-        batch_size = max(1, min(images_per_batch(bundle.resolution), math.ceil(n / (4 * resources.actors))))
+        # BATCH_IDS, but at least 4 calls per actor so work spreads evenly.
+        batch_size = max(1, min(BATCH_IDS, math.ceil(n / (4 * resources.actors))))
     if batch_size < 1 or chunk_size < 1:
         raise SamplingError("the batch size and the chunk size must be >= 1")
     schema = samples_schema(bundle)
@@ -278,7 +303,7 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
         if check_run_dir(run_dir, config):  # the stage is complete: reuse it
             if progress:
                 print(f"reusing {run_dir / SAMPLES_FILE} (n={n:,}, seed={seed})", flush=True)
-            return pq.read_table(run_dir / SAMPLES_FILE)
+            return samples_store.read_samples(run_dir / SAMPLES_FILE) if read_back else None
         chunk_dir = run_dir / CHUNK_DIR
         for c in range(n_chunks):
             path = chunk_dir / f"{c:06d}.parquet"
@@ -305,9 +330,8 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
             ds = ds.map_batches(drop_finished, batch_format="numpy")
         ds = ds.map_batches(
             actor_class, batch_size=batch_size, batch_format="numpy",
-            fn_constructor_kwargs=dict(graphs=graphs, seed=seed, z_dim=bundle.z_dim,
-                                       score_names=bundle.score_names, threads=resources.threads,
-                                       use_gpu=resources.gpus_per_actor > 0),
+            fn_constructor_kwargs=dict(graphs=graphs, seed=seed, spec=engine_spec(bundle, resources),
+                                       score_names=bundle.score_names, null=null),
             compute=ray.data.ActorPoolStrategy(size=resources.actors),
             num_cpus=resources.cpus_per_actor, num_gpus=resources.gpus_per_actor or None,
         )
@@ -328,7 +352,7 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
                     if chunk_dir is not None:
                         write_parquet_atomic(with_metadata(table, {"sampling": config}),
                                              chunk_dir / f"{int(c):06d}.parquet")
-                        table = None  # re-read at the end; keeps driver memory to one copy
+                        table = None  # the chunk files are the result; keeps driver memory to one chunk
                     chunks[int(c)] = table
                     report.chunk_done(chunk_len[c])
         incomplete = [c for c in missing if counts[c] != chunk_len[c]]
@@ -337,18 +361,18 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
                                f"{[counts[c] for c in incomplete[:5]]} of {[chunk_len[c] for c in incomplete[:5]]}")
     elapsed = time.perf_counter() - started
 
-    parts = [chunks[c] if chunks[c] is not None else pq.read_table(chunk_dir / f"{c:06d}.parquet")
-             for c in range(n_chunks)]
-    table = pa.concat_tables([p.replace_schema_metadata(None) for p in parts])
-    # Only what defines the result goes in the metadata: the same run with other actor
-    # counts or batch sizes writes an identical file.
-    table = with_metadata(table, {"sampling": config})
     if run_dir is not None:
-        write_parquet_atomic(table, run_dir / SAMPLES_FILE)
-        # The chunks only served resumption; the finished table supersedes them.
-        for c in range(n_chunks):
-            (chunk_dir / f"{c:06d}.parquet").unlink(missing_ok=True)
-        chunk_dir.rmdir()
+        # Every chunk is on disk and valid: the chunk directory becomes the samples table in one
+        # rename, so it is visible whole or not at all, and nothing is encoded twice.
+        for leftover in chunk_dir.glob(".*"):  # temp files of writes that never finished
+            leftover.unlink(missing_ok=True)
+        os.replace(chunk_dir, run_dir / SAMPLES_FILE)
+        table = samples_store.read_samples(run_dir / SAMPLES_FILE) if read_back else None
+    else:
+        table = pa.concat_tables([chunks[c] for c in range(n_chunks)])
+        # Only what defines the result goes in the metadata: the same run with other actor
+        # counts or batch sizes makes an identical table.
+        table = with_metadata(table, {"sampling": config})
     computed = sum(chunk_len[c] for c in missing)
     if progress:
         rate = computed / elapsed if elapsed > 0 and computed else float("nan")

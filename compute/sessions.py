@@ -27,7 +27,25 @@ ACTIVATION_BYTES = {"cpu": 128 << 20, "cuda": 1 << 30}
 _warned_cpu_fallback = False  # one warning per process, not one per session
 
 
-def make_session(model_bytes: bytes, threads: int = 1, use_gpu: bool = False) -> ort.InferenceSession:
+def cuda_options(gpu_mem_bytes: int | None = None, cuda_graph: bool = False) -> dict:
+    """CUDAExecutionProvider settings, each a stated choice:
+    - the arena grows only by what a call asks for, up to the actor's share of the GPU
+      (unbounded, it kept what the largest call ever needed: 54 GB for 4 actors);
+    - TF32 on: fp32 convolutions ran 2.4x faster with it on an H200 (1,334 vs 556 images/s),
+      differing from torch's fp32 by ~2e-2 relative at 1024 px; fp16 graphs do not use it;
+    - cuDNN's exhaustive algorithm search (the default): calls have one fixed shape, so it
+      runs once per actor;
+    - a CUDA graph only when asked: it needs every node on the GPU and fixed buffers."""
+    options = {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "1"}
+    if gpu_mem_bytes:
+        options["gpu_mem_limit"] = str(int(gpu_mem_bytes))
+    if cuda_graph:
+        options["enable_cuda_graph"] = "1"
+    return options
+
+
+def make_session(model_bytes: bytes, threads: int = 1, use_gpu: bool = False, gpu_mem_bytes: int | None = None,
+                 cuda_graph: bool = False) -> ort.InferenceSession:
     """A session with `threads` intra-op threads, on CUDA when asked and really available.
 
     onnxruntime-gpu reports CUDA as available even on machines without a GPU and then falls
@@ -42,7 +60,7 @@ def make_session(model_bytes: bytes, threads: int = 1, use_gpu: bool = False) ->
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if use_gpu:
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers = [("CUDAExecutionProvider", cuda_options(gpu_mem_bytes, cuda_graph)), "CPUExecutionProvider"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # ORT's own note; ours below says it once
         session = ort.InferenceSession(model_bytes, options, providers=providers)

@@ -29,7 +29,7 @@ def main(argv=None) -> None:
     check_sampling_input(bundle, args.n, args.seed, args.out, args.chunk_size)  # before Ray starts
     resources = start(args)
     sample_table(bundle, args.n, args.seed, args.out, batch_size=args.batch_size, resources=resources,
-                 chunk_size=args.chunk_size)
+                 chunk_size=args.chunk_size, read_back=False)
     print(f"wrote {args.out / 'samples.parquet'}")
 
 

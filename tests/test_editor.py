@@ -25,7 +25,7 @@ TOLERANCE = 1e-4
 def _make_test(bundle_dir, run: Path, source: Path, *flags: str) -> Path:
     """A run tested on the small run's samples (and vectors, unless it fits its own)."""
     run.mkdir()
-    shutil.copy(source / "samples.parquet", run)
+    shutil.copytree(source / "samples.parquet", run / "samples.parquet")
     if "--space" in flags and flags[flags.index("--space") + 1] == "z":
         done = call_job("jobs.fit", "--run", str(run), "--space", "z")
         assert done.returncode == 0, done.stderr
@@ -368,7 +368,7 @@ def test_render_warns_out_of_range_and_on_a_missing_run(runs, editors, bundle, t
 def test_export_editor_refusals(runs, editors, bundle_dir, tmp_path):
     untested = tmp_path / "untested"
     untested.mkdir()
-    shutil.copy(runs["w"] / "samples.parquet", untested)
+    shutil.copytree(runs["w"] / "samples.parquet", untested / "samples.parquet")
     other = tmp_path / "other_bundle"
     shutil.copytree(bundle_dir, other)
     manifest = json.loads((other / "manifest.json").read_text())

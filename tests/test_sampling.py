@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from compute.sampling import Resources, SampleActor, SamplingError, sample_table
+from compute import samples_store
+from compute.sampling import Resources, SampleActor, SamplingError, engine_spec, sample_table
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single
 from compute.tables import read_metadata, vector_matrix
@@ -37,7 +38,8 @@ def reference(ray_session, bundle, tmp_path_factory):
 
 def test_actor_runs_in_process_without_ray(bundle):
     graphs = {s: bundle.graph_bytes(s) for s in ("mapping", "synthesis", "scorer")}
-    out = SampleActor(graphs, seed=3, z_dim=515, score_names=bundle.score_names)({"id": np.array([4, 9])})
+    out = SampleActor(graphs, seed=3, spec=engine_spec(bundle, _resources(1)),
+                      score_names=bundle.score_names)({"id": np.array([4, 9])})
     assert set(out) == {"sample_id", "z", "w", *bundle.score_names}
     np.testing.assert_array_equal(out["z"], draw_codes(3, [4, 9], 515))
     sessions = [make_session(graphs[s]) for s in ("mapping", "synthesis", "scorer")]
@@ -66,7 +68,11 @@ def test_samples_parquet_schema_and_metadata(reference, bundle):
     for name in bundle.score_names:
         assert table.schema.field(name).type == pa.float32()
     assert table.num_rows == N and table.equals(ref)
-    config = read_metadata(run / "samples.parquet")["sampling"]
+    # A dataset directory of the chunks, in id order, each part carrying the run's metadata.
+    parts = samples_store.parts(run / "samples.parquet")
+    assert [p.name for p in parts] == [f"{c:06d}.parquet" for c in range(len(parts))] and len(parts) == -(-N // 300)
+    assert all(read_metadata(p) == read_metadata(parts[0]) for p in parts)
+    config = samples_store.metadata(run / "samples.parquet")["sampling"]
     assert (config["n"], config["seed"]) == (N, SEED)
     assert config["bundle_manifest_sha256"] == bundle.manifest_sha256
     assert config["group_medians"] == bundle.manifest["group_medians"]

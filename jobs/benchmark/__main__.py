@@ -1,4 +1,4 @@
-"""python -m jobs.benchmark {export,sampling,fit,test,grid,reference,editor,stylegan2,estimators} [options]"""
+"""python -m jobs.benchmark {export,sampling,ceiling,fit,test,grid,reference,editor,stylegan2,estimators,gpu} [options]"""
 from __future__ import annotations
 
 import sys
@@ -53,6 +53,9 @@ def main(argv=None) -> None:
     estimators.add_argument("--estimators", default=",".join(ESTIMATORS))
     estimators.add_argument("--out", type=Path, default=None,
                             help="runs directory (default: runs/benchmark-estimators/<model>)")
+    ceiling = sub.add_parser("ceiling", help="the sampling pipeline with inference replaced by zeros: its own ceiling")
+    ceiling.add_argument("--resolution", type=int, default=256, help="image size whose reference dims are used")
+    ceiling.add_argument("--n", type=int, default=200000)
     editor = sub.add_parser("editor", help="the editor graph vs the test stage's path, batch 1 and 64")
     editor.add_argument("--run", type=Path, default=Path("runs/benchmark-editor"),
                         help="a tested run of the built-in model (made with n = 4,000 if absent)")
@@ -94,6 +97,8 @@ def main(argv=None) -> None:
         if unknown or args.n < 1000 or args.cases < 1:
             raise UsageError(f"--estimators from {', '.join(ESTIMATORS)} (unknown: {', '.join(unknown) or 'none'}); "
                              f"--n >= 1000, --cases >= 1")
+    if args.which == "ceiling" and (args.n < 1000 or args.resolution < 8 or args.resolution & (args.resolution - 1)):
+        raise UsageError("--n must be >= 1000 and --resolution a power of two >= 8")
     if args.which == "sampling" and (args.n < 1 or args.reference_n < 4):
         raise UsageError("--n must be >= 1 and --reference-n >= 4")
     if args.which == "fit" and args.n < 1000:
@@ -112,6 +117,11 @@ def main(argv=None) -> None:
         from jobs.benchmark.sampling import bench_sampling
 
         bench_sampling(bundle, args.n, args.reference_n)
+    elif args.which == "ceiling":
+        from compute.sampling import plan_resources
+        from jobs.benchmark.ceiling import bench_ceiling
+
+        bench_ceiling(bundle, args.resolution, args.n, plan_resources())
     elif args.which == "fit":
         from jobs.benchmark.fitting import bench_fit
 

@@ -17,7 +17,7 @@ from vectors.svm import SvmConfig, fit_selection
 
 
 def bench_fit(bundle, n: int, run: Path) -> dict:
-    if not (run / "samples.parquet").is_file():
+    if not (run / "samples.parquet").exists():
         sample_table(bundle, n, 0, run)
     samples = load_samples(run, Method())
     if len(samples.latents) != n:
