@@ -372,15 +372,14 @@ def _user_external(stem: str, location: str):
     return make
 
 
-EXTERNAL_CASES = [("scorer", "../outside/weights.bin"), ("scorer", "ABS"), ("scorer", "link/weights.bin"),
-                  ("mapping", "../outside/weights.bin"), ("synthesis", "ABS")]
+SCORER_OUTSIDE = ("../outside/weights.bin", "ABS", "link/weights.bin")
+EXTERNAL_CASES = ([("onnx", "scorer", where) for where in SCORER_OUTSIDE]
+                  + [("onnx", "mapping", "../outside/weights.bin"), ("onnx", "synthesis", "ABS")]
+                  + [("stylegan2", "scorer", where) for where in SCORER_OUTSIDE])  # its only ONNX input
 
 
-@pytest.mark.parametrize("model", ["onnx", "stylegan2"])
-@pytest.mark.parametrize("stem, location", EXTERNAL_CASES)
+@pytest.mark.parametrize("model, stem, location", EXTERNAL_CASES)
 def test_external_data_outside_the_graphs_directory(graphs, tmp_path, monkeypatch, model, stem, location):
-    if model == "stylegan2" and stem != "scorer":
-        pytest.skip("--model stylegan2 takes only the scorer as ONNX")
     scene = Scene(tmp_path, monkeypatch)
     src = tmp_path / "src"
     src.mkdir()
