@@ -17,6 +17,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import numbers
+import re
+import stat
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -24,17 +27,239 @@ import numpy as np
 
 from vectors.errors import InputError
 from vectors.estimators import ESTIMATORS, MAX_STABILITY_SPLITS
-from vectors.svm import SvmConfig
+from vectors.names import SAFE_NAME_RULE, is_safe_name
+from vectors.svm import SOLVERS, SvmConfig
 
 SPACES = ("w", "z")
 # "w:A-B": edit only synthesis layers A..B (inclusive, from 0) of the per-layer codes (W+).
 MEDIAN_SOURCES = ("manifest", "samples")
+DUALS = ("auto", "true", "false")
 MAX_PROPERTIES, MAX_GROUPING, MAX_EDITS = 6, 4, 1000
 GLOBAL_GROUP = "all"  # the one group when no score defines groups
+
+# Bounds of the values a method holds, checked in the dtype each is used in. Edit weights
+# are float32 where they are used (edit_weights, the edited codes): |w| <= 100 keeps w + e n
+# far from float32's range, and distinct weights must stay distinct, and at least
+# MIN_WEIGHT_STEP apart, in float32 (1e-320 is 0 there, and an edit of 1e-30 leaves a float32
+# code unchanged: every case would be degenerate). C and max_iter go to liblinear/libsvm
+# (a C double and a C int): C finite in [1e-6, 1e6], max_iter an integer in [1, 10^7].
+MAX_WEIGHT, MIN_WEIGHT_STEP = 100.0, 1e-3
+C_BOUNDS, MAX_ITER = (1e-6, 1e6), 10_000_000
+# A method file: read only if it is a regular file of at most this many bytes, nested at
+# most this deep (a method is 4 levels: table > properties > property > schedule).
+MAX_METHOD_BYTES, MAX_METHOD_DEPTH = 1_000_000, 8
+
+# How a message names each setting: its key in a method file, which is also its flag's name
+# (ratio: --ratio, max_iter: --max-iter, ...) except the SVM solver's (--svm), so the same
+# value is refused with the same words from a method file and from a flag.
+LABELS = {"svm.solver": "svm solver (--svm)", "svm.C": "svm C", "svm.scale": "svm scale", "svm.dual": "svm dual",
+          "svm.max_iter": "svm max_iter"}
 
 
 class MethodError(InputError):
     """A method that cannot run: a bad value, or a score the bundle does not have."""
+
+
+def _label(key: str, name: str | None = None) -> str:
+    if key == "schedule":
+        return f"the {name} schedule"
+    if key == "cutoff":
+        return f"the {name} cutoff"
+    return LABELS.get(key, key)
+
+
+def _kind(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    if value is None:
+        return "null"
+    if isinstance(value, numbers.Integral):
+        return "an integer"
+    if isinstance(value, numbers.Real):
+        return "a number"
+    return f"a {type(value).__name__}"
+
+
+def _show(value) -> str:
+    """A received value for a one-line message: JSON's spelling of booleans and null, long ones cut."""
+    if isinstance(value, (bool, np.bool_)):
+        text = "true" if value else "false"
+    elif value is None:
+        text = "null"
+    else:
+        try:
+            text = repr(value)
+        except (RecursionError, ValueError):  # a too deep structure, an int of too many digits
+            text = f"<{_kind(value)}>"
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _got(value, expected: str) -> str:
+    """'got 0.7', or 'got "12" (a string, not a number)' where the type is what is wrong."""
+    kind = _kind(value)
+    if kind == expected or (expected == "a number" and kind == "an integer"):
+        return f"got {_show(value)}"
+    return f"got {_show(value)} ({kind}, not {expected})"
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A numeric setting's allowed values: a finite number (or an integer) in a range."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+    text: str = ""          # the allowed values in words, where the range alone says too little
+
+    def allowed(self) -> str:
+        if self.text:
+            return self.text
+        fmt = (lambda v: f"{int(v):,}") if self.integer else (lambda v: f"{v:g}")
+        bounds = f"{'(' if self.lo_open else '['}{fmt(self.lo)}, {fmt(self.hi)}{')' if self.hi_open else ']'}"
+        return f"an integer in {bounds}" if self.integer else f"in {bounds}"
+
+    def check(self, label: str, value):
+        """The value as a float (an int for integers), or MethodError naming label, value and range."""
+        expected = "an integer" if self.integer else "a number"
+        number = None
+        if not isinstance(value, (bool, np.bool_)) and isinstance(
+                value, numbers.Integral if self.integer else numbers.Real):
+            try:
+                number = int(value) if self.integer else float(value)
+            except (OverflowError, ValueError):  # an integer too large for a float
+                pass
+        if number is None or not self.admits(number):
+            raise MethodError(f"{label} must be {self.allowed()}, {_got(value, expected)}")
+        return number
+
+    def admits(self, x) -> bool:
+        if isinstance(x, float) and not math.isfinite(x):  # (an int is exact: never converted to a float)
+            return False
+        return (self.lo < x if self.lo_open else self.lo <= x) and (x < self.hi if self.hi_open else x <= self.hi)
+
+    def parse(self, label: str, text: str):
+        """A flag's text as a checked number: the same message as a bad value in a method file."""
+        try:
+            value = int(text.strip()) if self.integer else float(text.strip())
+        except ValueError:
+            raise MethodError(f"{label} must be {self.allowed()}, got {_show(text)}") from None
+        return self.check(label, value)
+
+
+BOUNDS = {
+    "ratio": Bound(0.0, 0.5, lo_open=True),
+    "validation_fraction": Bound(0.0, 1.0, lo_open=True, hi_open=True),
+    "max_spread": Bound(0.0, math.inf, text="a number >= 0 (finite)"),
+    "stability_splits": Bound(0, MAX_STABILITY_SPLITS, integer=True,
+                              text=f"an integer in [0, {MAX_STABILITY_SPLITS}] (0 or 1: off)"),
+    "svm.C": Bound(*C_BOUNDS, text=f"> 0: a number in [{C_BOUNDS[0]:g}, {C_BOUNDS[1]:g}]"),
+    "svm.max_iter": Bound(1, MAX_ITER, integer=True),
+    "cutoff": Bound(0.0, 1.0),
+    "weight": Bound(-MAX_WEIGHT, MAX_WEIGHT, text=f"a finite number in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}]"),
+}
+CHOICES = {"medians": MEDIAN_SOURCES, "estimator": ESTIMATORS, "svm.solver": SOLVERS, "svm.dual": DUALS}
+
+
+def parse_setting(key: str, text: str, name: str | None = None):
+    """A number given on the command line (--ratio, --C, --max-iter, --cutoffs, ...), checked
+    with the bounds a method file's value is checked with; `name`: the property of a cutoff."""
+    return BOUNDS[key].parse(_label(key, name), text)
+
+
+def _choice(key: str, value) -> str:
+    choices = CHOICES[key]
+    if not isinstance(value, str) or value not in choices:
+        raise MethodError(f"{_label(key)} must be one of {', '.join(choices)}, {_got(value, 'a string')}")
+    return value
+
+
+def _flag(key: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise MethodError(f"{_label(key)} must be true or false, {_got(value, 'a boolean')}")
+    return bool(value)
+
+
+def _name(what: str, value) -> str:
+    if not is_safe_name(value):
+        raise MethodError(f"{what} must be a score name ({SAFE_NAME_RULE}), {_got(value, 'a string')}")
+    return value
+
+
+def _sequence(label: str, value, items: str) -> list:
+    """A list (a tuple from Python); a string, a table or a number is not one."""
+    if not isinstance(value, (list, tuple)):
+        raise MethodError(f"{label} must be a list of {items}, {_got(value, 'a list')}")
+    return list(value)
+
+
+def _check_schedule(name: str, schedule) -> tuple[float, ...]:
+    label = _label("schedule", name)
+    values = _sequence(label, schedule, f"numbers in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}]")
+    if len(values) > MAX_EDITS:
+        raise MethodError(f"{label} has {len(values):,} weights; a schedule has at most {MAX_EDITS:,} "
+                          f"(and all schedules together at most {MAX_EDITS:,} edits per case)")
+    weights = tuple(BOUNDS["weight"].check(f"each weight of {label}", v) for v in values)
+    if len(set(weights)) < 2:
+        raise MethodError(f"{label} needs at least 2 distinct weights, got {list(weights)}")
+    repeated = sorted({v for v in weights if weights.count(v) > 1})
+    if repeated:
+        raise MethodError(f"{label} gives the weight {repeated[0]:g} more than once (the same edits twice), "
+                          f"got {list(weights)}")
+    # Edits are computed in float32: distinct weights must stay distinct, and far enough apart
+    # to move a float32 code, there.
+    single = np.asarray(weights, dtype=np.float32)
+    order = np.argsort(single, kind="stable")
+    for a, b in itertools.pairwise(order):
+        if single[b] - single[a] < MIN_WEIGHT_STEP:
+            same = "are the same weight" if single[b] == single[a] else f"are less than {MIN_WEIGHT_STEP:g} apart"
+            raise MethodError(f"{label}: the weights {weights[a]!r} and {weights[b]!r} {same} in float32 (edits "
+                              f"are computed in float32); distinct weights must be at least {MIN_WEIGHT_STEP:g} apart")
+    return weights
+
+
+def _check_svm(svm) -> None:
+    if not isinstance(svm, SvmConfig):
+        raise MethodError(f"svm must be a table of SVM settings (solver, C, scale, dual, max_iter), "
+                          f"{_got(svm, 'a table')}")
+    _choice("svm.solver", svm.solver)
+    BOUNDS["svm.C"].check(_label("svm.C"), svm.C)
+    _flag("svm.scale", svm.scale)
+    _choice("svm.dual", svm.dual)
+    BOUNDS["svm.max_iter"].check(_label("svm.max_iter"), svm.max_iter)
+
+
+def svm_settings(base: SvmConfig, changes: dict) -> SvmConfig:
+    """`base` with `changes` (from a method file's svm table or from flags), each checked with
+    the method's own checks before SvmConfig sees it."""
+    fields = tuple(SvmConfig.__dataclass_fields__)
+    unknown = [k for k in changes if k not in fields]
+    if unknown:
+        raise MethodError(f"unknown svm settings: {_names(unknown)} (known: {', '.join(fields)})")
+    checked = {}
+    for key, value in changes.items():
+        if key in ("solver", "dual"):
+            checked[key] = _choice(f"svm.{key}", value)
+        elif key == "scale":
+            checked[key] = _flag("svm.scale", value)
+        else:
+            checked[key] = BOUNDS[f"svm.{key}"].check(_label(f"svm.{key}"), value)
+    return replace(base, **checked)
+
+
+def _names(values) -> str:
+    """Up to 5 names for a message, each shown safely."""
+    values = list(values)
+    shown = ", ".join(v if is_safe_name(v) else _show(v) for v in values[:5])
+    return shown + (f" and {len(values) - 5:,} more" if len(values) > 5 else "")
 
 
 @dataclass(frozen=True)
@@ -46,21 +271,9 @@ class EditedProperty:
     cutoff: float                 # a case passes this property if |corr| >= cutoff
 
     def __post_init__(self):
-        if not isinstance(self.name, str) or not self.name:
-            raise MethodError(f"a property needs a score name, got {self.name!r}")
-        try:
-            schedule = tuple(float(v) for v in self.schedule)
-            cutoff = float(self.cutoff)
-        except (TypeError, ValueError):
-            raise MethodError(f"property {self.name}: schedule and cutoff must be numbers, got "
-                              f"{self.schedule!r} and {self.cutoff!r}") from None
-        if len(set(schedule)) < 2 or not all(math.isfinite(v) for v in schedule):
-            raise MethodError(f"the {self.name} schedule needs at least 2 distinct finite weights, "
-                              f"got {list(schedule)}")
-        if not 0.0 <= cutoff <= 1.0:
-            raise MethodError(f"the {self.name} cutoff must be in [0, 1], got {cutoff}")
-        object.__setattr__(self, "schedule", schedule)
-        object.__setattr__(self, "cutoff", cutoff)
+        _name("a property's name", self.name)
+        object.__setattr__(self, "schedule", _check_schedule(self.name, self.schedule))
+        object.__setattr__(self, "cutoff", BOUNDS["cutoff"].check(_label("cutoff", self.name), self.cutoff))
 
 
 # The seeds' vocabulary and constants (v7); v6 used cutoffs 0.75 / 0.77 / 0.80.
@@ -98,13 +311,22 @@ class Method:
     stability_splits: int = 5       # resampled fits per direction for its stability; 0 or 1: off
 
     def __post_init__(self):
-        object.__setattr__(self, "properties", tuple(self.properties))
-        object.__setattr__(self, "group_by", tuple(self.group_by))
+        """Every setting checked here, strictly typed (a boolean is not a number, a string is not
+        a list) and bounded, whether it came from a method file, a flag or Python."""
+        properties = _sequence("properties", self.properties, "properties")
+        if not 1 <= len(properties) <= MAX_PROPERTIES:
+            raise MethodError(f"a method edits 1 to {MAX_PROPERTIES} properties, got {len(properties):,}")
+        if not all(isinstance(p, EditedProperty) for p in properties):
+            bad = next(p for p in properties if not isinstance(p, EditedProperty))
+            raise MethodError(f"each property must be an EditedProperty, {_got(bad, 'an EditedProperty')}")
+        group_by = _sequence("group_by", self.group_by, "score names (an empty list: one global group)")
+        if len(group_by) > MAX_GROUPING:
+            raise MethodError(f"at most {MAX_GROUPING} grouping scores (16 groups), got {len(group_by):,}")
+        for name in group_by:
+            _name("each group_by entry", name)
+        object.__setattr__(self, "properties", tuple(properties))
+        object.__setattr__(self, "group_by", tuple(group_by))
         names = self.property_names
-        if not 1 <= len(names) <= MAX_PROPERTIES:
-            raise MethodError(f"a method edits 1 to {MAX_PROPERTIES} properties, got {len(names)}")
-        if len(self.group_by) > MAX_GROUPING:
-            raise MethodError(f"at most {MAX_GROUPING} grouping scores (16 groups), got {len(self.group_by)}")
         for label, values in (("properties", names), ("grouping scores", self.group_by)):
             repeated = sorted({v for v in values if values.count(v) > 1})
             if repeated:
@@ -112,33 +334,26 @@ class Method:
         both = [p for p in names if p in self.group_by]
         if both:
             raise MethodError(f"{', '.join(both)} cannot be both edited and used for grouping")
-        if self.medians not in MEDIAN_SOURCES:
-            raise MethodError(f"medians must be 'manifest' or 'samples', got {self.medians!r}")
-        if not (isinstance(self.ratio, (int, float)) and 0 < self.ratio <= 0.5):
-            raise MethodError(f"ratio must be in (0, 0.5], got {self.ratio!r}")
+        _choice("medians", self.medians)
+        object.__setattr__(self, "ratio", BOUNDS["ratio"].check("ratio", self.ratio))
         object.__setattr__(self, "space", _check_space(self.space))
-        if not (isinstance(self.validation_fraction, (int, float)) and 0 < self.validation_fraction < 1):
-            raise MethodError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        object.__setattr__(self, "validation_fraction",
+                           BOUNDS["validation_fraction"].check("validation_fraction", self.validation_fraction))
+        object.__setattr__(self, "orthogonalize", _flag("orthogonalize", self.orthogonalize))
         if self.orthogonalize and len(names) < 2:
             raise MethodError("orthogonalize needs at least 2 properties (one direction has no others)")
         if self.max_spread is not None:
-            if not (isinstance(self.max_spread, (int, float)) and math.isfinite(self.max_spread)
-                    and self.max_spread >= 0):
-                raise MethodError(f"max_spread must be a number >= 0, got {self.max_spread!r}")
+            object.__setattr__(self, "max_spread", BOUNDS["max_spread"].check("max_spread", self.max_spread))
             if not self.group_by:
                 raise MethodError("max_spread limits the spread of the grouping scores; with no grouping "
                                   "scores there is nothing to limit")
-        if self.estimator not in ESTIMATORS:
-            raise MethodError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
-        if not (isinstance(self.stability_splits, int) and not isinstance(self.stability_splits, bool)
-                and 0 <= self.stability_splits <= MAX_STABILITY_SPLITS):
-            raise MethodError(f"stability_splits must be an integer in [0, {MAX_STABILITY_SPLITS}] (0 or 1: off), "
-                              f"got {self.stability_splits!r}")
+        _check_svm(self.svm)
+        _choice("estimator", self.estimator)
+        object.__setattr__(self, "stability_splits",
+                           BOUNDS["stability_splits"].check("stability_splits", self.stability_splits))
         if self.edits_per_case > MAX_EDITS:
             raise MethodError(f"the schedules give {self.edits_per_case:,} edits per case (the product of their "
                               f"lengths), more than {MAX_EDITS:,}; shorten a schedule")
-        object.__setattr__(self, "ratio", float(self.ratio))
-        object.__setattr__(self, "validation_fraction", float(self.validation_fraction))
 
     # ---- derived views -------------------------------------------------------------
     @property
@@ -219,24 +434,25 @@ class Method:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Method":
+        """A method from a parsed method file or a saved one: the file's structure is checked here,
+        every value by the dataclasses' own checks."""
         if not isinstance(data, dict):
-            raise MethodError(f"a method is a table of settings, got {type(data).__name__}")
-        allowed = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - allowed)
+            raise MethodError(f"a method is a table of settings, {_got(data, 'a table')}")
+        allowed = tuple(cls.__dataclass_fields__)
+        unknown = [k for k in data if k not in allowed]
         if unknown:
-            raise MethodError(f"unknown method settings: {', '.join(unknown)} (known: {', '.join(sorted(allowed))})")
+            raise MethodError(f"unknown method settings: {_names(unknown)} (known: {', '.join(sorted(allowed))})")
         values = dict(data)
-        try:
-            if "properties" in values:
-                values["properties"] = tuple(_property_from(p) for p in values["properties"])
-            if "group_by" in values:
-                if isinstance(values["group_by"], str):
-                    raise TypeError("group_by must be a list of score names")
-                values["group_by"] = tuple(values["group_by"])
-            if "svm" in values:
-                values["svm"] = SvmConfig(**values["svm"])
-        except (TypeError, ValueError) as exc:
-            raise MethodError(f"bad method setting: {exc}") from exc
+        if "properties" in values:
+            items = _sequence("properties", values["properties"],
+                              "score names or tables with name, schedule and cutoff")
+            # Too many: Method refuses the count without building each one.
+            values["properties"] = items if len(items) > MAX_PROPERTIES else tuple(map(_property_from, items))
+        if "svm" in values:
+            if not isinstance(values["svm"], dict):
+                raise MethodError(f"svm must be a table of SVM settings (solver, C, scale, dual, max_iter), "
+                                  f"{_got(values['svm'], 'a table')}")
+            values["svm"] = svm_settings(SvmConfig(), values["svm"])
         return cls(**values)
 
     def save(self, path: Path) -> None:
@@ -253,48 +469,88 @@ def split_space(space: str) -> tuple[str, tuple[int, int] | None]:
 
 
 def _check_space(space) -> str:
-    if space in SPACES:
-        return space
-    text = str(space).replace(" ", "")
-    if text.startswith("w:"):
-        first, _, last = text[2:].partition("-")
-        if first.isdigit() and (last.isdigit() or not last):
-            last = last or first
-            if int(first) <= int(last):
-                return f"w:{int(first)}-{int(last)}"
-    raise MethodError(f"space must be w (v7), z (v6) or a layer range of w such as w:0-6, got {space!r}")
+    if isinstance(space, str):
+        if space in SPACES:
+            return space
+        layers = re.fullmatch(r"w:([0-9]{1,4})(?:-([0-9]{1,4}))?", space.replace(" ", ""))
+        if layers and int(layers[1]) <= int(layers[2] or layers[1]):
+            return f"w:{int(layers[1])}-{int(layers[2] or layers[1])}"
+    raise MethodError(f"space must be w (v7), z (v6) or a layer range of w such as w:0-6, {_got(space, 'a string')}")
 
 
 def _property_from(item) -> EditedProperty:
+    """A property of a method file: a score name (its default schedule and cutoff) or a table."""
     if isinstance(item, str):
-        return default_property(item)
-    if not isinstance(item, dict) or "name" not in item:
-        raise TypeError(f"each property is a name or a table with name, schedule and cutoff, got {item!r}")
-    unknown = sorted(set(item) - {"name", "schedule", "cutoff"})
+        return default_property(_name("each property", item))
+    if not isinstance(item, dict):
+        raise MethodError(f"each property must be a score name or a table with name, schedule and cutoff, "
+                          f"{_got(item, 'a table')}")
+    if "name" not in item:
+        raise MethodError(f"a property table needs a name, got {_show(item)}")
+    name = _name("a property's name", item["name"])
+    unknown = [k for k in item if k not in ("name", "schedule", "cutoff")]
     if unknown:
-        raise TypeError(f"property {item['name']}: unknown keys {', '.join(unknown)}")
-    base = default_property(item["name"])
-    return EditedProperty(item["name"], item.get("schedule", base.schedule), item.get("cutoff", base.cutoff))
+        raise MethodError(f"property {name}: unknown keys {_names(unknown)} (known: name, schedule, cutoff)")
+    base = default_property(name)
+    return EditedProperty(name, item.get("schedule", base.schedule), item.get("cutoff", base.cutoff))
+
+
+def _depth(data) -> int:
+    """How deeply lists and tables nest (a scalar: 0), without recursion; stops past the limit."""
+    deepest, stack = 0, [(data, 1)] if isinstance(data, (dict, list)) else []
+    while stack and deepest <= MAX_METHOD_DEPTH:
+        value, level = stack.pop()
+        deepest = max(deepest, level)
+        stack.extend((c, level + 1) for c in (value.values() if isinstance(value, dict) else value)
+                     if isinstance(c, (dict, list)))
+    return deepest
 
 
 def load_method(path) -> Method:
-    """A method from a JSON or TOML file (by suffix; .toml is TOML, anything else JSON)."""
+    """A method from a JSON or TOML file (by suffix; .toml is TOML, anything else JSON).
+
+    Only a regular file of at most MAX_METHOD_BYTES is read, and what it parses to may nest at
+    most MAX_METHOD_DEPTH deep: a device, a pipe, a huge or a deeply nested file is refused
+    with one line instead of filling memory or overflowing the parser's stack."""
     path = Path(path)
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+    too_big = (f"method file {path} is larger than {MAX_METHOD_BYTES:,} bytes, the most a method file may be "
+               f"(a method is a few settings)")
     try:
-        text = path.read_text()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise MethodError(f"method file {path} is not a regular file (a directory, pipe or device); "
+                              f"give a {kind} file")
+        if info.st_size > MAX_METHOD_BYTES:
+            raise MethodError(too_big)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_METHOD_BYTES + 1)
     except OSError as exc:
         raise MethodError(f"cannot read method file {path}: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_METHOD_BYTES:  # it grew since the stat
+        raise MethodError(too_big)
     try:
-        if path.suffix.lower() == ".toml":
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MethodError(f"{path} is not valid {kind}: not UTF-8 text (byte {exc.start:,})") from None
+    try:
+        if kind == "TOML":
             import tomllib
 
             data = tomllib.loads(text)
         else:
             data = json.loads(text)
+    except RecursionError:
+        raise MethodError(f"{path} is not a method: it nests lists or tables too deeply to parse (more than "
+                          f"{MAX_METHOD_DEPTH} deep; a method needs 4)") from None
     except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise MethodError(f"{path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: "
-                          f"{str(exc).splitlines()[0]}") from exc
+        first = (str(exc).splitlines() or [""])[0]
+        raise MethodError(f"{path} is not valid {kind}: {first[:200]}") from None
+    depth = _depth(data)
+    if depth > MAX_METHOD_DEPTH:
+        raise MethodError(f"{path} is not a method: it nests lists or tables more than {MAX_METHOD_DEPTH} deep "
+                          f"(a method needs 4: its table, the properties list, a property's table, a schedule)")
     try:
         return Method.from_dict(data)
     except MethodError as exc:
-        raise MethodError(f"{path}: {exc}") from exc
+        raise MethodError(f"{path}: {exc}") from None
