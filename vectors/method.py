@@ -214,15 +214,18 @@ def _check_schedule(name: str, schedule) -> tuple[float, ...]:
     if repeated:
         raise MethodError(f"{label} gives the weight {repeated[0]:g} more than once (the same edits twice), "
                           f"got {list(weights)}")
-    # Edits are computed in float32: distinct weights must stay distinct, and far enough apart
-    # to move a float32 code, there.
+    # Edits are computed in float32: distinct weights must stay distinct there (1e-320 is 0 in
+    # float32), and far enough apart to move a float32 code (an edit of 1e-30 does not).
     single = np.asarray(weights, dtype=np.float32)
-    order = np.argsort(single, kind="stable")
-    for a, b in itertools.pairwise(order):
-        if single[b] - single[a] < MIN_WEIGHT_STEP:
-            same = "are the same weight" if single[b] == single[a] else f"are less than {MIN_WEIGHT_STEP:g} apart"
-            raise MethodError(f"{label}: the weights {weights[a]!r} and {weights[b]!r} {same} in float32 (edits "
-                              f"are computed in float32); distinct weights must be at least {MIN_WEIGHT_STEP:g} apart")
+    for a, b in itertools.pairwise(np.argsort(single, kind="stable")):
+        if single[b] == single[a]:
+            raise MethodError(f"{label}: the weights {weights[a]!r} and {weights[b]!r} are the same weight in "
+                              f"float32 (edits are computed in float32); distinct weights must be at least "
+                              f"{MIN_WEIGHT_STEP:g} apart")
+        if round(abs(weights[b] - weights[a]), 9) < MIN_WEIGHT_STEP:  # (0.101 - 0.1 is 0.000999... in binary)
+            raise MethodError(f"{label}: the weights {weights[a]!r} and {weights[b]!r} are less than "
+                              f"{MIN_WEIGHT_STEP:g} apart; distinct weights must be at least {MIN_WEIGHT_STEP:g} "
+                              f"apart to move a float32 code")
     return weights
 
 
@@ -416,7 +419,7 @@ class Method:
             raise MethodError(f"the scorer has no output named {', '.join(unknown)} "
                               f"(its outputs: {', '.join(score_names)})")
 
-    def with_cutoffs(self, cutoffs: dict[str, float]) -> "Method":
+    def with_cutoffs(self, cutoffs: dict[str, float]) -> Method:
         unknown = [n for n in cutoffs if n not in self.property_names]
         if unknown:
             raise MethodError(f"cutoffs name {', '.join(unknown)}, which the method does not edit "
@@ -433,7 +436,7 @@ class Method:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Method":
+    def from_dict(cls, data: dict) -> Method:
         """A method from a parsed method file or a saved one: the file's structure is checked here,
         every value by the dataclasses' own checks."""
         if not isinstance(data, dict):

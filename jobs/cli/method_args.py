@@ -18,7 +18,15 @@ from dataclasses import replace
 
 from jobs.cli import UsageError, parse_floats
 from vectors.estimators import ESTIMATORS
-from vectors.method import DUALS, MEDIAN_SOURCES, Method, default_property, load_method, parse_setting, svm_settings
+from vectors.method import (
+    DUALS,
+    MEDIAN_SOURCES,
+    Method,
+    default_property,
+    load_method,
+    parse_setting,
+    svm_settings,
+)
 from vectors.svm import SOLVERS
 
 SHORTHANDS = ("eyes", "mouth", "pose")  # the seeds' per-property schedule flags
