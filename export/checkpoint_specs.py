@@ -26,7 +26,7 @@ import onnx
 import torch
 from torch import nn
 
-from export.checkpoints import CheckpointError
+from export.checkpoints import CheckpointError, check_torch_zip, describe
 from export.onnx_bundle import ModelSpec, cpu_session, sha256_file, to_onnx_bytes
 from export.scorer_adapter import ScorerAdapter, adapt_numpy, adapt_scorer
 
@@ -39,11 +39,12 @@ _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _MARKERS = {"rosinality": ("g_ema", "style.1.weight"), "genforce": ("mapping.dense0.weight", "generator_smooth")}
 
 
-def _pickle_strings(data: bytes, limit: int = 200_000) -> set[str]:
-    """String constants of one pickle, read opcode by opcode: nothing is built or run."""
+def _pickle_strings(stream, limit: int = 200_000) -> set[str]:
+    """String constants of one pickle, read opcode by opcode from `stream` (a file or archive
+    member, never read whole): nothing is built or run, and at most `limit` opcodes are read."""
     found = set()
     try:
-        for count, (op, arg, _) in enumerate(pickletools.genops(io.BytesIO(data))):
+        for count, (op, arg, _) in enumerate(pickletools.genops(stream)):
             if isinstance(arg, str):
                 found.add(arg)
             if count > limit:
@@ -54,19 +55,27 @@ def _pickle_strings(data: bytes, limit: int = 200_000) -> set[str]:
 
 
 def detect_format(path: Path) -> str:
-    """rosinality, nvidia or genforce, from the file's contents; CheckpointError otherwise."""
+    """rosinality, nvidia or genforce, from the file's contents; CheckpointError otherwise.
+
+    A torch zip's members are bounded from its central directory first (`check_torch_zip`:
+    a zip bomb is refused before anything is inflated), then its pickle is read as a stream.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"generator checkpoint not found: {path}")
     with open(path, "rb") as f:
         head = f.read(4)
     if head.startswith(b"PK"):
+        members = check_torch_zip(path)
+        pickle_member = next((m for m in members if m.filename.endswith("data.pkl")), None)
+        if pickle_member is None:
+            raise CheckpointError(f"{path} is a zip file but not a torch checkpoint (it has no data.pkl)")
         try:
-            with zipfile.ZipFile(path) as archive:
-                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
-                strings = _pickle_strings(archive.read(name))
-        except (zipfile.BadZipFile, StopIteration, OSError) as exc:
-            raise CheckpointError(f"{path} is a zip file but not a torch checkpoint ({exc})") from None
+            with zipfile.ZipFile(path) as archive, archive.open(pickle_member) as stream:
+                strings = _pickle_strings(stream)
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
+            raise CheckpointError(f"{path} is a zip file but not a readable torch checkpoint "
+                                  f"({type(exc).__name__}: {describe(str(exc), 120)})") from None
     elif head[:1] == b"\x80":
         strings = _legacy_torch_strings(path)
         if strings is None:  # a plain pickle: NVIDIA's network pickles are
@@ -83,8 +92,8 @@ def detect_format(path: Path) -> str:
 
 def _legacy_torch_strings(path: Path) -> set[str] | None:
     """The strings of a pre-zip torch file, which is a row of pickles starting with a pickled
-    magic number; None for any other pickle. Only a legacy file is read past its first bytes:
-    an NVIDIA pickle can be hundreds of MB."""
+    magic number; None for any other pickle. Only a legacy file is read past its first bytes,
+    as a stream: an NVIDIA pickle can be hundreds of MB."""
     with open(path, "rb") as f:
         head = io.BytesIO(f.read(64))
         try:  # the magic number's own pickle: PROTO, LONG1, STOP
@@ -94,13 +103,9 @@ def _legacy_torch_strings(path: Path) -> set[str] | None:
         if _TORCH_LEGACY_MAGIC not in first:
             return None
         f.seek(head.tell())
-        stream = io.BytesIO(f.read())
-    strings = set()
-    for _ in range(3):  # protocol version, system info, then the checkpoint itself
-        try:
-            strings |= {arg for _, arg, _ in pickletools.genops(stream) if isinstance(arg, str)}
-        except Exception:
-            break
+        strings = set()
+        for _ in range(3):  # protocol version, system info, then the checkpoint itself
+            strings |= _pickle_strings(f)
     return strings
 
 

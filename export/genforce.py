@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from export.checkpoints import CheckpointError, fit_state_dict, read_state_dict
+from export.checkpoints import CheckpointError, check_fit, expected_shapes, fit_state_dict, read_state_dict
 from export.stylegan import INIT_RES, RESOLUTIONS, GenforceConfig, ReferenceGenerator, channels
 
 # Keys under which training code commonly nests a state dict (genforce keeps its averaged
@@ -37,6 +37,8 @@ def load_genforce(path: Path, config: GenforceConfig | None = None) -> tuple[Gen
     if config is None:
         config = infer_config(state, path)
         what = f"the {config.resolution} px genforce StyleGAN its keys describe"
+    check_fit(expected_shapes(lambda: ReferenceGenerator(config)), state, path,  # before anything is allocated
+              what or "ReferenceGenerator")
     generator = fit_state_dict(ReferenceGenerator(config), state, path, what).eval()
     lod = float(generator.synthesis.lod)
     if lod != 0.0:
@@ -65,8 +67,8 @@ def infer_config(state: dict[str, torch.Tensor], path: Path) -> GenforceConfig:
     it. The mapping's lr multiplier (0.01) and the fused-scale threshold (128 px, genforce's
     "auto") leave no trace in a state dict and keep genforce's defaults; no final tanh.
     """
-    dense = _indices(state, r"mapping\.dense(\d+)\..+")
-    layers = _indices(state, r"synthesis\.layer(\d+)\..+")
+    dense = _indices(state, r"mapping\.dense(\d{1,9})\..+")  # a longer number is no layer: an unexpected key
+    layers = _indices(state, r"synthesis\.layer(\d{1,9})\..+")
     if any(k.startswith(("synthesis.early_layer.", "synthesis.output0.style.")) for k in state):
         raise CheckpointError(f"{path} looks like a genforce StyleGAN2 generator; only StyleGAN (v1) is supported")
     if not dense or not layers:
@@ -74,7 +76,7 @@ def infer_config(state: dict[str, torch.Tensor], path: Path) -> GenforceConfig:
                               f"synthesis.layer* keys (it has e.g. {', '.join(sorted(state)[:3]) or 'no keys'})")
     n_layers = layers[-1] + 1
     blocks = n_layers // 2
-    if n_layers % 2 or (INIT_RES << (blocks - 1)) not in RESOLUTIONS:
+    if n_layers % 2 or n_layers > 2 * len(RESOLUTIONS) + 2 or (INIT_RES << (blocks - 1)) not in RESOLUTIONS:
         raise CheckpointError(f"{path} has synthesis layers 0-{n_layers - 1}; a genforce StyleGAN has two per "
                               f"resolution from 4 px, 4 to 18 layers for 8 to 1024 px")
 

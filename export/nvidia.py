@@ -21,6 +21,11 @@ The two formulations compute the same image, so the conversion only renames and 
 - ToRGB: NVIDIA scales the styles by 1/sqrt(fan_in), rosinality the weight: same product;
 - noise: noise_const x noise_strength == noises.noise_i x noise.weight (constant noise);
 - conv_clamp clamps each layer after its activation gain, and the ToRGB output.
+
+Every setting read from the file is checked for its type and for the range real networks
+have (`_int`, `_number`; StyleGAN2Config's bounds) before anything is sized by it, and the
+tensors for what they store (`check_tensor_bytes`) before any is copied. The Python source
+the pickle embeds is never run; loading says so once.
 """
 from __future__ import annotations
 
@@ -29,9 +34,10 @@ from pathlib import Path
 
 import torch
 
-from export.checkpoints import CheckpointError, _first, fit_state_dict
+from export.checkpoints import CheckpointError, _first, check_tensor_bytes, describe, fit_state_dict
 from export.nvidia_pickle import PersistentRecord, read_nvidia_pickle
-from export.stylegan2 import StyleGAN2, StyleGAN2Config
+from export.stylegan2 import (MAX_CHANNELS, MAX_DIM, MAX_LR_MLP, MAX_MAPPING_LAYERS, MAX_RESOLUTION, StyleGAN2,
+                              StyleGAN2Config, _is_int, _is_real)
 
 # NVIDIA's default SynthesisNetwork widths and MappingNetwork learning-rate multiplier.
 CHANNEL_BASE, CHANNEL_MAX, LR_MULTIPLIER = 32768, 512, 0.01
@@ -45,14 +51,26 @@ def load_nvidia(path) -> tuple[StyleGAN2Config, StyleGAN2, torch.Tensor]:
     g = data.get("G_ema")
     if not isinstance(g, PersistentRecord):
         what = "no 'G_ema'" if g is None else f"a {type(g).__name__} as 'G_ema'"
-        raise CheckpointError(f"{path} has {what} (keys: {_first(map(str, data))}); an NVIDIA "
+        raise CheckpointError(f"{path} has {what} (keys: {_first(data)}); an NVIDIA "
                               f"network pickle stores its generator for inference as 'G_ema'")
+    _note_embedded_source(data, path)
     config = nvidia_config(g, path)
     state = g.state_dict()
+    check_tensor_bytes(state.items(), path, "G_ema's tensors")
     _check_tensors(state, nvidia_shapes(config), path)
     model = StyleGAN2(config)
     fit_state_dict(model, to_rosinality(state, config, model), path, what="StyleGAN2 (converted from G_ema)")
     return config, model.eval(), state["mapping.w_avg"].detach().float().clone()
+
+
+def _note_embedded_source(data: dict, path: Path) -> None:
+    """Say once that the file's embedded Python source (NVIDIA's loader execs it) was ignored."""
+    sources = {r.module_src for value in data.values() if isinstance(value, PersistentRecord)
+               for _, r in value.walk() if r.module_src}
+    if sources:
+        print(f"note: {path.name} embeds the Python source of its networks ({len(sources)} module(s), "
+              f"{sum(map(len, sources)):,} characters), which NVIDIA's own loader would run; it was ignored, "
+              f"never run: G_ema is rebuilt from its recorded settings and tensors", flush=True)
 
 
 def _setting(record: PersistentRecord, name: str, default=None):
@@ -60,6 +78,46 @@ def _setting(record: PersistentRecord, name: str, default=None):
     if name in record.attributes:
         return record.attributes[name]
     return record.init_kwargs.get(name, default)
+
+
+def _lookup(records: list[tuple[str, PersistentRecord | None]], name: str, default):
+    """(value, where) of setting `name` in the first of `records` ((dotted name, record)) that
+    has it, else (default, None): what `_setting(a, n, _setting(b, n, default))` reads."""
+    for where, record in records:
+        if record is not None and (name in record.attributes or name in record.init_kwargs):
+            return _setting(record, name), where
+    return default, None
+
+
+def _bad(path: Path, where: str | None, name: str, value, wanted: str) -> CheckpointError:
+    at = f"G_ema.{where}" if where else "G_ema"
+    return CheckpointError(f"{path}: {at} has {name} = {describe(value)}; {wanted}, so the file is refused "
+                           f"before anything is built")
+
+
+def _clamp(path: Path, where: str | None, value) -> float | None:
+    """A layer's conv_clamp: None (no clamp) or a finite number > 0."""
+    if value is None:
+        return None
+    if not _is_real(value) or not value > 0:
+        raise _bad(path, where, "conv_clamp", value, "it is None or a finite number > 0 (NVIDIA's networks: 256)")
+    return float(value)
+
+
+def _int(path: Path, records, name: str, default, low: int, high: int, note: str = "") -> int:
+    """Setting `name` as an int in [low, high] (not a bool, not a float)."""
+    value, where = _lookup(records, name, default)
+    if not _is_int(value) or not low <= value <= high:
+        raise _bad(path, where, name, value, f"an NVIDIA StyleGAN2 has an integer from {low:,} to {high:,} there{note}")
+    return int(value)
+
+
+def _number(path: Path, records, name: str, default, high: float, note: str = "") -> float:
+    """Setting `name` as a finite number in (0, high] (not a bool)."""
+    value, where = _lookup(records, name, default)
+    if not _is_real(value) or not 0 < value <= high:
+        raise _bad(path, where, name, value, f"an NVIDIA StyleGAN2 has a finite number in (0, {high:g}] there{note}")
+    return float(value)
 
 
 def _refuse_stylegan3(g: PersistentRecord, path: Path) -> None:
@@ -77,41 +135,55 @@ def nvidia_config(g: PersistentRecord, path: Path) -> StyleGAN2Config:
     if mapping is None or synthesis is None:
         raise CheckpointError(f"{path}: G_ema ({g.class_name}) has no mapping/synthesis networks "
                               f"(children: {_first(g.children) or 'none'}); is it a StyleGAN2 generator?")
-    c_dim = _setting(g, "c_dim", _setting(mapping, "c_dim", 0))
+    top = [("", g), ("mapping", mapping)]
+    c_dim = _int(path, top, "c_dim", 0, 0, 1 << 20)
     if c_dim:
         raise CheckpointError(f"{path}: G_ema is conditional (c_dim={c_dim}); class-conditional "
                               f"networks are not supported, only unconditional ones (c_dim=0)")
-    img_channels = _setting(g, "img_channels", _setting(synthesis, "img_channels", 3))
+    img_channels = _int(path, [("", g), ("synthesis", synthesis)], "img_channels", 3, 1, 1 << 20)
     if img_channels != 3:
         raise CheckpointError(f"{path}: G_ema makes {img_channels}-channel images; only RGB (3) is supported")
     blocks = {name: r for name, r in synthesis.children.items() if _BLOCK.fullmatch(name)}
-    archs = sorted({str(_setting(b, "architecture", _setting(synthesis, "architecture", "skip")))
-                    for b in blocks.values()})
-    if archs != ["skip"]:
-        raise CheckpointError(f"{path}: G_ema's synthesis architecture is {'/'.join(archs) or 'unknown'}; "
+    archs = set()
+    for name, block in blocks.items():
+        value, where = _lookup([(f"synthesis.{name}", block), ("synthesis", synthesis)], "architecture", "skip")
+        if not isinstance(value, str):
+            raise _bad(path, where, "architecture", value, "it is one of 'skip', 'resnet', 'orig'")
+        archs.add(value)
+    if sorted(archs) != ["skip"]:
+        raise CheckpointError(f"{path}: G_ema's synthesis architecture is "
+                              f"{'/'.join(describe(a).strip(chr(39)) for a in sorted(archs)) or 'unknown'}; "
                               f"only 'skip' (the StyleGAN2 config-F generator) is supported, not 'resnet'/'orig'")
     layers = [(f"synthesis.{b}.{n}", r) for b, block in blocks.items() for n, r in block.children.items()]
     convs = [(n, r) for n, r in layers if not n.endswith(".torgb")]
     _refuse_settings(path, mapping, convs)
-    clamps = {_setting(r, "conv_clamp", _setting(synthesis, "conv_clamp")) for _, r in layers}
+    clamps = {_clamp(path, *reversed(_lookup([(name, record), ("synthesis", synthesis)], "conv_clamp", None)))
+              for name, record in layers}
     if len(clamps) > 1:
         raise CheckpointError(f"{path}: G_ema's layers clamp at different values {sorted(map(str, clamps))}")
-    conv_clamp = clamps.pop() if clamps else _setting(synthesis, "conv_clamp")
-    base = _setting(synthesis, "channel_base", CHANNEL_BASE)
-    cmax = _setting(synthesis, "channel_max", CHANNEL_MAX)
+    conv_clamp = clamps.pop() if clamps else _clamp(path, "synthesis", _setting(synthesis, "conv_clamp"))
+    syn = [("synthesis", synthesis)]
+    base = _int(path, syn, "channel_base", CHANNEL_BASE, 1, MAX_CHANNELS * MAX_RESOLUTION)
+    cmax = _int(path, syn, "channel_max", CHANNEL_MAX, 1, MAX_CHANNELS)
     fc0 = mapping.children.get("fc0")
-    lr = _setting(fc0, "bias_gain", None) if fc0 is not None else None  # bias_gain is the lr multiplier
+    if fc0 is not None and _lookup([("mapping.fc0", fc0)], "bias_gain", None)[0] is not None:
+        lr = _number(path, [("mapping.fc0", fc0)], "bias_gain", None, MAX_LR_MLP)  # bias_gain is the lr multiplier
+    else:
+        lr = _number(path, [("mapping", mapping)], "lr_multiplier", LR_MULTIPLIER, MAX_LR_MLP)
+    resolution = _int(path, [("", g), ("synthesis", synthesis)], "img_resolution", 0, 8, MAX_RESOLUTION,
+                      " (a power of two)")
+    if resolution & (resolution - 1):
+        raise _bad(path, _lookup([("", g), ("synthesis", synthesis)], "img_resolution", 0)[1], "img_resolution",
+                   resolution, f"an NVIDIA StyleGAN2 has a power of two from 8 to {MAX_RESOLUTION} there")
     try:
-        resolution = int(_setting(g, "img_resolution", _setting(synthesis, "img_resolution", 0)))
         return StyleGAN2Config(
             resolution=resolution,
-            channels=tuple((4 << i, min(int(base) // (4 << i), int(cmax)))
-                           for i in range(max(resolution.bit_length() - 2, 0))),
-            z_dim=int(_setting(g, "z_dim", _setting(mapping, "z_dim", 0))),
-            w_dim=int(_setting(g, "w_dim", _setting(mapping, "w_dim", 0))),
-            n_mlp=int(_setting(mapping, "num_layers", 8)),
-            lr_mlp=float(lr if lr is not None else _setting(mapping, "lr_multiplier", LR_MULTIPLIER)),
-            conv_clamp=None if conv_clamp is None else float(conv_clamp))
+            channels=tuple((4 << i, min(base // (4 << i), cmax)) for i in range(resolution.bit_length() - 2)),
+            z_dim=_int(path, top, "z_dim", 0, 1, MAX_DIM),
+            w_dim=_int(path, top, "w_dim", 0, 1, MAX_DIM),
+            n_mlp=_int(path, [("mapping", mapping)], "num_layers", 8, 1, MAX_MAPPING_LAYERS,
+                       " (8 in every published network)"),
+            lr_mlp=lr, conv_clamp=conv_clamp)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: G_ema's architecture does not fit StyleGAN2: {exc}") from None
 
@@ -121,10 +193,13 @@ def _refuse_settings(path: Path, mapping: PersistentRecord, convs) -> None:
     fcs = [(f"mapping.{n}", r) for n, r in mapping.children.items() if re.fullmatch(r"fc\d+", n)]
     for name, record in fcs + convs:
         act = _setting(record, "activation", "lrelu")
-        if act != "lrelu":
-            raise CheckpointError(f"{path}: G_ema.{name} uses activation {act!r}; only 'lrelu' is supported")
+        if not isinstance(act, str) or act != "lrelu":
+            raise CheckpointError(f"{path}: G_ema.{name} uses activation {describe(act)}; only 'lrelu' is supported")
     for name, record in convs:
-        if not _setting(record, "use_noise", True):
+        use_noise = _setting(record, "use_noise", True)
+        if not isinstance(use_noise, bool):
+            raise _bad(path, name, "use_noise", use_noise, "it is True or False")
+        if not use_noise:
             raise CheckpointError(f"{path}: G_ema.{name} has no noise input (use_noise=False), "
                                   f"which is not supported")
 

@@ -14,11 +14,19 @@ kept as text, never executed; tensors are rebuilt from their storages by
 `torch.load(..., weights_only=True)`; numpy scalars and arrays from their raw bytes,
 numeric dtypes only. Any other global (`os.system`, `builtins.eval`, ...) is refused
 before it is called, so a hostile file fails with a `CheckpointError` and runs nothing.
+
+What a small file can make the reader build is bounded too (issue 22): memo references
+let a 700-byte pickle stand for a billion list items, so every container copied out of
+the pickle and every network's tables count against `MAX_OBJECTS` for the whole file,
+containers nest at most `MAX_DEPTH` deep, and networks at most `MAX_NETWORK_DEPTH`
+deep with at most `MAX_NETWORK_ITEMS` modules and tensors each (shared sub-networks
+counted every time they are reached, as walking them would).
 """
 from __future__ import annotations
 
 import builtins
 import collections
+import contextvars
 import io
 import pickle
 import warnings
@@ -29,7 +37,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from export.checkpoints import CheckpointError
+from export.checkpoints import CheckpointError, check_torch_zip, describe, refused_global, torch_refusal
 
 # nn.Module bookkeeping in a pickled module's state: the training flag and hook tables.
 _MODULE_INTERNALS = frozenset({
@@ -40,6 +48,14 @@ _MODULE_INTERNALS = frozenset({
     "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_init_args", "_init_kwargs",
 })
 _NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex: plain bytes, no Python objects
+# What one file may make the reader build. A real network pickle (ffhq.pkl: G, D, G_ema and
+# the augment pipe) has a few thousand settings and tensors, modules nest 5 deep and its
+# settings 4 deep; these bounds are far above that and far below what exhausts a machine.
+MAX_OBJECTS = 2_000_000       # container items copied out of the pickle, and networks' table entries
+MAX_DEPTH = 64                # nesting of lists, tuples and dicts
+MAX_NETWORK_DEPTH = 32        # nesting of persistent networks
+MAX_NETWORK_ITEMS = 100_000    # modules and tensors under one network, shared ones counted each time
+_budget: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("nvidia_pickle_budget", default=None)
 
 
 class _Refused(Exception):
@@ -63,6 +79,8 @@ class PersistentRecord:
     children: dict[str, PersistentRecord]
     version: int | None = None
     module_src: str = field(default="", repr=False)
+    depth: int = field(default=1, repr=False)   # 1 + its deepest child's
+    items: int = field(default=1, repr=False)   # modules and tensors in its tree, as walk() and state_dict() see it
 
     def __setstate__(self, state):  # a file's BUILD opcode may not patch a record
         raise _Refused("tries to overwrite a recorded network's state")
@@ -100,18 +118,54 @@ class EasyDict(dict):
 
 
 def _first_line(exc: Exception) -> str:
-    return f"{type(exc).__name__}: " + (str(exc).strip().splitlines() or [""])[0]
+    try:
+        line = (str(exc).strip().splitlines() or [""])[0]
+    except Exception:  # noqa: BLE001 - an exception whose message cannot be built (a deep repr)
+        line = ""
+    return f"{type(exc).__name__}: " + (line if len(line) <= 200 else line[:200] + "...")
 
 
-def _plain(value):
-    """EasyDicts (nested in lists, tuples, dicts) as plain dicts; numpy arrays as arrays."""
+def _spend(count: int) -> None:
+    """Count `count` objects against the file's budget (MAX_OBJECTS)."""
+    budget = _budget.get()
+    if budget is None:  # called outside read_nvidia_pickle: a budget of its own
+        budget = [MAX_OBJECTS]
+        _budget.set(budget)
+    budget[0] -= count
+    if budget[0] < 0:
+        raise _Refused(f"expands to more than {MAX_OBJECTS:,} objects (containers shared through the "
+                       f"pickle's memo and copied out, e.g. a 'billion laughs' file); no network pickle "
+                       f"has that many")
+
+
+def _plain(value, depth: int = 0):
+    """EasyDicts (nested in lists, tuples, dicts) as plain dicts; numpy arrays as arrays.
+
+    Every container copied counts against the file's budget with its items, shared ones each
+    time they are reached, and containers nest at most MAX_DEPTH deep: a pickle cannot make
+    this copy grow without bound or recurse past Python's stack.
+    """
     if isinstance(value, _NumpyArray):
         return value.value
+    if not isinstance(value, (dict, list, tuple)):
+        return value
+    if depth >= MAX_DEPTH:
+        raise _Refused(f"nests lists, tuples or dicts more than {MAX_DEPTH} deep; no network pickle does")
+    _spend(1 + len(value))
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    return value
+        return {k: _plain(v, depth + 1) for k, v in value.items()}
+    return type(value)(_plain(v, depth + 1) for v in value)
+
+
+def _table(state: dict, key: str, name: str) -> dict:
+    """One of a module state's tables (`_parameters`, `_buffers`, `_modules`): a dict by name."""
+    table = state.get(key)
+    if table is None:
+        return {}
+    if not isinstance(table, dict) or not all(isinstance(k, str) for k in table):
+        raise _Refused(f"holds a {name} whose {key} is not a table of names")
+    _spend(len(table))
+    return table
 
 
 def _persistent_record(meta) -> PersistentRecord:
@@ -119,40 +173,62 @@ def _persistent_record(meta) -> PersistentRecord:
     if not isinstance(meta, dict) or not isinstance(meta.get("state"), dict):
         raise _Refused("holds a persistent object whose meta is not a dict with a 'state' dict")
     if meta.get("type") != "class" or not isinstance(meta.get("class_name"), str):
-        raise _Refused(f"holds a persistent object of type {meta.get('type')!r} named "
-                       f"{meta.get('class_name')!r}; only classes are supported")
-    name, state = meta["class_name"], meta["state"]
+        raise _Refused(f"holds a persistent object of type {describe(meta.get('type'))} named "
+                       f"{describe(meta.get('class_name'))}; only classes are supported")
+    name, state = describe(meta["class_name"], 60).strip("'"), meta["state"]
+    if not all(isinstance(k, str) for k in state):
+        raise _Refused(f"holds a {name} whose state is not a table of attribute names")
     tensors = {}
     for table in ("_parameters", "_buffers"):
-        tensors.update({k: v for k, v in (state.get(table) or {}).items() if v is not None})
-    children = {k: v for k, v in (state.get("_modules") or {}).items() if v is not None}
+        tensors.update({k: v for k, v in _table(state, table, name).items() if v is not None})
+    children = {k: v for k, v in _table(state, "_modules", name).items() if v is not None}
     for key, value in list(tensors.items()) + list(children.items()):
         if not isinstance(value, torch.Tensor if key in tensors else PersistentRecord):
-            raise _Refused(f"holds a {name} whose {key!r} is a {type(value).__name__}, "
+            raise _Refused(f"holds a {name} whose {describe(key)} is a {type(value).__name__}, "
                            f"not a tensor or a persistent network")
+    depth = 1 + max((child.depth for child in children.values()), default=0)
+    items = 1 + len(tensors) + sum(child.items for child in children.values())
+    if depth > MAX_NETWORK_DEPTH or items > MAX_NETWORK_ITEMS:
+        raise _Refused(f"holds a {name} whose sub-networks nest {depth} deep with {items:,} modules and tensors "
+                       f"(shared ones counted each time); a network has at most {MAX_NETWORK_DEPTH} levels and "
+                       f"{MAX_NETWORK_ITEMS:,} of them")
     init_args, init_kwargs = state.get("_init_args", ()), state.get("_init_kwargs", {})
     if not isinstance(init_args, (tuple, list)) or not isinstance(init_kwargs, dict):
         raise _Refused(f"holds a {name} whose constructor arguments are not a tuple and a dict")
     attributes = {k: _plain(v) for k, v in state.items() if k not in _MODULE_INTERNALS}
     src = meta.get("module_src")
     version = meta.get("version")
-    return PersistentRecord(name, tuple(_plain(init_args)), _plain(init_kwargs), attributes, tensors,
-                            children, version if isinstance(version, int) else None,
-                            src if isinstance(src, str) else "")
+    return PersistentRecord(meta["class_name"], tuple(_plain(init_args)), _plain(init_kwargs), attributes, tensors,
+                            children, version if isinstance(version, int) and not isinstance(version, bool) else None,
+                            src if isinstance(src, str) else "", depth, items)
 
 
 def _load_storage(data) -> torch.storage.TypedStorage:
     """Stand-in for `torch.storage._load_from_bytes`, which would call torch.load unrestricted."""
     if not isinstance(data, (bytes, bytearray)):
         raise _Refused(f"holds a tensor storage given as {type(data).__name__}, not bytes")
+    data = bytes(data)
+    if data[:4] == b"PK\x03\x04":  # torch.load would read it as a zip archive: bounded first, like a file
+        try:
+            check_torch_zip(Path("the storage"), data)
+        except CheckpointError as exc:
+            raise _Refused(f"holds a tensor storage whose zip archive is refused ({str(exc).split(': ', 1)[-1]})") \
+                from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TypedStorage deprecation notices
-            storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+            storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            nbytes = storage.nbytes() if isinstance(storage, torch.storage.TypedStorage) else 0
     except Exception as exc:  # torch raises several types for corrupt or unsafe bytes
-        raise _Refused(f"holds a tensor storage that a weights-only load refuses ({_first_line(exc)})") from None
+        found = refused_global(exc)
+        if found:  # the global by name; never torch's advice to load without the safe mode
+            raise _Refused(f"holds a tensor storage whose data pickles {found}, which a safe load refuses "
+                           f"and never runs") from None
+        raise _Refused(f"holds a tensor storage that cannot be read ({torch_refusal(exc)})") from None
     if not isinstance(storage, torch.storage.TypedStorage):
         raise _Refused(f"holds a tensor storage that is a {type(storage).__name__}")
+    if nbytes > len(data):
+        raise _Refused(f"holds a tensor storage of {nbytes:,} bytes stored in {len(data):,}")
     return storage
 
 
@@ -269,8 +345,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         hint = ""
         if str(module).startswith("dnnlib.tflib"):
             hint = " (a TensorFlow StyleGAN pickle: convert it with NVIDIA's legacy.py where you trust it)"
-        raise CheckpointError(f"{self._path} refers to {module}.{name}, which is not in the allow-list of "
-                              f"an NVIDIA StyleGAN2 pickle; refusing to load it{hint}")
+        raise CheckpointError(f"{self._path} refers to {str(module)[:100]}.{str(name)[:100]}, which is not in "
+                              f"the allow-list of an NVIDIA StyleGAN2 pickle; refusing to load it{hint}")
 
 
 def read_nvidia_pickle(path) -> dict:
@@ -287,14 +363,23 @@ def read_nvidia_pickle(path) -> dict:
             raise CheckpointError(f"{path} is a torch zip checkpoint (torch.save), not an NVIDIA "
                                   f"network pickle; load it as a rosinality/state-dict checkpoint")
         f.seek(0)
+        token = _budget.set([MAX_OBJECTS])
         try:
             data = _RestrictedUnpickler(f, path).load()
+            if not isinstance(data, dict):
+                raise CheckpointError(f"{path} holds a {type(data).__name__}, not the dict of an NVIDIA network pickle")
+            return _plain(data)
         except CheckpointError:
             raise
         except _Refused as exc:
             raise CheckpointError(f"{path} {exc}; refusing to load it") from None
+        except RecursionError:  # a structure nested past Python's stack on the way in
+            raise CheckpointError(f"{path} nests its data deeper than Python can follow; no network pickle "
+                                  f"does, refusing to load it") from None
+        except MemoryError:
+            raise CheckpointError(f"{path} asks for more memory than this machine has while it is read; "
+                                  f"refusing to load it") from None
         except Exception as exc:  # pickle raises many types for corrupt or truncated input
             raise CheckpointError(f"cannot read {path} as an NVIDIA network pickle ({_first_line(exc)})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} holds a {type(data).__name__}, not the dict of an NVIDIA network pickle")
-    return _plain(data)
+        finally:
+            _budget.reset(token)

@@ -16,31 +16,18 @@ from pathlib import Path
 
 import torch
 
-from export.checkpoints import CheckpointError, _first, fit_state_dict
+from export.checkpoints import (CheckpointError, _first, check_fit, check_tensor_bytes, expected_shapes,
+                                fit_state_dict, safe_torch_load)
 from export.stylegan2 import StyleGAN2, StyleGAN2Config
 
-_UNSUPPORTED = re.compile(r"GLOBAL ([\w.]+)")  # torch names the refused global this way
-_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")  # torch's
 
 
 def _read(path: Path):
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        found = _UNSUPPORTED.search(str(exc))
-        if found:
-            raise CheckpointError(
-                f"{path} pickles {found.group(1)}, which a safe (weights-only) load refuses; re-save "
-                f"its generator as a plain state dict (torch.save(ckpt['g_ema'], ...)) where you trust "
-                f"the file, or load an NVIDIA .pkl with the NVIDIA loader") from None
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = next((line for line in lines if not line.startswith(_BOILERPLATE)), lines[0] if lines else "")
-        detail = detail.split(". ")[0]  # torch's first sentence says what failed
-        raise CheckpointError(f"cannot read {path} as a torch checkpoint ({type(exc).__name__}: {detail}); "
-                              f"is it a rosinality .pt file?") from exc
+    """The checkpoint, read by `safe_torch_load`: its archive bounded first, weights only,
+    `argparse.Namespace` (train.py's `args`) the one global allowed."""
+    return safe_torch_load(path, [argparse.Namespace],
+                           "re-save its generator as a plain state dict (torch.save(ckpt['g_ema'], ...)) "
+                           "where you trust the file, or load an NVIDIA .pkl with the NVIDIA loader")
 
 
 def _generator_state(path: Path, ckpt) -> tuple[dict, torch.Tensor | None]:
@@ -54,17 +41,19 @@ def _generator_state(path: Path, ckpt) -> tuple[dict, torch.Tensor | None]:
             raise CheckpointError(f"{path}: 'g_ema' is a {type(state).__name__}, not a state dict")
     if "style.1.weight" not in state:
         raise CheckpointError(f"{path} is not a rosinality StyleGAN2 checkpoint: no 'g_ema' and no "
-                              f"'style.1.weight' among its keys ({_first(map(str, state))})")
-    bad = [str(k) for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+                              f"'style.1.weight' among its keys ({_first(state)})")
+    bad = [k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
     if bad:
         raise CheckpointError(f"{path}: {len(bad)} generator entries are not (name, tensor) pairs: {_first(bad)}")
     if latent_avg is not None and not isinstance(latent_avg, torch.Tensor):
         raise CheckpointError(f"{path}: 'latent_avg' is a {type(latent_avg).__name__}, not a tensor")
+    check_tensor_bytes(list(state.items()) + ([("latent_avg", latent_avg)] if latent_avg is not None else []),
+                       path, "its generator's tensors")
     return state, latent_avg
 
 
 def _indices(state: dict, prefix: str) -> set[int]:
-    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    pattern = re.compile(re.escape(prefix) + r"\.(\d{1,9})\.")  # a longer number is no layer: an unexpected key
     return {int(m.group(1)) for k in state if (m := pattern.match(k))}
 
 
@@ -106,8 +95,9 @@ def load_rosinality(path) -> tuple[StyleGAN2Config, StyleGAN2, torch.Tensor | No
         config = infer_config(state)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    model = fit_state_dict(StyleGAN2(config), state, path, what=f"a rosinality StyleGAN2 generator "
-                           f"({config.resolution} px, n_mlp {config.n_mlp}, inferred from its keys)")
+    what = f"a rosinality StyleGAN2 generator ({config.resolution} px, n_mlp {config.n_mlp}, inferred from its keys)"
+    check_fit(expected_shapes(lambda: StyleGAN2(config)), state, path, what)  # before anything is allocated
+    model = fit_state_dict(StyleGAN2(config), state, path, what)
     if latent_avg is not None:
         if latent_avg.numel() != config.w_dim:
             raise CheckpointError(f"{path}: latent_avg has shape {tuple(latent_avg.shape)}, expected ({config.w_dim},)")

@@ -47,9 +47,19 @@ def channels(res: int, fmaps_base: int = 16 << 10, fmaps_max: int = 512) -> int:
     return min(fmaps_base // res, fmaps_max)
 
 
-def _check_int(name: str, value, minimum: int = 1) -> None:
+# Bounds on a generator's settings, read from a file's shapes and checked before anything is
+# built: far above genforce's (z/w/fmaps 512, 8 mapping layers, 512 channels), far below what
+# exhausts a machine.
+MAX_DIM = 4096            # z_dim, w_dim, label_dim, embed_dim, mapping_fmaps, channels
+MAX_MAPPING_LAYERS = 32
+
+
+def _check_int(name: str, value, minimum: int = 1, maximum: int = MAX_DIM) -> None:
+    shown = repr(value) if isinstance(value, int) and value.bit_length() <= 64 else f"a {type(value).__name__}"
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {shown}")
+    if value > maximum:
+        raise ValueError(f"{name} must be at most {maximum} (no real StyleGAN has more), got {shown}")
 
 
 @dataclass(frozen=True)
@@ -72,10 +82,15 @@ class GenforceConfig:
     fused_min_res: int = FUSED_MIN_RES       # genforce's fused_scale "auto"
 
     def __post_init__(self):
-        if self.resolution not in RESOLUTIONS:
+        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or \
+                self.resolution not in RESOLUTIONS:
             raise ValueError(f"resolution must be one of {', '.join(map(str, RESOLUTIONS))}, got {self.resolution!r}")
-        for name in ("z_dim", "w_dim", "mapping_layers", "mapping_fmaps", "fused_min_res"):
+        for name in ("z_dim", "w_dim", "mapping_fmaps", "fused_min_res"):
             _check_int(name, getattr(self, name))
+        _check_int("mapping_layers", self.mapping_layers, maximum=MAX_MAPPING_LAYERS)
+        if isinstance(self.mapping_lr_mul, bool) or not isinstance(self.mapping_lr_mul, (int, float)) or \
+                not 0 < self.mapping_lr_mul < math.inf:
+            raise ValueError(f"mapping_lr_mul must be a finite number > 0, got {self.mapping_lr_mul!r}")
         _check_int("label_dim", self.label_dim, minimum=0)
         if self.label_dim == 0 and self.embed_dim not in (None, 0):
             raise ValueError(f"embed_dim is for a label; with label_dim 0 it must be None or 0, not {self.embed_dim!r}")

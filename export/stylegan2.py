@@ -24,15 +24,44 @@ output after the activation gain, as StyleGAN2-ADA's `bias_act` does.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from export.checkpoints import describe
+
 FIR = (1.0, 3.0, 3.0, 1.0)  # the paper's up-sampling filter, as an outer product
 GAIN = math.sqrt(2.0)       # leaky ReLU gain that keeps activations at unit variance
 EPS = 1e-8
+
+
+# Bounds on a generator's settings: well above every published StyleGAN2 (config F: 1024 px,
+# z/w 512, 8 mapping layers, at most 512 channels), far below what exhausts a machine.
+MAX_RESOLUTION = 4096
+MAX_DIM = 4096             # z_dim, w_dim
+MAX_MAPPING_LAYERS = 32
+MAX_CHANNELS = 4096
+MAX_LR_MLP = 100.0
+
+
+def _is_int(value) -> bool:
+    """An integer and not a bool (True is 1 to Python, never a width to a network)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    """A finite real number and not a bool."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(value))
+
+
+def _short(value) -> str:
+    """A setting for an error message, short whatever it is (a file may put anything there)."""
+    return describe(value)
 
 
 @dataclass(frozen=True)
@@ -48,24 +77,32 @@ class StyleGAN2Config:
     conv_clamp: float | None = None        # NVIDIA nets clamp activations to +-conv_clamp (256)
 
     def __post_init__(self):
+        # Ranges real networks have, checked before anything is built: a file's settings
+        # decide how much is allocated (a 10^7-layer mapping, a 10^6-wide z).
         r = self.resolution
-        if not isinstance(r, int) or r < 8 or r & (r - 1):
-            raise ValueError(f"resolution must be a power of two >= 8, got {r!r}")
+        if not _is_int(r) or not 8 <= r <= MAX_RESOLUTION or r & (r - 1):
+            raise ValueError(f"resolution must be a power of two from 8 to {MAX_RESOLUTION}, got {_short(r)}")
         try:
-            table = tuple((int(res), int(c)) for res, c in self.channels)
+            table = tuple((res, c) for res, c in self.channels)
         except (TypeError, ValueError):
-            raise ValueError(f"channels must be (res, channels) pairs, got {self.channels!r}") from None
-        wanted = [4 << i for i in range(int(math.log2(r)) - 1)]
-        if [res for res, _ in table] != wanted or min(c for _, c in table) < 1:
-            raise ValueError(f"channels must give a positive width for res = {wanted}, got {table}")
+            raise ValueError(f"channels must be (res, channels) pairs, got {_short(self.channels)}") from None
+        wanted = [4 << i for i in range(int(r).bit_length() - 2)]
+        if not all(_is_int(res) and _is_int(c) for res, c in table):
+            raise ValueError(f"channels must be (res, channels) pairs of integers, got {_short(self.channels)}")
+        table = tuple((int(res), int(c)) for res, c in table)
+        if [res for res, _ in table] != wanted or not all(1 <= c <= MAX_CHANNELS for _, c in table):
+            raise ValueError(f"channels must give a width from 1 to {MAX_CHANNELS} for res = {wanted}, "
+                             f"got {_short(table) if len(table) > len(wanted) + 4 else table}")
         object.__setattr__(self, "channels", table)
-        for name in ("z_dim", "w_dim", "n_mlp"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
-        if not self.lr_mlp > 0:
-            raise ValueError(f"lr_mlp must be > 0, got {self.lr_mlp!r}")
-        if self.conv_clamp is not None and not self.conv_clamp > 0:
-            raise ValueError(f"conv_clamp must be None or > 0, got {self.conv_clamp!r}")
+        for name, top in (("z_dim", MAX_DIM), ("w_dim", MAX_DIM), ("n_mlp", MAX_MAPPING_LAYERS)):
+            value = getattr(self, name)
+            if not _is_int(value) or not 1 <= value <= top:
+                raise ValueError(f"{name} must be an integer from 1 to {top}, got {_short(value)}")
+            object.__setattr__(self, name, int(value))
+        if not _is_real(self.lr_mlp) or not 0 < self.lr_mlp <= MAX_LR_MLP:
+            raise ValueError(f"lr_mlp must be a finite number in (0, {MAX_LR_MLP:g}], got {_short(self.lr_mlp)}")
+        if self.conv_clamp is not None and not (_is_real(self.conv_clamp) and self.conv_clamp > 0):
+            raise ValueError(f"conv_clamp must be None or a finite number > 0, got {_short(self.conv_clamp)}")
 
     @property
     def num_ws(self) -> int:
