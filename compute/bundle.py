@@ -37,6 +37,8 @@ def write_directory(out: Path, files: dict[str, bytes], manifest: dict, manifest
     Everything goes to a temporary sibling directory that is renamed into place at the end,
     so an interrupted write never leaves a directory that looks like a bundle or an editor.
     """
+    from compute.files import write_bytes_atomic, write_text_atomic
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for name in (*files, manifest_name):
@@ -44,14 +46,16 @@ def write_directory(out: Path, files: dict[str, bytes], manifest: dict, manifest
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         for name, data in files.items():
-            (staging / name).write_bytes(data)
+            write_bytes_atomic(staging / name, data)
         # The manifest goes last: a staging directory without one is never a bundle.
-        (staging / manifest_name).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_text_atomic(staging / manifest_name, json.dumps(manifest, indent=2) + "\n")
         os.chmod(staging, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
+        if out.is_symlink() or (out.exists() and not out.is_dir()):
+            out.unlink()  # a link (or a file) at the name is replaced, never written through
         if out.exists():
-            retired = out.with_name(f".{out.name}.retired")
-            shutil.rmtree(retired, ignore_errors=True)
-            out.rename(retired)
+            # A fresh empty directory (never a planted name) that the old one replaces, then removed.
+            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.retired-", dir=out.parent))
+            os.replace(out, retired)
             staging.rename(out)
             shutil.rmtree(retired, ignore_errors=True)
         else:

@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from compute.files import write_text_atomic
 from compute.plots import to_rgb
+from compute.runlock import holding_run_lock
 from compute.runs import CASES_FILE, VECTORS_FILE, recorded_path
 from compute.sessions import CALL_PIXELS, make_session, num_ws, run_single, synthesize
 from compute.tables import read_metadata, vector_matrix
@@ -137,6 +139,7 @@ def _header(method: Method) -> str:
     return "".join(head)
 
 
+@holding_run_lock("run")
 def write_gallery(run: Path, bundle, top: int = 100, out: Path | None = None) -> Path:
     """Write the picking page for RUN's passed cases (the best `top` by sum of |corr|) to
     `out` (default RUN/gallery.html); returns its path. `bundle` must be the run's own."""
@@ -168,9 +171,7 @@ def write_gallery(run: Path, bundle, top: int = 100, out: Path | None = None) ->
         head=_header(method), rows="\n".join(_rows(shown, strips, method)),
         data=json.dumps(data).replace("</", "<\\/"), script=SCRIPT)
     out = Path(out) if out is not None else run / GALLERY_FILE
-    tmp = out.with_name(f".{out.name}.partial")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, page)
     return out
 
 

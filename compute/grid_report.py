@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from compute.plots import pyplot
+from compute.files import atomic_file, write_text_atomic
+from compute.plots import fig_text, md_text, pyplot
 
 
 def write_grid_md(table: pa.Table, run: Path, properties) -> Path:
@@ -31,9 +32,9 @@ def write_grid_md(table: pa.Table, run: Path, properties) -> Path:
                 f"{cell[(n, r)]['passed']} ({cell[(n, r)]['sum_mean_abs_corr']:.3f})" for r in ratios) + " |")
         top = ns[-1]
         lines += ["", f"## Space {space}: by ratio at n = {top:,}", "",
-                  "| ratio | " + " | ".join(f"SVM acc {p}" for p in properties) + " | "
-                  + " | ".join(f"stability {p}" for p in properties) + " | "
-                  + " | ".join(f"mean corr {p}" for p in properties) + " | sum | passed |",
+                  "| ratio | " + " | ".join(f"SVM acc {md_text(p)}" for p in properties) + " | "
+                  + " | ".join(f"stability {md_text(p)}" for p in properties) + " | "
+                  + " | ".join(f"mean corr {md_text(p)}" for p in properties) + " | sum | passed |",
                   "|---|" + "---|" * (3 * len(properties) + 2)]
         for r in ratios:
             c = cell[(top, r)]
@@ -51,22 +52,24 @@ def write_grid_md(table: pa.Table, run: Path, properties) -> Path:
             ax.set_xlabel("ratio")
             ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(run / f"grid_{tag}_sum_and_passed.png", dpi=90)
+        with atomic_file(run / f"grid_{tag}_sum_and_passed.png", "wb") as f:
+            fig.savefig(f, format="png", dpi=90)
         plt.close(fig)
         fig, axes = plt.subplots(1, len(properties), figsize=(4 * len(properties), 3.3), squeeze=False)
         for ax, p in zip(axes[0], properties):
             for n in ns:
                 ax.plot(ratios, [cell[(n, r)][f"mean_corr_{p}"] for r in ratios], marker="o", label=f"n={n:,}")
-            ax.set_title(f"mean |corr| {p}")
+            ax.set_title(f"mean |corr| {fig_text(p)}")
             ax.set_xlabel("ratio")
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(run / f"grid_{tag}_per_property.png", dpi=90)
+        with atomic_file(run / f"grid_{tag}_per_property.png", "wb") as f:
+            fig.savefig(f, format="png", dpi=90)
         plt.close(fig)
         lines += ["", f"![sum and passed](grid_{tag}_sum_and_passed.png)", "",
                   f"![per property](grid_{tag}_per_property.png)", ""]
     path = Path(run) / "grid.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -74,8 +77,8 @@ def estimator_table(rows: list[dict], properties) -> list[str]:
     """The estimators side by side, one row per (space, n, ratio, estimator), all on the same cases."""
     truth = any(r.get("identity_spread") is not None for r in rows)
     lines = ["## Estimators side by side (same samples, same test cases)", "",
-             "| space | n | ratio | estimator | " + " | ".join(f"mean corr {p}" for p in properties)
-             + " | passed | consistency | " + " | ".join(f"stability {p}" for p in properties)
+             "| space | n | ratio | estimator | " + " | ".join(f"mean corr {md_text(p)}" for p in properties)
+             + " | passed | consistency | " + " | ".join(f"stability {md_text(p)}" for p in properties)
              + (" | identity spread" if truth else "") + " | fit s |",
              "|---|---|---|---|" + "---|" * (2 * len(properties) + 3 + truth)]
     for r in sorted(rows, key=lambda r: (r["space"], r["n"], r["ratio"], r.get("estimator") or "svm")):

@@ -11,6 +11,7 @@ from pathlib import Path
 from compute.fitting import fit_directions
 from compute.gallery import write_gallery
 from compute.report import write_report
+from compute.runlock import holding_run_lock
 from compute.sampling import check_sampling_input, sample_table
 from compute.testing import run_test
 from vectors.errors import InputError
@@ -26,6 +27,7 @@ def check_run_input(bundle, method: Method, n: int, cases: int, seed: int, run: 
     check_sampling_input(bundle, n, seed, run)
 
 
+@holding_run_lock("run")  # the whole method holds RUN's lock; the stages take it again
 def run_method(run: Path, bundle, method: Method = Method(), n: int = 80000, cases: int = 500, seed: int = 0,
                resources=None, batch_size: int | None = None, drop_nonfinite: bool = False,
                progress: bool = True) -> dict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from compute.editor import Editor
+from compute.files import atomic_file
 from compute.plots import to_rgb
 from compute.tables import vector_matrix
 from vectors.errors import InputError
@@ -245,8 +245,7 @@ def _write_pngs(out: Path, pictures: dict[str, np.ndarray]) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, rgb in pictures.items():
-        tmp = out / f".{name}.partial"
-        imsave(tmp, rgb, format="png")
-        os.replace(tmp, out / name)
+        with atomic_file(out / name, "wb") as f:
+            imsave(f, rgb, format="png")
         written.append(out / name)
     return written

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from compute.plots import pyplot, to_rgb
+from compute.files import atomic_file, write_text_atomic
+from compute.plots import fig_text, md_code_fence, md_text, pyplot, to_rgb
+from compute.runlock import holding_run_lock
 from compute.runs import CASES_FILE, REPORT_FILE, SUMMARY_FILE, VECTORS_FILE, recorded_path
 from compute.sessions import make_session, num_ws, run_single, synthesize
 from compute.tables import read_metadata, vector_matrix
@@ -27,27 +29,29 @@ def correlation_histograms(cases, properties, out: Path) -> None:
     for ax, prop in zip(axes[0], properties):
         values = cases[f"corr_{prop}"].to_numpy()
         ax.hist(values[np.isfinite(values)], bins=np.linspace(-1, 1, 41), color="#4477aa")
-        ax.set_title(f"corr {prop} (mean {np.nanmean(values):.3f})")
+        ax.set_title(f"corr {fig_text(prop)} (mean {np.nanmean(values):.3f})")
         ax.set_xlabel("Pearson corr, intended vs measured")
     axes[0][0].set_ylabel("cases")
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    with atomic_file(out, "wb") as f:
+        fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
 
 
-def passes_per_group(summary: dict, method: Method, out: Path) -> None:
+def passes_per_group(summary: dict, group_names, group_by, out: Path) -> None:
     plt = pyplot()
-    names = method.group_names
+    names = list(group_names)
     per = summary["per_group"]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(3.5, 0.8 * len(names) + 1), 3.2))
     ax.bar(x - 0.2, [per[g]["cases"] for g in names], 0.4, label="cases", color="#bbbbbb")
     ax.bar(x + 0.2, [per[g]["passed"] for g in names], 0.4, label="passed", color="#228833")
-    ax.set_xticks(x, names)
-    ax.set_xlabel(f"group ({', '.join(method.group_by) or 'no grouping'}: h/l)")
+    ax.set_xticks(x, [fig_text(g) for g in names])
+    ax.set_xlabel(fig_text(f"group ({', '.join(group_by) or 'no grouping'}: h/l)"))
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    with atomic_file(out, "wb") as f:
+        fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
 
 
@@ -79,10 +83,11 @@ def edit_grid(bundle, cases, matrices: dict, method: Method, out: Path) -> list[
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
-                ax.set_title(f"{prop} {weight:+g}", fontsize=7)
-        axes[row, 0].set_ylabel(f"case {int(cases['case_id'][i])}\n{groups[row]}", fontsize=7)
+                ax.set_title(f"{fig_text(prop)} {weight:+g}", fontsize=7)
+        axes[row, 0].set_ylabel(f"case {int(cases['case_id'][i])}\n{fig_text(groups[row])}", fontsize=7)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    with atomic_file(out, "wb") as f:
+        fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
     return [int(cases["case_id"][i]) for i in chosen]
 
@@ -92,17 +97,35 @@ def _fmt(value, digits: int = 4) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
-def group_table(vectors, summary: dict, method: Method) -> list[str]:
+def group_table(vectors, summary: dict, props, group_names) -> list[str]:
     acc = {(g, p): a for g, p, a in zip(vectors["group"].to_pylist(), vectors["property"].to_pylist(),
                                         vectors["val_accuracy"].to_pylist())}
     size = dict(zip(vectors["group"].to_pylist(), vectors["group_size"].to_pylist()))
-    props = method.property_names
-    lines = ["| group | samples | " + " | ".join(f"SVM acc {p}" for p in props) + " | test cases | passed |",
+    lines = ["| group | samples | " + " | ".join(f"SVM acc {md_text(p)}" for p in props) + " | test cases | passed |",
              "|---|---|" + "---|" * len(props) + "---|---|"]
-    for g in method.group_names:
+    for g in group_names:
         per = summary["per_group"][g]
-        lines.append(f"| {g} | {size.get(g, '-')} | " + " | ".join(_fmt(acc.get((g, p)), 3) for p in props)
+        lines.append(f"| {md_text(g)} | {size.get(g, '-')} | " + " | ".join(_fmt(acc.get((g, p)), 3) for p in props)
                      + f" | {per['cases']} | {per['passed']} |")
+    return lines
+
+
+def report_heading(run_name: str, space: str, latent: str, model: str, summary: dict, group_by,
+                   group_names) -> list[str]:
+    """The title and the run's one-line description; every name Markdown-escaped (md_text)."""
+    groups = f"{len(group_names)} groups by {md_text(', '.join(group_by))}" if group_by else "one global group"
+    return [f"# vectorfind report: {md_text(run_name)}", "",
+            f"Latent space **{md_text(space)}** ({'v6' if latent == 'z' else 'v7'}), model {md_text(model)}, "
+            f"{summary.get('n_samples', '?')} samples, ratio {summary.get('ratio')}, {groups}, "
+            f"{summary['cases']} test cases x {summary['edits_per_case']} edits.", ""]
+
+
+def results_table(props, acc: dict, stability: dict, summary: dict) -> list[str]:
+    """One row per edited property; names escaped for a table cell (md_text)."""
+    lines = ["| property | SVM val accuracy | stability | mean corr | mean abs corr | cutoff |", "|---|---|---|---|---|---|"]
+    for p in props:
+        lines.append(f"| {md_text(p)} | {_fmt(acc.get(p))} | {_fmt(stability[p])} | {summary['mean_corr'][p]:.4f} | "
+                     f"{summary['mean_abs_corr'][p]:.4f} | {summary['cutoffs'][p]:.2f} |")
     return lines
 
 
@@ -111,11 +134,12 @@ def _estimator_note(fit: dict) -> list[str]:
     if not fit.get("estimator"):
         return []
     splits = fit.get("stability_splits") or 0
-    return [f"Directions fitted with the `{fit['estimator']}` estimator; "
+    return [f"Directions fitted with the {md_text(fit['estimator'])} estimator; "
             + (f"stability is the mean cosine between directions fitted on {splits} resampled splits "
                f"(1: the same direction whatever rows are held out)." if splits > 1 else "stability not measured.")]
 
 
+@holding_run_lock("run")
 def write_report(run: Path, bundle) -> Path:
     """Write RUN/report.md from the test's stored results and the vectors it tested."""
     run = Path(run)
@@ -134,24 +158,16 @@ def write_report(run: Path, bundle) -> Path:
     vectors, directions, meta = read_vectors(vectors_path)
     matrices = direction_matrices(directions, method.property_names)
     correlation_histograms(cases, method.property_names, run / "correlations.png")
-    passes_per_group(summary, method, run / "passes_per_group.png")
+    passes_per_group(summary, method.group_names, method.group_by, run / "passes_per_group.png")
     shown = edit_grid(bundle, cases, matrices, method, run / "edits.png")
     acc = summary.get("svm_val_accuracy") or {}
+    config = json.dumps({"test": test, "fit": meta.get("fit", {})}, indent=2, sort_keys=True, default=str)
+    fence = md_code_fence(config)  # a name with backticks cannot close the block
     stability = mean_by_property(vectors["property"].to_pylist(), vectors["stability"].to_pylist(),
                                  method.property_names)
-    groups = f"{len(method.group_names)} groups by {', '.join(method.group_by)}" if method.group_by else \
-        "one global group"
-    lines = [
-        f"# vectorfind report: {run.name}", "",
-        f"Latent space **{method.space}** ({'v6' if method.latent == 'z' else 'v7'}), model "
-        f"`{bundle.manifest['model']}`, {summary.get('n_samples', '?')} samples, ratio {summary.get('ratio')}, "
-        f"{groups}, {summary['cases']} test cases x {summary['edits_per_case']} edits.", "",
-        "## Results", "",
-        "| property | SVM val accuracy | stability | mean corr | mean abs corr | cutoff |", "|---|---|---|---|---|---|",
-    ]
-    for p in method.property_names:
-        lines.append(f"| {p} | {_fmt(acc.get(p))} | {_fmt(stability[p])} | {summary['mean_corr'][p]:.4f} | "
-                     f"{summary['mean_abs_corr'][p]:.4f} | {summary['cutoffs'][p]:.2f} |")
+    lines = [*report_heading(run.name, method.space, method.latent, bundle.manifest.get("model", "?"), summary,
+                             method.group_by, method.group_names),
+             "## Results", "", *results_table(method.property_names, acc, stability, summary)]
     lines += ["", f"Sum of mean |corr|: **{summary['sum_mean_abs_corr']:.4f}**. "
                   f"Passed: **{summary['passed']} / {summary['cases']}** ({100 * summary['passed_ratio']:.1f}%)"
                   + (f"; {summary['degenerate']} degenerate cases (constant scores) failed."
@@ -161,14 +177,12 @@ def write_report(run: Path, bundle) -> Path:
               f"{_fmt(summary['mean_consistency'])}"
               + (f"; mean spread of the true identity traits: {summary['mean_identity_spread']:.4f}."
                  if "mean_identity_spread" in summary else "."),
-              "", "## Per group", "", *group_table(vectors, summary, method), "",
+              "", "## Per group", "", *group_table(vectors, summary, method.property_names, method.group_names), "",
               "![passes per group](passes_per_group.png)", "",
               "## Correlations", "", "![correlation histograms](correlations.png)", "",
               f"## Edits of the best cases ({', '.join(map(str, shown))})", "",
               "Each row is one test face; columns move one property along its group's direction, "
               "the other weights at 0.", "", "![edits](edits.png)", "",
-              "## Configuration", "", "```json",
-              json.dumps({"test": test, "fit": meta.get("fit", {})}, indent=2, sort_keys=True, default=str),
-              "```", ""]
-    (run / REPORT_FILE).write_text("\n".join(lines))
+              "## Configuration", "", fence + "json", config, fence, ""]
+    write_text_atomic(run / REPORT_FILE, "\n".join(lines))
     return run / REPORT_FILE

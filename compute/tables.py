@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from compute.files import atomic_path, write_text_atomic
 
 METADATA_KEY = b"vectorfind"
 # DICTIONARY_NOTE: Parquet's default dictionary encoding tries, for every column, to build a
@@ -44,29 +44,11 @@ def read_metadata(path: Path) -> dict:
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename: never a half-written result."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
+    """Write to a fresh temporary file beside `path`, then rename (compute.files): never a
+    half-written result, never written through a symlink or file planted at `path`."""
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, use_dictionary=False)  # see DICTIONARY_NOTE
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_json_atomic(data: dict, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

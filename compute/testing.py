@@ -17,7 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from compute.files import atomic_file
 from compute.generation import CaseResults, DirectionSet, run_cases
+from compute.runlock import holding_run_lock
 from compute.runs import (CASES_FILE, PASSED_CSV, PASSED_PARQUET, SUMMARY_FILE, VECTORS_FILE, relative_to_run,
                           reusable)
 from compute.tables import vector_column, vector_matrix, with_metadata, write_json_atomic, write_parquet_atomic
@@ -94,9 +96,8 @@ def write_test_outputs(directory: Path, cases: pa.Table, summary: dict, config: 
     flat = chosen.select(keep)
     for i in range(z.shape[1]):
         flat = flat.append_column(f"z_{i}", pa.array(z[:, i], pa.float32()))
-    tmp = directory / f".{PASSED_CSV}.partial"
-    pacsv.write_csv(flat, tmp)
-    tmp.replace(directory / PASSED_CSV)
+    with atomic_file(directory / PASSED_CSV, "wb") as f:
+        pacsv.write_csv(flat, f)
     write_json_atomic(summary, directory / SUMMARY_FILE)
     write_parquet_atomic(with_metadata(cases, {"test": config}), directory / CASES_FILE)
 
@@ -108,6 +109,7 @@ def test_config(method: Method, cases: int, seed: int, run: Path, vectors_path: 
             "median_values": direction_set.medians, "bundle_manifest_sha256": bundle.manifest_sha256}
 
 
+@holding_run_lock("run")
 def run_test(run: Path, bundle, method: Method = Method(), cases: int = 500, seed: int = 0, resources=None,
              vectors_path: Path | None = None, progress: bool = True) -> dict:
     """Run (or reuse, if RUN holds a test made with the same settings) the generation test."""

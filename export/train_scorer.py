@@ -99,9 +99,10 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     model = train(args.steps, args.batch_size, args.lr, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(args.out)
+    from compute.files import atomic_file
+
+    with atomic_file(args.out, "wb") as f:  # a fresh temp file renamed over --out, never a fixed .tmp name
+        torch.save(model.state_dict(), f)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
     r2 = heldout_r2(model, WorldSampler())
     print("held-out R^2 on 2,000 fresh renders:")

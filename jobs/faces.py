@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compute.plots import pyplot, to_rgb
+from compute.files import atomic_file
+from compute.plots import fig_text, pyplot, to_rgb
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single, synthesize
 from jobs.cli.bundles import resolve_bundle
@@ -39,12 +40,13 @@ def save_grid(images: np.ndarray, scores: np.ndarray, names: list[str], out: Pat
         ax.axis("off")
     for ax, image, score in zip(axes.flat, images, scores):
         ax.imshow(to_rgb(image))
-        ax.set_title(" ".join(f"{names[i][:1]}{score[i]:+.1f}" for i in shown), fontsize=8)
-    fig.suptitle("sample faces (scores: " + ", ".join(f"{names[i][:1]}={names[i]}" for i in shown) + ")",
+        ax.set_title(fig_text(" ".join(f"{names[i][:1]}{score[i]:+.1f}" for i in shown)), fontsize=8)
+    fig.suptitle(fig_text("sample faces (scores: " + ", ".join(f"{names[i][:1]}={names[i]}" for i in shown) + ")"),
                  fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    with atomic_file(out, "wb") as f:  # never through a planted name or symlink
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 

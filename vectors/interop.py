@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compute.files import atomic_file
 from vectors.names import file_name
 
 SPACES = ("w", "z")
@@ -29,7 +30,7 @@ def reference_csv_name(prop: str, space: str, group: str) -> str:
 
 def write_reference_csv(direction: np.ndarray, path: Path) -> None:
     flipped = -np.asarray(direction, dtype=np.float64).reshape(-1)
-    with open(path, "w", newline="") as f:
+    with atomic_file(path, "w", newline="") as f:  # never through a planted name or symlink
         writer = csv.writer(f)
         writer.writerow([""] + [str(i) for i in range(len(flipped))])
         writer.writerow(["0"] + [repr(float(v)) for v in flipped])
@@ -65,4 +66,5 @@ def boundary_name(prop: str, space: str, group: str) -> str:
 
 def write_boundary(direction: np.ndarray, path: Path) -> None:
     d = np.asarray(direction, dtype=np.float64).reshape(1, -1)
-    np.save(path, (d / np.linalg.norm(d)).astype(np.float32))
+    with atomic_file(path, "wb") as f:
+        np.save(f, (d / np.linalg.norm(d)).astype(np.float32))

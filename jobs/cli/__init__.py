@@ -22,8 +22,9 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None) -> None:
-    """Call main(argv). A user error prints `error: ...` on one line and exits 2; Ctrl-C prints
-    one line, stops the Ray instance this process started and exits 130; no traceback."""
+    """Call main(argv). A user error prints `error: ...` on one line and exits 2; so does a Ray
+    cluster that went away under the job (cluster_lost: a rerun resumes); Ctrl-C prints one
+    line, stops the Ray instance this process started and exits 130; no traceback."""
     try:
         main(argv)
     except InputError as exc:
@@ -39,6 +40,50 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None) -
         print("interrupted: finished stages and sample chunks are kept; rerun the same command to resume",
               file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        lost = cluster_lost(exc)
+        if lost is None:
+            raise  # a bug: the traceback is what a report needs
+        _stop_ray()
+        print(f"error: the Ray cluster lost {lost}; finished stages and sample chunks are kept; "
+              f"rerun the same command to resume", file=sys.stderr)
+        sys.exit(2)
+
+
+# Ray's errors that mean part of the cluster went away under the job (a raylet, a node, a
+# worker or actor process, or objects that lived there), not that the job's input or code is
+# wrong: the work already written (finished stages, sample chunks) is intact and a rerun of
+# the same command resumes from it. Each name -> what the one-line error says was lost.
+# Deliberately not here: RayTaskError by itself (the job's own code raised inside a task: a
+# traceback is what a report needs, unless its cause is one of these), OutOfMemoryError and
+# ObjectStoreFullError (a rerun hits them again: not a transient loss), GetTimeoutError.
+_LOST = (("LocalRayletDiedError", "its local raylet"), ("NodeDiedError", "a node"),
+         ("ActorDiedError", "an actor process"), ("ActorUnavailableError", "an actor process"),
+         ("RayActorError", "an actor process"), ("WorkerCrashedError", "a worker process"),
+         ("OwnerDiedError", "the owner of an object"), ("ObjectLostError", "an object held by a node"),
+         ("RpcError", "its connection to a Ray component"), ("RaySystemError", "a system component (its raylet or GCS)"))
+
+
+def cluster_lost(exc: BaseException) -> str | None:
+    """What of the cluster was lost if `exc` (or what it wraps: a RayTaskError's cause, the
+    exception chain) is one of Ray's lost-cluster errors; None otherwise."""
+    exceptions = getattr(sys.modules.get("ray"), "exceptions", None)
+    if exceptions is None:  # Ray never imported: nothing of it can have been lost
+        return None
+    kinds = [(getattr(exceptions, name), what) for name, what in _LOST if hasattr(exceptions, name)]
+    seen, todo = set(), [exc]
+    while todo:
+        current = todo.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if not isinstance(current, BaseException):
+            continue
+        for kind, what in kinds:
+            if isinstance(current, kind):
+                return what
+        todo += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    return None
 
 
 def _stop_ray() -> None:
