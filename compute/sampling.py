@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from compute import samples_store
 from compute.bundle import Bundle
+from compute.runlock import check_unlocked, holding_run_lock
 from compute.runs import SAMPLES_FILE, check_writable, normalized
 from compute.seeding import check_seed, draw_codes
 from compute.engine import EngineSpec, NullEngine, SampleEngine
@@ -241,6 +242,7 @@ def check_sampling_input(bundle: Bundle, n, seed, run_dir: Path | None = None, c
     except ValueError as exc:
         raise SamplingError(str(exc)) from exc
     if run_dir is not None:
+        check_unlocked(Path(run_dir))  # another job at work there: refused before Ray starts
         check_run_dir(Path(run_dir), sampling_config(bundle, n, seed, chunk_size))
         check_writable(Path(run_dir))
     return seed
@@ -269,6 +271,7 @@ class _ChunkProgress:
               f"{rate:,.0f} images/s", flush=True)
 
 
+@holding_run_lock("run_dir")  # one job at a time; clears our stale temp files
 def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None = None, *,
                  batch_size: int | None = None, resources: Resources | None = None,
                  chunk_size: int = 16384, actor_class: type = SampleActor,
