@@ -412,3 +412,53 @@ def _redirect_stderr(stream):
     import contextlib
 
     return contextlib.redirect_stderr(stream)
+
+
+def _descendants(pid):
+    rows = [line.split(None, 2) for line in subprocess.run(["ps", "-e", "-o", "pid=,ppid=,comm="], capture_output=True,
+                                                            text=True).stdout.splitlines() if line.strip()]
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for child, ppid, name in rows:
+            if int(ppid) == parent:
+                found.append((int(child), name))
+                todo.append(int(child))
+    return found
+
+
+def test_a_killed_raylet_is_one_line_exit_2_and_the_rerun_resumes(bundle_dir, tmp_path):
+    """The real thing: a job's own local Ray instance loses its raylet (SIGKILL) mid-sampling."""
+    import signal
+
+    from conftest import REPO, run_job
+
+    run = tmp_path / "run"
+    args = ["jobs.sample", "--out", str(run), "--n", "6000", "--chunk-size", "500", "--seed", str(SEED),
+            "--bundle", str(bundle_dir), "--num-cpus", "2"]
+    job = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
+    try:
+        for line in job.stdout:  # the first chunk is on disk: the run is resumable from here
+            if line.startswith("chunk 1/"):
+                break
+        raylets = [pid for pid, name in _descendants(job.pid) if "raylet" in name]
+        assert len(raylets) == 1, _descendants(job.pid)
+        os.kill(raylets[0], signal.SIGKILL)
+        _, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    lines = err.strip().splitlines()
+    assert job.returncode == 2, err[-3000:]
+    assert "Traceback" not in err and [line for line in lines if line.startswith("error:")] == lines[-1:], err[-3000:]
+    assert lines[-1].startswith("error: the Ray cluster lost its local raylet")
+    assert lines[-1].endswith("rerun the same command to resume")
+    kept = sorted((run / "sample_chunks").glob("*.parquet"))
+    assert kept, "the finished chunks are kept"
+    rerun = run_job(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"{6000 - 500 * len(kept):,} computed, {500 * len(kept):,} reused" in rerun.stdout, rerun.stdout[-2000:]
+    assert pq.read_table(run / "samples.parquet").num_rows == 6000
+    assert not os.path.lexists(run / LOCK_FILE)

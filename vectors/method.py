@@ -459,7 +459,9 @@ class Method:
         return cls(**values)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        from compute.files import write_text_atomic  # a fresh temp file renamed over `path`, never through a link
+
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def split_space(space: str) -> tuple[str, tuple[int, int] | None]:

@@ -6,7 +6,9 @@ jobs share, the bundle a job runs on, and connecting to Ray live in its modules.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 from collections.abc import Callable
 
 from vectors.errors import InputError
@@ -25,6 +27,8 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None) -
     """Call main(argv). A user error prints `error: ...` on one line and exits 2; so does a Ray
     cluster that went away under the job (cluster_lost: a rerun resumes); Ctrl-C prints one
     line, stops the Ray instance this process started and exits 130; no traceback."""
+    stop = threading.Event()
+    threading.Thread(target=_watch_local_ray, args=(stop,), name="vectorfind-ray-watch", daemon=True).start()
     try:
         main(argv)
     except InputError as exc:
@@ -36,6 +40,7 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None) -
               file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        stop.set()
         _stop_ray()
         print("interrupted: finished stages and sample chunks are kept; rerun the same command to resume",
               file=sys.stderr)
@@ -44,10 +49,41 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None) -
         lost = cluster_lost(exc)
         if lost is None:
             raise  # a bug: the traceback is what a report needs
+        stop.set()
         _stop_ray()
-        print(f"error: the Ray cluster lost {lost}; finished stages and sample chunks are kept; "
-              f"rerun the same command to resume", file=sys.stderr)
+        print(LOST_LINE.format(lost=lost), file=sys.stderr)
         sys.exit(2)
+    finally:
+        stop.set()
+
+
+LOST_LINE = ("error: the Ray cluster lost {lost}; finished stages and sample chunks are kept; "
+             "rerun the same command to resume")
+WATCH_PERIOD = 0.5  # seconds between checks of the local instance's raylet and GCS
+
+
+def _watch_local_ray(stop: threading.Event) -> None:
+    """When this process started the local Ray instance and its raylet or GCS server dies,
+    print LOST_LINE and exit 2 at once. Ray's own reaction there is in C++: after ~15 s of
+    its log lines the driver exits 1 with no Python exception that run_main could catch (a
+    killed raylet did exactly that). A normal ray.shutdown() disconnects before it stops the
+    processes, so it never looks like a loss; Ray starts them with SIGINT blocked, so Ctrl-C
+    does not either. For a cluster this process only connected to, the exceptions Ray raises
+    are mapped by cluster_lost instead."""
+    while not stop.wait(WATCH_PERIOD):
+        worker = sys.modules.get("ray._private.worker")
+        node = getattr(worker, "_global_node", None)
+        processes = getattr(node, "all_processes", None) or {}
+        for kind, what in (("raylet", "its local raylet"), ("gcs_server", "its GCS server")):
+            for info in list(processes.get(kind) or []):
+                process = getattr(info, "process", None)
+                if process is None or process.poll() is None:
+                    continue
+                if stop.is_set() or not getattr(getattr(worker, "global_worker", None), "connected", False):
+                    return  # shutting down on purpose
+                print(LOST_LINE.format(lost=f"{what} (exit status {process.returncode})"), file=sys.stderr,
+                      flush=True)
+                os._exit(2)  # the C++ core worker would end the process anyway, with status 1
 
 
 # Ray's errors that mean part of the cluster went away under the job (a raylet, a node, a
