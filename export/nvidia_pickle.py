@@ -15,7 +15,9 @@ kept as text, never executed; tensors are rebuilt from their storages by
 numeric dtypes only. Any other global (`os.system`, `builtins.eval`, ...) is refused
 before it is called, so a hostile file fails with a `CheckpointError` and runs nothing.
 
-What a small file can make the reader build is bounded too (issue 22): memo references
+What a small file can make the reader build is bounded too (issue 22): the pickle has at
+most `MAX_OPCODES` opcodes (counted in a first pass that builds nothing; a network pickle's
+weights are a few hundred long byte strings, so even ffhq.pkl has far fewer), memo references
 let a 700-byte pickle stand for a billion list items, so every container copied out of
 the pickle and every network's tables count against `MAX_OBJECTS` for the whole file,
 containers nest at most `MAX_DEPTH` deep, and networks at most `MAX_NETWORK_DEPTH`
@@ -29,6 +31,7 @@ import collections
 import contextvars
 import io
 import pickle
+import pickletools
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -51,6 +54,7 @@ _NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex: plain bytes, no Pyt
 # What one file may make the reader build. A real network pickle (ffhq.pkl: G, D, G_ema and
 # the augment pipe) has a few thousand settings and tensors, modules nest 5 deep and its
 # settings 4 deep; these bounds are far above that and far below what exhausts a machine.
+MAX_OPCODES = 2_000_000       # pickle opcodes: each builds at most one object (up to ~64 bytes for 2 bytes of file)
 MAX_OBJECTS = 2_000_000       # container items copied out of the pickle, and networks' table entries
 MAX_DEPTH = 64                # nesting of lists, tuples and dicts
 MAX_NETWORK_DEPTH = 32        # nesting of persistent networks
@@ -349,6 +353,20 @@ class _RestrictedUnpickler(pickle.Unpickler):
                               f"the allow-list of an NVIDIA StyleGAN2 pickle; refusing to load it{hint}")
 
 
+def _count_opcodes(f, path: Path) -> None:
+    """Refuse a pickle of more than MAX_OPCODES opcodes, read as a stream before anything is built."""
+    try:
+        for count, _ in enumerate(pickletools.genops(f)):
+            if count >= MAX_OPCODES:
+                raise CheckpointError(f"{path} is a pickle of more than {MAX_OPCODES:,} opcodes, each of which "
+                                      f"builds an object; a network pickle has far fewer (its weights are long "
+                                      f"byte strings), so it is refused before it is read")
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged pickle: the same failure as the unpickler's
+        raise CheckpointError(f"cannot read {path} as an NVIDIA network pickle ({_first_line(exc)})") from None
+
+
 def read_nvidia_pickle(path) -> dict:
     """The top-level dict of an NVIDIA network pickle, networks as `PersistentRecord`s.
 
@@ -362,6 +380,8 @@ def read_nvidia_pickle(path) -> dict:
         if head == b"PK\x03\x04":
             raise CheckpointError(f"{path} is a torch zip checkpoint (torch.save), not an NVIDIA "
                                   f"network pickle; load it as a rosinality/state-dict checkpoint")
+        f.seek(0)
+        _count_opcodes(f, path)
         f.seek(0)
         token = _budget.set([MAX_OBJECTS])
         try:

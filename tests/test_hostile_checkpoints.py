@@ -11,8 +11,9 @@ was ignored.
 The files: zip archives whose members declare or inflate to gigabytes (a 3 MB data.pkl
 that inflates to 3 GB, the issue's case); NVIDIA network pickles with a "billion laughs"
 of memo-shared lists, a 100,000-deep list, settings of the wrong type or out of range
-(num_layers = 10^7, conv_clamp = [256], resolutions 24 and 2^20, z_dim = True, ...) and a
-tensor storage whose embedded data calls os.system; rosinality and genforce state dicts
+(num_layers = 10^7, conv_clamp = [256], resolutions 24 and 2^20, z_dim = True, ...), shared
+sub-networks, 3 million opcodes, and a tensor storage whose embedded data calls os.system
+or is itself a zip bomb; rosinality and genforce state dicts
 whose keys or shapes ask for 10^5 mapping layers, a 2048-px network of 4096 channels, or
 a stride-0 view that stands for gigabytes.
 """
@@ -216,6 +217,31 @@ def deep_list(path: Path, depth: int = 100_000) -> Path:
     return path
 
 
+def shared_subnetworks(path: Path) -> Path:
+    """A "billion laughs" of persistent networks: each level holds the one below ten times, so
+    walking G_ema's modules would visit 10^9 of them."""
+    b = _Builder(0, SG2_SOURCE)
+    g = build_generator(b, resolution=16, z_dim=16, w_dim=16, n_mlp=2, channel_base=128, channel_max=16,
+                        conv_clamp=256)
+    _attach(g, b.tensors)
+    level = b.module(None, "", "Leaf")
+    for _ in range(9):
+        parent = b.module(None, "", "Laugh")
+        for i in range(10):
+            parent.add_module(f"c{i}", level)
+        level = parent
+    g.synthesis.add_module("laughs", level)
+    with _fake_nvidia_modules(), open(path, "wb") as f:
+        pickle.dump({"G_ema": g}, f, protocol=4)
+    return path
+
+
+def many_opcodes(path: Path, count: int = 3_000_000) -> Path:
+    """6 MB of opcodes that each build a list: about 200 MB of objects once unpickled."""
+    path.write_bytes(b"\x80\x02}X\x05\x00\x00\x00G_ema]" + b"]a" * count + b"s.")
+    return path
+
+
 class _Storage:
     """Pickles as torch.storage._load_from_bytes(data), the way NVIDIA pickles hold tensor storages."""
 
@@ -303,6 +329,9 @@ CASES = {
     # item 7: memo expansion and nesting
     "billion laughs": (billion_laughs, "expands to more than 2,000,000 objects"),
     "100,000-deep list": (deep_list, "nests lists, tuples or dicts more than 64 deep"),
+    "shared sub-networks, 10^9 if walked": (shared_subnetworks, "sub-networks nest 6 deep with 111,111 modules and "
+                                            "tensors (shared ones counted each time)"),
+    "3 million opcodes": (many_opcodes, "is a pickle of more than 2,000,000 opcodes"),
     # item 8: every setting typed and bounded before anything is built
     "num_layers = 10^7": (lambda p: nvidia_pickle(p, _set(("mapping", "num_layers", 10 ** 7))),
                           "G_ema.mapping has num_layers = 10000000; an NVIDIA StyleGAN2 has an integer from 1 to 32"),
