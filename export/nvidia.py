@@ -36,8 +36,17 @@ import torch
 
 from export.checkpoints import CheckpointError, _first, check_tensor_bytes, describe, fit_state_dict
 from export.nvidia_pickle import PersistentRecord, read_nvidia_pickle
-from export.stylegan2 import (MAX_CHANNELS, MAX_DIM, MAX_LR_MLP, MAX_MAPPING_LAYERS, MAX_RESOLUTION, StyleGAN2,
-                              StyleGAN2Config, _is_int, _is_real)
+from export.stylegan2 import (
+    MAX_CHANNELS,
+    MAX_DIM,
+    MAX_LR_MLP,
+    MAX_MAPPING_LAYERS,
+    MAX_RESOLUTION,
+    StyleGAN2,
+    StyleGAN2Config,
+    _is_int,
+    _is_real,
+)
 
 # NVIDIA's default SynthesisNetwork widths and MappingNetwork learning-rate multiplier.
 CHANNEL_BASE, CHANNEL_MAX, LR_MULTIPLIER = 32768, 512, 0.01

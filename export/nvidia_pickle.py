@@ -132,9 +132,8 @@ def _first_line(exc: Exception) -> str:
 def _spend(count: int) -> None:
     """Count `count` objects against the file's budget (MAX_OBJECTS)."""
     budget = _budget.get()
-    if budget is None:  # called outside read_nvidia_pickle: a budget of its own
-        budget = [MAX_OBJECTS]
-        _budget.set(budget)
+    if budget is None:  # called outside read_nvidia_pickle (which sets one per file): nothing to count against
+        return
     budget[0] -= count
     if budget[0] < 0:
         raise _Refused(f"expands to more than {MAX_OBJECTS:,} objects (containers shared through the "

@@ -16,10 +16,16 @@ from pathlib import Path
 
 import torch
 
-from export.checkpoints import (CheckpointError, _first, check_fit, check_tensor_bytes, expected_shapes,
-                                fit_state_dict, safe_torch_load)
+from export.checkpoints import (
+    CheckpointError,
+    _first,
+    check_fit,
+    check_tensor_bytes,
+    expected_shapes,
+    fit_state_dict,
+    safe_torch_load,
+)
 from export.stylegan2 import StyleGAN2, StyleGAN2Config
-
 
 
 def _read(path: Path):
