@@ -169,7 +169,7 @@ def export_editor(run: Path, out: Path, bundle=None, overwrite: bool = False) ->
     for source, what in ((run, "the run"), (Path(bundle.path), "the model bundle")):
         if out.resolve() in [source.resolve(), *source.resolve().parents]:
             raise EditorError(f"--out {out} would replace {what} ({source}) itself; choose another directory")
-    from export.fp16 import to_fp16  # onnx and onnxconverter-common only, no torch
+    from compute.fp16 import to_fp16
 
     method = edits.method
     editor = build_editor(bundle, method, edits.matrices, edits.medians).SerializeToString()

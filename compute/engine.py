@@ -25,7 +25,7 @@ from compute.sessions import (ACTIVATION_BYTES, CALL_PIXELS, largest_activation,
 log = logging.getLogger(__name__)
 # Images per GPU call at 256 px (scaled by pixels at other resolutions), measured on an H200
 # with `python -m jobs.benchmark gpu` (docs/gpu.md).
-GPU_CALL_IMAGES_256 = 64
+GPU_CALL_IMAGES_256 = 128
 
 
 @dataclass(frozen=True)
@@ -107,16 +107,32 @@ def gpu_call_images(resolution: int) -> int:
     return max(1, GPU_CALL_IMAGES_256 * 256 * 256 // resolution ** 2)
 
 
+def prepare_graphs(graphs: dict[str, bytes], spec: EngineSpec) -> dict[str, bytes]:
+    """What every actor's engine loads, made once on the driver: {"fused": graph} (fp16 inside
+    where the actors run on GPUs, plus the fp32 graph as "fused32" for a CPU fallback), or
+    the three bundle graphs where they cannot be fused."""
+    try:
+        fused = fuse_sampling_graph(graphs["mapping"], graphs["synthesis"], graphs["scorer"], spec.w_dim,
+                                    spec.num_ws)
+    except ValueError as exc:
+        log.warning("running the bundle's three graphs in turn: %s", exc)
+        return dict(graphs)
+    prepared = {"fused32": fused, "synthesis_shapes": graphs["synthesis"]}
+    if spec.use_gpu and spec.fp16:
+        from compute.fp16 import to_fp16
+
+        prepared["fused"] = to_fp16(fused)
+    return prepared
+
+
 class SampleEngine:
     """z [B, z_dim] -> (w [B, w_dim], scores [B, S]) in fixed-size calls."""
 
     def __init__(self, graphs: dict[str, bytes], spec: EngineSpec):
         self.spec = spec
-        try:
-            fused = fuse_sampling_graph(graphs["mapping"], graphs["synthesis"], graphs["scorer"], spec.w_dim,
-                                        spec.num_ws)
-        except ValueError as exc:
-            log.warning("running the bundle's three graphs in turn: %s", exc)
+        if "fused32" not in graphs:
+            graphs = prepare_graphs(graphs, spec)
+        if "fused32" not in graphs:
             self.sessions = {s: make_session(graphs[s], spec.threads, spec.use_gpu)
                              for s in ("mapping", "synthesis", "scorer")}
             self.session = None
@@ -128,17 +144,21 @@ class SampleEngine:
             total = gpu_memory_bytes()
             memory = int(total * spec.gpu_share) if total else None
         self.session = None
-        if spec.use_gpu and spec.fp16:
-            from compute.fp16 import to_fp16
-
-            session = make_session(to_fp16(fused), spec.threads, True, memory, cuda_graph=spec.cuda_graph)
+        if "fused" in graphs:
+            try:
+                session = make_session(graphs["fused"], spec.threads, True, memory, cuda_graph=spec.cuda_graph,
+                                       nhwc=True)
+            except Exception as exc:  # a layout ONNX Runtime cannot apply to some node: keep NCHW
+                log.warning("NHWC layout refused (%s); running NCHW", str(exc).splitlines()[0][:200])
+                session = make_session(graphs["fused"], spec.threads, True, memory, cuda_graph=spec.cuda_graph)
             # No GPU after all (make_session has warned): the CPU runs the fp32 graph, exactly.
             self.session = session if session.get_providers()[0] == "CUDAExecutionProvider" else None
         if self.session is None:
-            self.session = make_session(fused, spec.threads, spec.use_gpu, memory,
+            self.session = make_session(graphs["fused32"], spec.threads, spec.use_gpu, memory,
                                         cuda_graph=spec.use_gpu and spec.cuda_graph)
         self.on_gpu = self.session.get_providers()[0] == "CUDAExecutionProvider"
-        self.call = spec.call_images or self._default_call(graphs["synthesis"])
+        self.device = "cuda" if self.on_gpu else "cpu"
+        self.call = spec.call_images or self._default_call(graphs["synthesis_shapes"])
         self.input_name = self.session.get_inputs()[0].name
         self._bound = None
 
@@ -171,19 +191,20 @@ class SampleEngine:
         import onnxruntime as ort
 
         if self._bound is None:  # device buffers bound once: the addresses a CUDA graph needs
-            outputs = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda", 0)
+            outputs = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.device, 0)
                        for shape in ((self.call, self.spec.w_dim), (self.call, self.spec.scores))]
-            source = ort.OrtValue.ortvalue_from_numpy(z, "cuda", 0)
+            # A buffer of its own: on the CPU ortvalue_from_numpy would wrap (and later
+            # overwrite) the caller's array instead of copying it.
+            source = ort.OrtValue.ortvalue_from_shape_and_type(z.shape, np.float32, self.device, 0)
             binding = self.session.io_binding()
             binding.bind_ortvalue_input(self.input_name, source)
             binding.bind_ortvalue_output("w", outputs[0])
             binding.bind_ortvalue_output("scores", outputs[1])
             self._bound = (binding, source, outputs)
-        else:
-            self._bound[1].update_inplace(z)
-        binding, _, outputs = self._bound
+        binding, source, outputs = self._bound
+        source.update_inplace(z)
         self.session.run_with_iobinding(binding)
-        return outputs[0].numpy(), outputs[1].numpy()
+        return outputs[0].numpy().copy(), outputs[1].numpy().copy()
 
 
 class NullEngine(SampleEngine):

@@ -24,28 +24,34 @@ CALL_PIXELS = {"cpu": 64 * 64 * 64, "cuda": 512 * 64 * 64}
 # inference when the session is made): that model gets 15 images, the built-in one keeps 64.
 # A graph whose intermediate shapes cannot be inferred keeps the pixel rule alone.
 ACTIVATION_BYTES = {"cpu": 128 << 20, "cuda": 1 << 30}
+PREFER_NHWC = False  # measured slower for fp16 on an H200 (1,209 vs 1,370 images/s); see cuda_options
+CUDNN_SEARCH = "HEURISTIC"  # see cuda_options; jobs.benchmark gpu measures it against EXHAUSTIVE
 _warned_cpu_fallback = False  # one warning per process, not one per session
 
 
-def cuda_options(gpu_mem_bytes: int | None = None, cuda_graph: bool = False) -> dict:
+def cuda_options(gpu_mem_bytes: int | None = None, cuda_graph: bool = False, nhwc: bool = False) -> dict:
     """CUDAExecutionProvider settings, each a stated choice:
     - the arena grows only by what a call asks for, up to the actor's share of the GPU
       (unbounded, it kept what the largest call ever needed: 54 GB for 4 actors);
     - TF32 on: fp32 convolutions ran 2.4x faster with it on an H200 (1,334 vs 556 images/s),
       differing from torch's fp32 by ~2e-2 relative at 1024 px; fp16 graphs do not use it;
-    - cuDNN's exhaustive algorithm search (the default): calls have one fixed shape, so it
-      runs once per actor;
-    - a CUDA graph only when asked: it needs every node on the GPU and fixed buffers."""
-    options = {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "1"}
+    - cuDNN's heuristic algorithm choice: as fast as the exhaustive search at steady state
+      on an H200 (fp32, 256 px), without the search's seconds per shape at every actor start;
+    - a CUDA graph only when asked: it needs every node on the GPU and fixed buffers;
+    - NHWC layout for fp16 graphs (PREFER_NHWC): tensor cores' own layout, so convolutions
+      need no transposes (on fp32 it slowed the reference synthesis by 19%)."""
+    options = {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "1", "cudnn_conv_algo_search": CUDNN_SEARCH}
     if gpu_mem_bytes:
         options["gpu_mem_limit"] = str(int(gpu_mem_bytes))
     if cuda_graph:
         options["enable_cuda_graph"] = "1"
+    if nhwc and PREFER_NHWC:
+        options["prefer_nhwc"] = "1"
     return options
 
 
 def make_session(model_bytes: bytes, threads: int = 1, use_gpu: bool = False, gpu_mem_bytes: int | None = None,
-                 cuda_graph: bool = False) -> ort.InferenceSession:
+                 cuda_graph: bool = False, nhwc: bool = False) -> ort.InferenceSession:
     """A session with `threads` intra-op threads, on CUDA when asked and really available.
 
     onnxruntime-gpu reports CUDA as available even on machines without a GPU and then falls
@@ -60,7 +66,7 @@ def make_session(model_bytes: bytes, threads: int = 1, use_gpu: bool = False, gp
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if use_gpu:
-        providers = [("CUDAExecutionProvider", cuda_options(gpu_mem_bytes, cuda_graph)), "CPUExecutionProvider"]
+        providers = [("CUDAExecutionProvider", cuda_options(gpu_mem_bytes, cuda_graph, nhwc)), "CPUExecutionProvider"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # ORT's own note; ours below says it once
         session = ort.InferenceSession(model_bytes, options, providers=providers)

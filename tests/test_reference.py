@@ -245,7 +245,7 @@ def test_main_job_and_reference_vectors_run_on_the_reference_bundle(tmp_path, re
 
 
 def test_fp16_graphs_keep_float32_io_and_stay_close(reference_bundle):
-    from export.fp16 import to_fp16
+    from compute.fp16 import to_fp16
 
     data = (reference_bundle / "scorer.onnx").read_bytes()
     half = ort.InferenceSession(to_fp16(data), providers=["CPUExecutionProvider"])

@@ -17,6 +17,11 @@ reference_loop.py), so every "reference style" figure means the same thing.
                vs ONNX Runtime over a batch sweep, with multiply-adds per image.
     estimators: every direction estimator on the same samples and test cases, at several
                seeds: mean |corr|, passes, consistency, stability, truth cosines.
+    ceiling:   the sampling pipeline with inference replaced by zeros (a null engine): the
+               most images/s it can ever feed a GPU; ends with `ceiling: N images/s`.
+    gpu:       on a GPU, the 256-px reference: torch fp32/fp16 (the anchor), ONNX Runtime in
+               one process over call sizes, the Ray pipeline, GPU use and memory, fp16 vs
+               fp32; ends with one `gpu:` line of images/s and ratios.
     editor:    the deployable editor graph (stored groups, groups found, fp16) vs the test
                stage's own path through the bundle graphs, batch 1 and 64.
 """

@@ -56,6 +56,13 @@ def main(argv=None) -> None:
     ceiling = sub.add_parser("ceiling", help="the sampling pipeline with inference replaced by zeros: its own ceiling")
     ceiling.add_argument("--resolution", type=int, default=256, help="image size whose reference dims are used")
     ceiling.add_argument("--n", type=int, default=200000)
+    gpu = sub.add_parser("gpu", help="the GPU side-by-side on the 256-px reference: torch, ONNX Runtime in one "
+                                     "process (fp32/fp16, call sizes), the Ray pipeline, GPU use, fp16 differences")
+    gpu.add_argument("--images", type=int, default=4096, help="images timed per single-process path")
+    gpu.add_argument("--call-sizes", default="32,64,128,256", help="ONNX Runtime images per call, swept")
+    gpu.add_argument("--n", type=int, default=100000, help="samples drawn by the pipeline (jobs.sample)")
+    gpu.add_argument("--out", type=Path, default=Path("runs/benchmark-gpu"),
+                     help="where the random-weight reference bundle is kept between runs")
     editor = sub.add_parser("editor", help="the editor graph vs the test stage's path, batch 1 and 64")
     editor.add_argument("--run", type=Path, default=Path("runs/benchmark-editor"),
                         help="a tested run of the built-in model (made with n = 4,000 if absent)")
@@ -86,6 +93,21 @@ def main(argv=None) -> None:
         from jobs.benchmark.stylegan2 import bench_stylegan2
 
         bench_stylegan2(args.resolution, args.channel_multiplier, args.images, sizes, args.threads, args.gpu)
+        return
+    if args.which == "gpu":
+        sizes = parse_list(args.call_sizes, "--call-sizes", int)
+        if args.images < max(sizes) or min(sizes) < 1 or args.n < 1000:
+            raise UsageError("--call-sizes must be >= 1, --images at least the largest call size, --n >= 1000")
+        import onnxruntime
+
+        from compute.gpus import local_gpu_count
+
+        if local_gpu_count() < 1 or "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise UsageError("jobs.benchmark gpu needs an NVIDIA GPU and onnxruntime-gpu (pip install -e '.[gpu]'); "
+                             "none here")
+        from jobs.benchmark.gpu import bench_gpu
+
+        bench_gpu(args.out, args.images, sizes, args.n)
         return
     if args.which == "editor":
         sizes = parse_list(args.batch_sizes, "--batch-sizes", int)

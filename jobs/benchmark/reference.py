@@ -33,7 +33,7 @@ def bench_reference(images: int, batch_sizes: list[int], threads: int, gpu: bool
     sessions = {stem: make_session(graph, threads, gpu) for stem, graph in graphs.items()}
     half = {}
     if fp16:
-        from export.fp16 import to_fp16
+        from compute.fp16 import to_fp16
 
         half = {stem: make_session(to_fp16(graphs[stem]), threads, gpu) for stem in ("synthesis", "scorer")}
     mapping, synthesis, scorer = (torch_engine(m.to(device), device) for m in (spec.mapping, spec.synthesis, spec.scorer))

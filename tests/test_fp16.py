@@ -1,0 +1,131 @@
+"""fp16 graphs: the CPU-side range analysis per model family, on a few hundred real codes.
+
+CPUs upcast fp16, so an fp16 graph that is all NaN on CUDA runs cleanly here; running the
+converted graph proves nothing. What is checked instead: every tensor compute.fp16 holds in
+fp16, and every fp16 reduction's running sum, stays under fp16's largest number / 4 on
+real inputs, no epsilon is flushed to 0; and the plain conversion (no fp32 islands) of the
+reference architecture is flagged, as it failed on an H200.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from compute.fp16 import FP16_MAX, to_fp16
+from compute.fp16_check import fp16_ranges
+from compute.seeding import draw_codes
+from compute.sessions import make_session, run_single
+from export.onnx_bundle import to_onnx_bytes
+
+CODES, BATCH = 256, 32
+
+
+class Synthesis(torch.nn.Module):
+    def __init__(self, generator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, ws):
+        return self.generator.synthesis(ws)
+
+
+def _genforce():
+    from export.genforce import perturb_terms
+    from export.stylegan import CodeToW, GenforceConfig, ReferenceGenerator, WToImage
+
+    torch.manual_seed(0)
+    generator = ReferenceGenerator(GenforceConfig(resolution=64, label_dim=3, embed_dim=16,
+                                                  channels=(128, 128, 64, 32, 32)))
+    perturb_terms(generator)
+    synthesis = WToImage(generator).eval()
+    layers = generator.config.num_ws
+    return (to_onnx_bytes(CodeToW(generator).eval(), torch.zeros(2, 515), "z", "w"),
+            to_onnx_bytes(synthesis, torch.zeros(2, layers, 512), "ws", "image"), 515, layers)
+
+
+def _stylegan2():
+    from export.stylegan2 import StyleGAN2, StyleGAN2Config
+
+    torch.manual_seed(0)
+    generator = StyleGAN2(StyleGAN2Config.rosinality(64, channel_multiplier=1)).eval()
+    layers = generator.config.num_ws
+    return (to_onnx_bytes(torch.nn.Sequential(generator.style), torch.zeros(2, 512), "z", "w"),
+            to_onnx_bytes(Synthesis(generator), torch.zeros(2, layers, 512), "ws", "image"), 512, layers)
+
+
+def _world(name):
+    def build():
+        from export.synthetic import synthetic_spec
+
+        spec = synthetic_spec(name=name)
+        return (to_onnx_bytes(spec.mapping, torch.zeros(2, spec.z_dim), "z", "w"),
+                to_onnx_bytes(spec.synthesis, torch.zeros(2, spec.num_ws, spec.w_dim), "ws", "image"),
+                spec.z_dim, spec.num_ws)
+    return build
+
+
+def _feeds(mapping: bytes, graph: bytes, z_dim: int, layers: int | None):
+    """Per-layer codes of CODES seeded faces, in calls of BATCH, as the synthesis takes them."""
+    session = make_session(mapping, threads=2)
+    name = onnx.load_from_string(graph).graph.input[0].name
+    for lo in range(0, CODES, BATCH):
+        w = run_single(session, draw_codes(11, np.arange(lo, lo + BATCH), z_dim))
+        yield {name: np.ascontiguousarray(np.repeat(w[:, None], layers, 1)) if layers else w}
+
+
+FAMILIES = {"genforce (the reference architecture)": _genforce,
+            "StyleGAN2 (rosinality, NVIDIA and genforce files load into this one module)": _stylegan2,
+            "synthetic world": _world("synthetic"), "synthetic hard world": _world("synthetic-hard")}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_fp16_synthesis_stays_in_range(family):
+    mapping, synthesis, z_dim, layers = FAMILIES[family]()
+    report = fp16_ranges(synthesis, _feeds(mapping, synthesis, z_dim, layers))
+    assert report.fp16_tensors > 50 and report.fp32_nodes > 0, (report.fp16_tensors, report.fp32_nodes)
+    assert not report.violations, report.violations[:5]
+    assert 0 < report.peak < FP16_MAX / 4
+    # And the converted graph computes the same images (on the CPU, which upcasts).
+    feed = next(_feeds(mapping, synthesis, z_dim, layers))
+    full = run_single(make_session(synthesis, 2), next(iter(feed.values())))
+    half = run_single(make_session(to_fp16(synthesis), 2), next(iter(feed.values())))
+    assert np.isfinite(half).all() and np.abs(half - full).max() < 0.1  # images in [-1, 1]
+
+
+def test_the_plain_conversion_of_the_reference_is_flagged():
+    """What the H200 showed (every image NaN) is caught here: without fp32 islands the instance
+    norms' running sums and the 1e-8 epsilons do not fit fp16."""
+    mapping, synthesis, z_dim, layers = _genforce()
+    plain = fp16_ranges(synthesis, _feeds(mapping, synthesis, z_dim, layers), islands=set())
+    assert any("running sum" in v and "ReduceMean" in v for v in plain.violations), plain.violations[:5]
+    assert any(v.startswith("constant") for v in plain.violations), plain.violations[:5]
+
+
+def test_scorers_and_the_editor_stay_in_range(bundle):
+    from compute.editor_graph import build_editor
+    from vectors.method import Method
+
+    codes = draw_codes(3, np.arange(CODES), bundle.z_dim)
+    w = run_single(make_session(bundle.graph_bytes("mapping"), 2), codes)
+    images = np.concatenate([run_single(make_session(bundle.graph_bytes("synthesis"), 2), w[lo:lo + BATCH])
+                             for lo in range(0, CODES, BATCH)])
+    scorer = bundle.graph_bytes("scorer")
+    name = onnx.load_from_string(scorer).graph.input[0].name
+    report = fp16_ranges(scorer, ({name: images[lo:lo + BATCH]} for lo in range(0, CODES, BATCH)))
+    assert report.fp16_tensors > 10 and not report.violations, report.violations[:5]
+
+    method = Method()
+    rng = np.random.default_rng(0)
+    matrices = {g: rng.standard_normal((len(method.properties), bundle.w_dim)).astype(np.float32)
+                for g in method.group_names}
+    for g in matrices:
+        matrices[g] /= np.linalg.norm(matrices[g], axis=1, keepdims=True)
+    editor = build_editor(bundle, method, matrices, dict(bundle.manifest["group_medians"])).SerializeToString()
+    inputs = [i.name for i in onnx.load_from_string(editor).graph.input]
+    feeds = ({inputs[0]: w[lo:lo + BATCH],
+              inputs[1]: rng.uniform(-1.8, 1.8, (BATCH, len(method.properties))).astype(np.float32),
+              inputs[2]: np.full(BATCH, -1, np.int64)} for lo in range(0, CODES, BATCH))
+    report = fp16_ranges(editor, feeds)
+    assert report.fp16_tensors > 50 and not report.violations, report.violations[:5]
