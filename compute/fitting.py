@@ -143,7 +143,7 @@ def gather_fits(pending: dict, progress: bool = True, show_c: bool = False) -> d
     return results
 
 
-@holding_run_lock("run")  # one job at a time in RUN
+@holding_run_lock("run", create=False)  # one job at a time in RUN
 def fit_directions(run: Path, method: Method = Method(), seed: int = 0, drop_nonfinite: bool = False,
                    out: Path | None = None, progress: bool = True) -> Path:
     """Fit (or reuse, if `out` holds a fit made with the same settings) the directions of RUN."""

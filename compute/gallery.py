@@ -139,7 +139,7 @@ def _header(method: Method) -> str:
     return "".join(head)
 
 
-@holding_run_lock("run")
+@holding_run_lock("run", create=False)
 def write_gallery(run: Path, bundle, top: int = 100, out: Path | None = None) -> Path:
     """Write the picking page for RUN's passed cases (the best `top` by sum of |corr|) to
     `out` (default RUN/gallery.html); returns its path. `bundle` must be the run's own."""

@@ -139,7 +139,7 @@ def _estimator_note(fit: dict) -> list[str]:
                f"(1: the same direction whatever rows are held out)." if splits > 1 else "stability not measured.")]
 
 
-@holding_run_lock("run")
+@holding_run_lock("run", create=False)
 def write_report(run: Path, bundle) -> Path:
     """Write RUN/report.md from the test's stored results and the vectors it tested."""
     run = Path(run)

@@ -17,6 +17,7 @@ lock held, no writer of ours can be at work there, so any temporary file is stal
 """
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import json
@@ -68,9 +69,15 @@ def _read(lock: Path) -> dict | None:
         return None
 
 
-def _create(lock: Path, record: dict) -> bool:
-    """Make the lock file with `record` in it, whole, if no lock exists; False if one does."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{LOCK_FILE}-", suffix=".new", dir=lock.parent)  # not a leftover name
+def _create(lock: Path, record: dict) -> bool | None:
+    """Make the lock file with `record` in it, whole, if no lock exists; False if one does;
+    None if the directory cannot be written (read-only: no job of ours can write there)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{LOCK_FILE}-", suffix=".new", dir=lock.parent)  # not a leftover name
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return None
+        raise
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(record, f)
@@ -90,15 +97,17 @@ def _describe(holder: dict) -> str:
     return f"pid {holder['pid']} on {holder.get('host', '?')} ({holder.get('job', '?')}{since})"
 
 
-def acquire(run: Path) -> dict:
-    """Take RUN's lock (once per process, re-entrant); returns the record written. Raises
-    RunLocked naming the holder if a live job has it."""
+def acquire(run: Path) -> dict | None:
+    """Take RUN's lock; returns the record written (None for a directory this process cannot
+    write: it orders nothing there). Raises RunLocked naming the holder if a live job has it."""
     run = Path(run)
-    run.mkdir(parents=True, exist_ok=True)
     lock = run / LOCK_FILE
     record = {"pid": os.getpid(), "host": socket.gethostname(), "job": _job_name(), "started": time.time()}
     for _ in range(5):
-        if _create(lock, record):
+        created = _create(lock, record)
+        if created is None:
+            return None
+        if created:
             return record
         holder = _read(lock)
         if holder is None:
@@ -121,17 +130,21 @@ def acquire(run: Path) -> dict:
     raise RunLocked(f"could not take the lock of {run}: other jobs keep taking it; rerun when they are done")
 
 
-def release(run: Path, record: dict) -> None:
+def release(run: Path, record: dict | None) -> None:
     lock = Path(run) / LOCK_FILE
-    if _read(lock) == json.loads(json.dumps(record)):  # never remove a lock that is not ours
+    if record is not None and _read(lock) == json.loads(json.dumps(record)):  # never remove a lock not ours
         lock.unlink(missing_ok=True)
 
 
 @contextmanager
-def run_lock(run: str | os.PathLike) -> Iterator[None]:
+def run_lock(run: str | os.PathLike, create: bool = True) -> Iterator[None]:
     """Hold RUN's lock for the block (re-entrant in this process). The outermost holder
-    clears stale temporary files of ours in RUN and RUN/sample_chunks."""
+    clears stale temporary files of ours in RUN and RUN/sample_chunks. With create=False a
+    missing RUN is not made (the stage reports it) and the block runs without a lock."""
     run = Path(run)
+    if not create and not run.is_dir():
+        yield
+        return
     run.mkdir(parents=True, exist_ok=True)
     key = str(run.resolve())
     with _guard:
@@ -140,7 +153,7 @@ def run_lock(run: str | os.PathLike) -> Iterator[None]:
             record = acquire(run)
         _held[key] = depth + 1
     try:
-        if depth == 0:
+        if depth == 0 and record is not None:
             for sub in LEFTOVER_DIRS:
                 remove_leftovers(run / sub if sub else run)
         yield
@@ -161,13 +174,13 @@ def check_unlocked(run: str | os.PathLike) -> None:
         return
     holder = _read(lock)
     if holder is None or holder.get("host") != socket.gethostname() or _alive(holder["pid"]):
-        record = acquire(run)  # raises with the holder named, or takes a stale lock over
-        release(run, record)
+        release(run, acquire(run))  # raises with the holder named, or takes a stale lock over
 
 
-def holding_run_lock(argument: str):
+def holding_run_lock(argument: str, create: bool = True):
     """Decorate a stage function whose parameter `argument` is the run directory: it runs
-    holding that directory's lock (nothing is taken when the argument is None)."""
+    holding that directory's lock (nothing is taken when the argument is None; with
+    create=False, nor when the directory does not exist: the stage says so itself)."""
     def decorate(function):
         signature = inspect.signature(function)
 
@@ -176,7 +189,7 @@ def holding_run_lock(argument: str):
             run = signature.bind(*args, **kwargs).arguments.get(argument)
             if run is None:
                 return function(*args, **kwargs)
-            with run_lock(run):
+            with run_lock(run, create=create):
                 return function(*args, **kwargs)
 
         return wrapper

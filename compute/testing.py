@@ -109,7 +109,7 @@ def test_config(method: Method, cases: int, seed: int, run: Path, vectors_path: 
             "median_values": direction_set.medians, "bundle_manifest_sha256": bundle.manifest_sha256}
 
 
-@holding_run_lock("run")
+@holding_run_lock("run", create=False)
 def run_test(run: Path, bundle, method: Method = Method(), cases: int = 500, seed: int = 0, resources=None,
              vectors_path: Path | None = None, progress: bool = True) -> dict:
     """Run (or reuse, if RUN holds a test made with the same settings) the generation test."""

@@ -154,6 +154,9 @@ def test_planted_symlinks_are_replaced_not_written_through(ray_session, bundle_d
     run, outside = tmp_path / "run", tmp_path / "outside"
     run.mkdir()
     victims = _plant(run, outside, [*OUTPUTS, *OLD_TEMP_NAMES])
+    (run / "sample_chunks").mkdir()  # a chunk linked to a victim, and a dangling link at samples.parquet
+    victims += _plant(run / "sample_chunks", outside, ["000000.parquet"])
+    (run / "samples.parquet").symlink_to(outside / "nowhere")
     before = _snapshot(victims)
     method = ["--ratio", RATIO]
     result = call_job("jobs.vectorfind", "--bundle", str(bundle_dir), "--out", str(run), "--n", str(N),
@@ -164,6 +167,8 @@ def test_planted_symlinks_are_replaced_not_written_through(ray_session, bundle_d
         assert not (run / name).is_symlink() and (run / name).is_file() and own(run / name), name
     for name in OLD_TEMP_NAMES:  # stale temporary names: cleared (the link, never its target)
         assert not os.path.lexists(run / name), name
+    assert not (run / "samples.parquet").is_symlink() and pq.read_table(run / "samples.parquet").num_rows == N
+    assert not os.path.lexists(outside / "nowhere")
     assert not os.path.lexists(run / LOCK_FILE)
 
     # The stage jobs that rewrite the same files, each on fresh symlinks.
@@ -185,6 +190,17 @@ def test_planted_symlinks_are_replaced_not_written_through(ray_session, bundle_d
         for name in names:
             assert not (run / name).is_symlink() and OUTPUTS[name](run / name), (args[0], name)
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_samples_link_to_a_foreign_file_is_refused_untouched(bundle_dir, tmp_path):
+    run, victim = tmp_path / "run", tmp_path / "victim.parquet"
+    run.mkdir()
+    victim.write_bytes(b"not a samples table")
+    before = _snapshot([victim])
+    (run / "samples.parquet").symlink_to(victim)
+    _one_line(call_job("jobs.sample", "--out", str(run), "--n", str(N), "--bundle", str(bundle_dir)), 2,
+              "is damaged")
+    assert _snapshot([victim]) == before and (run / "samples.parquet").is_symlink()
 
 
 # ---- item 5: hostile names in the report ---------------------------------------------------
@@ -260,11 +276,13 @@ def test_leftovers_of_a_killed_driver_do_not_block_the_rerun(ray_session, bundle
     victim.write_text("victim")
     before = _snapshot([victim])
     (run / ".cases.parquet.zz.partial").symlink_to(victim)
+    (chunks / ".not-ours.partial").mkdir()  # a hidden directory is no file of ours: kept, and no obstacle
 
     result = call_job(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "200 computed, 400 reused" in result.stdout, result.stdout
-    assert sorted(p.name for p in (run / "samples.parquet").iterdir()) == [f"{c:06d}.parquet" for c in range(3)]
+    assert sorted(p.name for p in (run / "samples.parquet").iterdir()) == \
+        [".not-ours.partial", *(f"{c:06d}.parquet" for c in range(3))]
     assert pq.read_table(run / "samples.parquet").num_rows == N
     assert sorted(p.name for p in run.iterdir()) == ["samples.parquet"]
     assert _snapshot([victim]) == before
@@ -462,3 +480,9 @@ def test_a_killed_raylet_is_one_line_exit_2_and_the_rerun_resumes(bundle_dir, tm
     assert f"{6000 - 500 * len(kept):,} computed, {500 * len(kept):,} reused" in rerun.stdout, rerun.stdout[-2000:]
     assert pq.read_table(run / "samples.parquet").num_rows == 6000
     assert not os.path.lexists(run / LOCK_FILE)
+
+
+def test_a_stage_on_a_missing_run_directory_creates_nothing(bundle_dir, tmp_path):
+    missing = tmp_path / "no-such-run"
+    _one_line(call_job("jobs.report", "--run", str(missing), "--bundle", str(bundle_dir)), 2, "cases.parquet")
+    assert not missing.exists()
