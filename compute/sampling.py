@@ -28,7 +28,7 @@ from compute.files import remove_leftovers
 from compute.runlock import check_unlocked, holding_run_lock
 from compute.runs import SAMPLES_FILE, check_writable, normalized
 from compute.seeding import check_seed, draw_codes
-from compute.engine import EngineSpec, NullEngine, SampleEngine
+from compute.engine import EngineSpec, NullEngine, SampleEngine, prepare_graphs
 from compute.sessions import resolve
 from compute.tables import read_metadata, vector_column, with_metadata, write_parquet_atomic
 from vectors.errors import InputError
@@ -41,7 +41,7 @@ CHUNK_DIR = "sample_chunks"
 # Sample ids per actor call (a Ray Data block), whatever the resolution: the engine splits
 # a call into inference calls of its own size, so block size only sets Ray Data's per-block
 # overhead. The pipeline with no inference (`jobs.benchmark ceiling`) ran 6,197 images/s with
-# 128-id blocks on 2 cores and NNN with these.
+# 128-id blocks on 2 cores and 32,579 with these (and samples no longer rewritten).
 BATCH_IDS = 4096
 # Driver peak memory / raw table size, measured at n = 300,000 (2.1 GB peak for 1.25 GB of Parquet).
 BYTES_PER_SAMPLE_FACTOR = 2.0
@@ -93,27 +93,34 @@ class Resources:
 
 
 def plan_resources(actors: int | None = None, cpus_per_actor: float | None = None,
-                   gpus_per_actor: float = 0.0, totals: dict | None = None) -> Resources:
+                   gpus_per_actor: float | None = None, totals: dict | None = None, *, fp16: bool = True,
+                   call_images: int | None = None, cuda_graph: bool = False) -> Resources:
     """Defaults that use the cluster without starving Ray Data's own tasks.
 
     Actors that take every CPU deadlock the pipeline (its read tasks never get one), so the
     actors together must leave one CPU free (half of a one-CPU cluster); a plan that does
     not is refused rather than left to wait forever. ONNX Runtime gets one intra-op thread
-    per whole CPU of the actor, at least one. `totals` ({"CPU": n, "GPU": m}) defaults to
-    the connected cluster's resources; jobs pass a local instance's before starting it.
+    per whole CPU of the actor, at least one. `gpus_per_actor` None means: the measured
+    share (compute.gpus.DEFAULT_GPU_SHARE) where the cluster has GPUs, else CPU actors; GPU
+    actors number GPUs / share. `totals` ({"CPU": n, "GPU": m}) defaults to the connected
+    cluster's resources; jobs pass a local instance's before starting it.
     """
+    from compute.gpus import DEFAULT_GPU_SHARE
+
     if totals is None:
         import ray
 
         totals = ray.cluster_resources()
     cpus, gpus = float(totals.get("CPU", 1)), float(totals.get("GPU", 0))
+    if gpus_per_actor is None:
+        gpus_per_actor = DEFAULT_GPU_SHARE if gpus > 0 else 0.0
     if gpus_per_actor < 0 or (cpus_per_actor is not None and cpus_per_actor <= 0):
         raise SamplingError("CPUs per actor must be > 0 and GPUs per actor >= 0")
     if gpus_per_actor > 0 and gpus < gpus_per_actor:
         log.warning("asked for %s GPU per actor but the cluster has %s GPUs: actors wait until "
                     "GPU nodes join (the cluster autoscaler may add them)", gpus_per_actor, gpus)
     if actors is None:
-        actors = max(1, int(gpus // gpus_per_actor)) if gpus_per_actor > 0 and gpus else max(1, int(cpus))
+        actors = max(1, int(gpus // gpus_per_actor + 1e-9)) if gpus_per_actor > 0 and gpus else max(1, int(cpus))
     if actors < 1:
         raise SamplingError(f"the actor count must be >= 1, got {actors}")
     if cpus_per_actor is None:
@@ -124,8 +131,10 @@ def plan_resources(actors: int | None = None, cpus_per_actor: float | None = Non
         raise SamplingError(f"{actors} actors x {cpus_per_actor:g} CPUs leave Ray Data less than {reserve:g} of the "
                             f"cluster's {cpus:g} CPUs for its own tasks, and the pipeline would wait forever; "
                             f"use fewer actors or at most {most:g} CPUs per actor")
+    if call_images is not None and call_images < 1:
+        raise SamplingError(f"images per call must be >= 1, got {call_images}")
     threads = max(1, int(cpus_per_actor))
-    return Resources(actors, float(cpus_per_actor), float(gpus_per_actor), threads)
+    return Resources(actors, float(cpus_per_actor), float(gpus_per_actor), threads, fp16, call_images, cuda_graph)
 
 
 def samples_schema(bundle: Bundle) -> pa.Schema:
@@ -255,15 +264,32 @@ class _ChunkProgress:
 
     PERIOD = 10.0
 
+    def batch_received(self, rows: int) -> None:
+        self.received += rows
+        if self.first_batch is None:
+            self.first_batch = (time.perf_counter(), rows)
+
+    def steady_rate(self) -> float | None:
+        """Images/s from the first batch the driver received to the end: the rate without
+        Ray's and the actors' start-up."""
+        if self.first_batch is None:
+            return None
+        seconds = time.perf_counter() - self.first_batch[0]
+        return (self.received - self.first_batch[1]) / seconds if seconds > 1.0 else None
+
     def __init__(self, chunks: int, images: int, enabled: bool):
         self.chunks, self.images, self.enabled = chunks, images, enabled
         self.done_chunks = self.done_images = 0
         self.started = self.last = time.perf_counter()
+        self.first = None  # (time, images) when the first chunk was written
+        self.first_batch, self.received = None, 0  # (time, rows) of the first batch received
 
     def chunk_done(self, rows: int) -> None:
         self.done_chunks += 1
         self.done_images += rows
         now = time.perf_counter()
+        if self.first is None:
+            self.first = (now, self.done_images)
         if not self.enabled or (self.done_chunks > 1 and now - self.last < self.PERIOD):
             return
         self.last = now
@@ -323,7 +349,10 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
     started = time.perf_counter()
     if missing:
         done = np.array(sorted(chunks), dtype=np.int64)
-        graphs = {stem: ray.put(bundle.graph_bytes(stem)) for stem in ("mapping", "synthesis", "scorer")}
+        spec = engine_spec(bundle, resources)
+        prepared = {} if null else prepare_graphs({s: bundle.graph_bytes(s) for s in ("mapping", "synthesis", "scorer")},
+                                                  spec)
+        graphs = {stem: ray.put(data) for stem, data in prepared.items()}
 
         def drop_finished(batch):
             ids = batch["id"]
@@ -334,7 +363,7 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
             ds = ds.map_batches(drop_finished, batch_format="numpy")
         ds = ds.map_batches(
             actor_class, batch_size=batch_size, batch_format="numpy",
-            fn_constructor_kwargs=dict(graphs=graphs, seed=seed, spec=engine_spec(bundle, resources),
+            fn_constructor_kwargs=dict(graphs=graphs, seed=seed, spec=spec,
                                        score_names=bundle.score_names, null=null),
             compute=ray.data.ActorPoolStrategy(size=resources.actors),
             num_cpus=resources.cpus_per_actor, num_gpus=resources.gpus_per_actor or None,
@@ -346,6 +375,7 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             if not len(batch["sample_id"]):
                 continue
+            report.batch_received(len(batch["sample_id"]))
             owner = batch["sample_id"] // chunk_size
             for c in np.unique(owner):
                 part = {k: v[owner == c] for k, v in batch.items()}
@@ -384,7 +414,10 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
         import resource
 
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+        steady = report.steady_rate() if missing else None
+        steady = f" ({steady:,.0f} after the first batch)" if steady else ""
+        device = f"{resources.actors} {'GPU' if resources.gpus_per_actor > 0 else 'CPU'} actors"
         print(f"sampled n={n:,} ({computed:,} computed, {n - computed:,} reused) in {elapsed:.1f}s: "
-              f"{rate:,.0f} images/s with {resources.actors} actors; peak driver memory {peak_gb:.2f} GB",
+              f"{rate:,.0f} images/s{steady} with {device}; peak driver memory {peak_gb:.2f} GB",
               flush=True)
     return table
