@@ -122,7 +122,8 @@ def report_heading(run_name: str, space: str, latent: str, model: str, summary: 
 
 def results_table(props, acc: dict, stability: dict, summary: dict) -> list[str]:
     """One row per edited property; names escaped for a table cell (md_text)."""
-    lines = ["| property | SVM val accuracy | stability | mean corr | mean abs corr | cutoff |", "|---|---|---|---|---|---|"]
+    lines = ["| property | SVM val accuracy | stability | mean corr | mean abs corr | cutoff |",
+             "|---|---|---|---|---|---|"]
     for p in props:
         lines.append(f"| {md_text(p)} | {_fmt(acc.get(p))} | {_fmt(stability[p])} | {summary['mean_corr'][p]:.4f} | "
                      f"{summary['mean_abs_corr'][p]:.4f} | {summary['cutoffs'][p]:.2f} |")

@@ -97,7 +97,8 @@ _LOST = (("LocalRayletDiedError", "its local raylet"), ("NodeDiedError", "a node
          ("ActorDiedError", "an actor process"), ("ActorUnavailableError", "an actor process"),
          ("RayActorError", "an actor process"), ("WorkerCrashedError", "a worker process"),
          ("OwnerDiedError", "the owner of an object"), ("ObjectLostError", "an object held by a node"),
-         ("RpcError", "its connection to a Ray component"), ("RaySystemError", "a system component (its raylet or GCS)"))
+         ("RpcError", "its connection to a Ray component"),
+         ("RaySystemError", "a system component (its raylet or GCS)"))
 
 
 def cluster_lost(exc: BaseException) -> str | None:
