@@ -49,7 +49,10 @@ def _stylegan2():
     from export.stylegan2 import StyleGAN2, StyleGAN2Config
 
     torch.manual_seed(0)
-    generator = StyleGAN2(StyleGAN2Config.rosinality(64, channel_multiplier=1)).eval()
+    # Config-f's structure at a quarter of its widths: the ranges come from the structure
+    # (demodulation, noise, toRGB skips), and the full widths cost minutes on two cores.
+    config = StyleGAN2Config(resolution=64, channels=((4, 128), (8, 128), (16, 128), (32, 64), (64, 32)))
+    generator = StyleGAN2(config).eval()
     layers = generator.config.num_ws
     return (to_onnx_bytes(torch.nn.Sequential(generator.style), torch.zeros(2, 512), "z", "w"),
             to_onnx_bytes(Synthesis(generator), torch.zeros(2, layers, 512), "ws", "image"), 512, layers)

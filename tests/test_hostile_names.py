@@ -238,8 +238,10 @@ def test_hostile_score_names_through_the_python_api(monkeypatch, graphs, tmp_pat
 @pytest.mark.parametrize("job", ["fit", "import_vectors"])
 @pytest.mark.parametrize("prop", ["../../outside/pwn", "{outside}/pwn", "a/b", "a\\b"])
 def test_property_names_never_leave_the_export_directory(monkeypatch, bundle_dir, tmp_path, job, prop):
-    """The reference CSV and boundary file names are built from property names: one helper
-    refuses any that would name a file elsewhere, before Ray starts or anything is read."""
+    """The reference CSV and boundary file names are built from property names: they are
+    refused before Ray starts or anything is read. The method's own name check (a property
+    is a score name) now refuses them first; file_name, the helper behind every such file
+    name, is pinned by test_the_name_helpers."""
     scene = Scene(tmp_path, monkeypatch)
     prop = prop.format(outside=scene.outside)
     run = scene.out / "run"
@@ -250,7 +252,7 @@ def test_property_names_never_leave_the_export_directory(monkeypatch, bundle_dir
     else:
         result = call_job("jobs.import_vectors", "--csv-dir", str(scene.outside), "--out", str(run / "v.parquet"),
                           "--properties", prop, "--group-by", "none", "--bundle", str(bundle_dir))
-    refused(result, "is not a plain file name")
+    refused(result, "a property's name must be a score name")
     scene.assert_untouched()
 
 
