@@ -33,24 +33,37 @@ def _umask() -> int:
     return mask
 
 
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A fresh temporary file in `path`'s directory, created with O_EXCL by mkstemp."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+
+
+def _publish(tmp: str, path: Path) -> None:
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
+    os.replace(tmp, path)  # replaces a symlink at `path` rather than writing through it
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield the path of a fresh, empty temporary file beside `path` (created with O_EXCL);
     when the block ends without an error it is renamed over `path`, otherwise removed. For
     writers that insist on a path; they must write to the yielded name only."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    fd, tmp = _temp_beside(path)
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _discard(tmp)
         raise
 
 
@@ -62,20 +75,15 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_args) -> Itera
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_file writes a new file: mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    fd, tmp = _temp_beside(path)
     try:
         if mode == "w":
             open_args.setdefault("encoding", "utf-8")
         with os.fdopen(fd, mode, **open_args) as f:
             yield f
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _discard(tmp)
         raise
 
 
