@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from compute import samples_store
+from compute.run_record import write_record
 from compute.runlock import holding_run_lock
 from compute.runs import SAMPLES_FILE, VECTORS_FILE, reusable
 from compute.tables import vector_matrix
@@ -145,8 +146,9 @@ def gather_fits(pending: dict, progress: bool = True, show_c: bool = False) -> d
 
 @holding_run_lock("run", create=False)  # one job at a time in RUN
 def fit_directions(run: Path, method: Method = Method(), seed: int = 0, drop_nonfinite: bool = False,
-                   out: Path | None = None, progress: bool = True) -> Path:
-    """Fit (or reuse, if `out` holds a fit made with the same settings) the directions of RUN."""
+                   out: Path | None = None, progress: bool = True, start_ray=None) -> Path:
+    """Fit (or reuse, if `out` holds a fit made with the same settings) the directions of RUN.
+    start_ray: called only when there is a fit to run (jobs.fit starts Ray with it)."""
     import ray
 
     samples = load_samples(run, method, drop_nonfinite)
@@ -154,6 +156,8 @@ def fit_directions(run: Path, method: Method = Method(), seed: int = 0, drop_non
     out = Path(out or Path(run) / VECTORS_FILE)
     if reusable(out, "fit", plan.config, progress):
         return out
+    if start_ray is not None:
+        start_ray()
     if progress:
         print(f"{len(samples.latents):,} samples in {method.latent} ({samples.latents.shape[1]} dims), "
               f"medians from {method.medians}"
@@ -165,6 +169,8 @@ def fit_directions(run: Path, method: Method = Method(), seed: int = 0, drop_non
     results = gather_fits(pending, progress, show_c=method.estimator == "svm_cv")
     rows = direction_rows(results, method)
     write_vectors(rows, {"fit": plan.config, "method": method.to_dict()}, out)
+    if out.resolve() == (Path(run) / VECTORS_FILE).resolve():
+        write_record(run, method=method)  # the run's method is now this one (a run with a record only)
     if progress:
         print(fit_summary(rows, method))
         print(f"{len(rows)} fits in {time.perf_counter() - started:.1f}s; wrote {out}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from compute.fitting import fit_directions
 from compute.gallery import write_gallery
 from compute.report import write_report
+from compute.run_record import write_record
 from compute.runlock import holding_run_lock
 from compute.sampling import check_sampling_input, sample_table
 from compute.testing import run_test
@@ -38,6 +39,7 @@ def run_method(run: Path, bundle, method: Method = Method(), n: int = 80000, cas
     check_run_input(bundle, method, n, cases, seed, run)
     resources = resources or plan_resources()
     run = Path(run)
+    write_record(run, bundle, method)  # RUN/run.json: later jobs on the run find its bundle and method
     fits = len(method.group_names) * len(method.properties)
     say = print if progress else (lambda *a, **k: None)
     say(f"[1/4] sampling {n:,} faces into {run}", flush=True)

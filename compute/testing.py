@@ -19,6 +19,7 @@ import pyarrow.csv as pacsv
 
 from compute.files import atomic_file
 from compute.generation import CaseResults, DirectionSet, run_cases
+from compute.run_record import write_record
 from compute.runlock import holding_run_lock
 from compute.runs import (CASES_FILE, PASSED_CSV, PASSED_PARQUET, SUMMARY_FILE, VECTORS_FILE, relative_to_run,
                           reusable)
@@ -121,6 +122,8 @@ def run_test(run: Path, bundle, method: Method = Method(), cases: int = 500, see
     method.check_layers(bundle.num_ws)
     direction_set, vectors, meta = load_direction_set(vectors_path, bundle, method)
     config = test_config(method, cases, seed, run, vectors_path, bundle, direction_set)
+    own = vectors_path.resolve() == (run / VECTORS_FILE).resolve()
+    write_record(run, bundle, method if own else None)  # the run remembers its bundle (where it is now), method
     if reusable(run / CASES_FILE, "test", config, progress) and (run / SUMMARY_FILE).is_file():
         return json.loads((run / SUMMARY_FILE).read_text())
 

@@ -64,7 +64,8 @@ def main(argv=None) -> None:
     p.add_argument("--editor", type=Path, default=None, metavar="RUN",
                    help="write the editor of this tested run instead of a model bundle")
     p.add_argument("--bundle", type=Path, default=None,
-                   help="--editor: the run's model bundle (default: the built-in bundle whose hash the run recorded)")
+                   help="--editor: the run's model bundle (default: the one the run recorded, else the built-in "
+                        "bundle whose hash the run recorded)")
     args = p.parse_args(argv)
     if args.editor is not None:
         return export_editor(args)
@@ -125,7 +126,12 @@ def export_editor(args) -> None:
     from compute.editor import export_editor as write_editor
 
     started = time.perf_counter()
-    manifest = write_editor(args.editor, args.out, args.bundle, args.overwrite)
+    from jobs.cli.bundles import run_bundle
+
+    # The run's recorded bundle (or --bundle, which must have its hash); runs without a record:
+    # None, and the editor looks for the run's hash among the built-in bundles.
+    bundle = run_bundle(args.editor, args.bundle, default=False)
+    manifest = write_editor(args.editor, args.out, bundle, args.overwrite)
     parity = manifest["parity"]
     print(f"wrote editor {args.out} (editor.onnx, editor_fp16.onnx, manifest.json) of run {args.editor} in "
           f"{time.perf_counter() - started:.0f}s: space {manifest['space']}, properties "

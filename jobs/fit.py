@@ -3,7 +3,9 @@
     python -m jobs.fit --run RUN [--space w|z] [--ratio 0.2] [--medians manifest|samples]
                        [--estimator svm] [--stability-splits 5]
 
-Reads RUN/samples.parquet, writes RUN/vectors.parquet (or --out). With the seeds' method
+Reads RUN/samples.parquet, writes RUN/vectors.parquet (or --out). The method defaults to the
+one the run recorded (RUN/run.json), else the seeds'; flags change it. When the vectors file
+already holds a fit with the same settings it is reused without starting Ray. With the seeds' method
 that is 8 groups x (eyes, mouth, pose) = 24 fits, each with the method's estimator (the
 reference's linear SVM by default) and its stability (mean cosine between resampled fits).
 """
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 from compute.fitting import export_directions, export_names, fit_directions
+from compute.run_record import recorded_method
 from compute.vectors_table import read_vectors
 from jobs.cli import UsageError, parser, run_main
 from jobs.cli.method_args import add_method_arguments, method_from
@@ -30,13 +33,14 @@ def main(argv=None) -> None:
     add_method_arguments(p, test=False)
     add_ray_arguments(p)
     args = p.parse_args(argv)
-    method = method_from(args)
+    method = method_from(args, recorded_method(args.run))  # the run's own method, then the flags
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.export_csv or args.export_boundaries:
         export_names(method)  # a property name that would leave the export directory: refused before any work
-    init_ray(args.address, args.num_cpus)
-    out = fit_directions(args.run, method, args.seed, args.drop_nonfinite, args.out)
+    # Ray starts only once the fit knows it cannot reuse the vectors file (and its samples are read)
+    out = fit_directions(args.run, method, args.seed, args.drop_nonfinite, args.out,
+                         start_ray=lambda: init_ray(args.address, args.num_cpus))
     if args.export_csv or args.export_boundaries:
         _, directions, _ = read_vectors(out)
         export_directions(directions, method.latent, args.export_csv, args.export_boundaries)

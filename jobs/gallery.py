@@ -13,7 +13,7 @@ from pathlib import Path
 
 from compute.gallery import count_passed, write_gallery
 from jobs.cli import UsageError, parser, run_main
-from jobs.cli.bundles import resolve_bundle
+from jobs.cli.bundles import run_bundle
 
 
 def main(argv=None) -> None:
@@ -21,14 +21,14 @@ def main(argv=None) -> None:
     p.add_argument("--run", type=Path, required=True, help="run directory with the test's cases.parquet")
     p.add_argument("--top", type=int, default=100, help="show the best N passed cases by sum of |corr|")
     p.add_argument("--bundle", type=Path, default=None,
-                   help="model bundle the run was made with (default: built-in synthetic model; "
-                        "checked against the bundle hash the run recorded)")
+                   help="model bundle the run was made with (default: the one the run recorded, else the "
+                        "built-in synthetic model; checked against the bundle hash the run recorded)")
     args = p.parse_args(argv)
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, got {args.top}")
     if not args.run.is_dir():
         raise UsageError(f"no run directory {args.run}")
-    out = write_gallery(args.run, resolve_bundle(args.bundle), args.top)
+    out = write_gallery(args.run, run_bundle(args.run, args.bundle), args.top)
     passed, tested = count_passed(args.run)
     print(f"wrote {out}: {min(passed, args.top)} cases to pick from ({passed} of {tested} passed)")
 

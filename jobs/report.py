@@ -2,6 +2,9 @@
 histograms, passes per group, and an image grid of the best cases' edits.
 
     python -m jobs.report --run RUN [--bundle DIR]
+
+The images are drawn through the run's own bundle (recorded in RUN/run.json); --bundle is
+for a run whose bundle moved, and must have the recorded manifest hash.
 """
 from __future__ import annotations
 
@@ -10,15 +13,17 @@ from pathlib import Path
 
 from compute.report import write_report
 from jobs.cli import parser, run_main
-from jobs.cli.bundles import resolve_bundle
+from jobs.cli.bundles import run_bundle
 
 
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--run", type=Path, required=True, help="run directory with cases.parquet and summary.json")
-    p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: built-in synthetic model)")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="model bundle (default: the one the run recorded; runs made before runs recorded it: "
+                        "the built-in synthetic model); must have the run's manifest hash")
     args = p.parse_args(argv)
-    print(f"wrote {write_report(args.run, resolve_bundle(args.bundle))}")
+    print(f"wrote {write_report(args.run, run_bundle(args.run, args.bundle))}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from compute.sampling import check_sampling_input, sample_table
+from compute.run_record import read_record
 from jobs.cli import parser, run_main
-from jobs.cli.bundles import resolve_bundle
+from jobs.cli.bundles import resolve_bundle, run_bundle
 from jobs.cli.ray import add_ray_arguments, add_resource_arguments, start
 
 
@@ -25,7 +26,7 @@ def main(argv=None) -> None:
     add_resource_arguments(p)
     add_ray_arguments(p)
     args = p.parse_args(argv)
-    bundle = resolve_bundle(args.bundle)
+    bundle = run_bundle(args.out, args.bundle) if read_record(args.out) else resolve_bundle(args.bundle)
     check_sampling_input(bundle, args.n, args.seed, args.out, args.chunk_size)  # before Ray starts
     resources = start(args)
     sample_table(bundle, args.n, args.seed, args.out, batch_size=args.batch_size, resources=resources,

@@ -15,7 +15,7 @@ from compute.runs import VECTORS_FILE
 from compute.testing import run_test
 from compute.vectors_table import read_vectors
 from jobs.cli import UsageError, parser, run_main
-from jobs.cli.bundles import resolve_bundle
+from jobs.cli.bundles import run_bundle
 from jobs.cli.method_args import add_method_arguments, method_from
 from jobs.cli.ray import add_ray_arguments, add_resource_arguments, start
 from vectors.method import Method
@@ -28,7 +28,9 @@ def main(argv=None) -> None:
     p.add_argument("--vectors", type=Path, default=None, help=f"vectors file (default: RUN/{VECTORS_FILE})")
     p.add_argument("--cases", type=int, default=500, help="test cases (fresh faces)")
     p.add_argument("--seed", type=int, default=0, help="test seed; case i's code is a function of (seed, i)")
-    p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: built-in synthetic model)")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="model bundle (default: the one the run recorded, else the built-in synthetic model); "
+                        "must have the run's manifest hash")
     add_method_arguments(p, fit=False)
     add_resource_arguments(p)
     add_ray_arguments(p)
@@ -42,7 +44,7 @@ def main(argv=None) -> None:
     # The base method is the one the vectors were made with; older files record only their space.
     recorded = Method.from_dict(meta["method"]) if "method" in meta else Method(space=table["space"][0].as_py())
     method = method_from(args, recorded)
-    bundle = resolve_bundle(args.bundle)
+    bundle = run_bundle(args.run, args.bundle)  # the run's own; another is refused before any work
     method.check_scores(bundle.score_names)  # before Ray starts
     summary = run_test(args.run, bundle, method, args.cases, args.seed, start(args), vectors_path)
     print(results_table(summary, summary.get("svm_val_accuracy")))

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from compute.pipeline import check_run_input, run_method
+from compute.run_record import read_record
 from jobs.cli import parser, run_main
-from jobs.cli.bundles import resolve_bundle
+from jobs.cli.bundles import resolve_bundle, run_bundle
 from jobs.cli.method_args import add_method_arguments, method_from
 from jobs.cli.ray import add_ray_arguments, add_resource_arguments, start
 from vectors.summary import results_table
@@ -35,7 +36,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     method = method_from(args)
     started = time.perf_counter()
-    bundle = resolve_bundle(args.bundle)
+    bundle = run_bundle(args.out, args.bundle) if read_record(args.out) else resolve_bundle(args.bundle)
     check_run_input(bundle, method, args.n, args.cases, args.seed, args.out)  # every check before Ray starts
     summary = run_method(args.out, bundle, method, args.n, args.cases, args.seed, start(args), args.batch_size,
                          args.drop_nonfinite)

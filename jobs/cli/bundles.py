@@ -47,3 +47,71 @@ def resolve_bundle(path: str | Path | None, resolution: int = DEFAULT_RESOLUTION
                              f"to rebuild it") from exc
     except BundleError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def cached_bundle(sha256: str) -> Bundle | None:
+    """A built-in bundle in the cache whose manifest hash is `sha256`, None if there is none."""
+    from compute.run_record import manifest_sha256
+
+    for manifest in sorted((cache_root() / "bundles").glob("*/manifest.json")):
+        if manifest_sha256(manifest.parent) == sha256:
+            try:
+                return load_bundle(manifest.parent)
+            except BundleError:
+                return None
+    return None
+
+
+def run_bundle(run: Path, given: str | Path | None, resolution: int = DEFAULT_RESOLUTION,
+               default: bool = True) -> Bundle | None:
+    """The model bundle a job on the existing run RUN works with, decided before any work.
+
+    A run that records its bundle (RUN/run.json): `given` must have the recorded manifest hash
+    (found anywhere: a moved bundle is passed where it is now); without `given`, the recorded
+    path, which must still hold that bundle. A run without a record: `given` must match the
+    hash the run's own files recorded; without it, a cached built-in bundle of that hash, else
+    the built-in model as before (default=False: None, for callers with their own lookup), and
+    a run of another model is asked for --bundle at once."""
+    from compute.run_record import (BundleMismatch, BundleMoved, describe, files_bundle, manifest_sha256,
+                                    read_record)
+
+    record = read_record(run)
+    if record is not None:
+        sha, path, model = (record["bundle"]["manifest_sha256"], record["bundle"]["path"],
+                            record["bundle"].get("model"))
+    else:
+        (sha, model), path = files_bundle(run), None
+    if given is not None:
+        given_sha = manifest_sha256(given)
+        if sha is not None and given_sha is not None and given_sha != sha:
+            raise BundleMismatch(f"--bundle {given} is another bundle ({describe(given_sha, None)}) than the one "
+                                 f"run {run} was made with ({describe(sha, model)}"
+                                 + (f", at {path}" if path else "") + "); "
+                                 + ("leave out --bundle to use the run's own" if path else
+                                    "pass the run's own bundle"))
+        return resolve_bundle(given, resolution)
+    if path is not None:
+        if manifest_sha256(path) is None:
+            raise BundleMoved(f"run {run} was made with the bundle at {path} ({describe(sha, model)}), which is "
+                              f"no longer there; pass where it is now with --bundle DIR")
+        bundle = resolve_bundle(path, resolution)
+        if bundle.manifest_sha256 != sha:
+            raise BundleMismatch(f"the bundle at {path} has changed since run {run} was made with it (manifest "
+                                 f"sha256 now {bundle.manifest_sha256[:16]}, recorded {sha[:16]}); pass the "
+                                 f"run's own bundle with --bundle DIR")
+        return bundle
+    if sha is not None:
+        cached = cached_bundle(sha)
+        if cached is not None:
+            return cached
+        if model is not None and model != "synthetic":
+            raise BundleMoved(f"run {run} was made with a bundle of {describe(sha, model)} and does not record "
+                              f"where it is (it was made before runs recorded their bundle); pass it with "
+                              f"--bundle DIR")
+    if not default:
+        return None
+    bundle = resolve_bundle(None, resolution)
+    if sha is not None and bundle.manifest_sha256 != sha:
+        raise BundleMismatch(f"run {run} was made with a bundle of {describe(sha, model)}, not the built-in "
+                             f"model's ({bundle.manifest_sha256[:16]}); pass the run's own bundle with --bundle DIR")
+    return bundle
