@@ -70,6 +70,10 @@ def _huge_seed(tmp, sampled):
     return ["--seed", str(2**64)], "seed must be an integer in [0, 2**63)"
 
 
+def _zero_batch_size(tmp, sampled):
+    return ["--batch-size", "0"], "--batch-size must be >= 1"
+
+
 def _unwritable_out(tmp, sampled):
     return ["--out", "/proc/vectorfind-run"], "cannot write"
 
@@ -86,7 +90,8 @@ def _samples_of_another_run_without_sampling_json(tmp, sampled):
     return ["--out", str(run), "--n", str(N + 1)], "holds samples of another run"
 
 
-@pytest.mark.parametrize("case", [_huge_n, _num_cpus_zero, _too_many_actors, _huge_seed, _unwritable_out,
+@pytest.mark.parametrize("case", [_huge_n, _num_cpus_zero, _too_many_actors, _huge_seed, _zero_batch_size,
+                                  _unwritable_out,
                                   _truncated_samples, _samples_of_another_run_without_sampling_json])
 def test_sampling_refuses(case, sampled, bundle_dir, tmp_path):
     extra, message = case(tmp_path, sampled)
