@@ -107,7 +107,14 @@ def gpu_call_images(resolution: int) -> int:
     return max(1, GPU_CALL_IMAGES_256 * 256 * 256 // resolution ** 2)
 
 
-def prepare_graphs(graphs: dict[str, bytes], spec: EngineSpec) -> dict[str, bytes]:
+def cpu_call_images(synthesis: bytes, resolution: int) -> int:
+    """Images per CPU call: the pixel rule, capped by the graph's widest activation (compute.sessions)."""
+    images = max(1, CALL_PIXELS["cpu"] // resolution ** 2)
+    per_image = largest_activation(synthesis)
+    return max(1, min(images, ACTIVATION_BYTES["cpu"] // per_image)) if per_image else images
+
+
+def prepare_graphs(graphs: dict[str, bytes], spec: EngineSpec) -> dict:
     """What every actor's engine loads, made once on the driver: {"fused": graph} (fp16 inside
     where the actors run on GPUs, plus the fp32 graph as "fused32" for a CPU fallback), or
     the three bundle graphs where they cannot be fused."""
@@ -117,7 +124,8 @@ def prepare_graphs(graphs: dict[str, bytes], spec: EngineSpec) -> dict[str, byte
     except ValueError as exc:
         log.warning("running the bundle's three graphs in turn: %s", exc)
         return dict(graphs)
-    prepared = {"fused32": fused, "synthesis_shapes": graphs["synthesis"]}
+    # The CPU call size needs the synthesis graph's shapes: read once here, not in every actor.
+    prepared = {"fused32": fused, "cpu_call": cpu_call_images(graphs["synthesis"], spec.resolution)}
     if spec.use_gpu and spec.fp16:
         from compute.fp16 import to_fp16
 
@@ -158,16 +166,9 @@ class SampleEngine:
                                         cuda_graph=spec.use_gpu and spec.cuda_graph)
         self.on_gpu = self.session.get_providers()[0] == "CUDAExecutionProvider"
         self.device = "cuda" if self.on_gpu else "cpu"
-        self.call = spec.call_images or self._default_call(graphs["synthesis_shapes"])
+        self.call = spec.call_images or (gpu_call_images(spec.resolution) if self.on_gpu else graphs["cpu_call"])
         self.input_name = self.session.get_inputs()[0].name
         self._bound = None
-
-    def _default_call(self, synthesis: bytes) -> int:
-        if self.on_gpu:
-            return gpu_call_images(self.spec.resolution)
-        images = max(1, CALL_PIXELS["cpu"] // self.spec.resolution ** 2)
-        per_image = largest_activation(synthesis)
-        return max(1, min(images, ACTIVATION_BYTES["cpu"] // per_image)) if per_image else images
 
     def __call__(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         z = np.ascontiguousarray(z, dtype=np.float32)
