@@ -21,7 +21,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument("--n", type=int, default=8000, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="run seed; sample i's code is a function of (seed, i)")
-    p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: built-in synthetic model)")
+    p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: the one recorded in the run directory's run.json, else the "
+                        "built-in synthetic model)")
     p.add_argument("--chunk-size", type=int, default=16384, help="samples per resumable chunk")
     add_resource_arguments(p)
     add_ray_arguments(p)

@@ -25,7 +25,8 @@ from vectors.summary import results_table
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/vectorfind"), help="run directory")
-    p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: built-in synthetic model)")
+    p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: the one recorded in the run directory's run.json, else the "
+                        "built-in synthetic model)")
     p.add_argument("--n", type=int, default=80000, help="training samples (the reference v7 used 80,000)")
     p.add_argument("--cases", type=int, default=500, help="test cases (the seeds used 500)")
     p.add_argument("--seed", type=int, default=0, help="seed of samples, split and test cases")

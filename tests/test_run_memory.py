@@ -176,6 +176,7 @@ def test_a_run_made_before_the_record_keeps_working(copied, bundle_dir, empty_ca
     (run / RECORD_FILE).unlink()
     # Its own files still say which bundle made it: no silent drawing through the built-in model.
     _one_line_exit_2(call_job("jobs.report", "--run", str(run)), "model mine", "--bundle DIR")
+    _one_line_exit_2(call_job("jobs.test", "--run", str(run), "--cases", "9"), "model mine", "--bundle DIR")
     _one_line_exit_2(call_job("jobs.report", "--run", str(run), "--bundle", str(bundle_dir)), "another bundle")
     assert not empty_cache.exists()
     result = call_job("jobs.report", "--run", str(run), "--bundle", str(mine))
@@ -184,3 +185,11 @@ def test_a_run_made_before_the_record_keeps_working(copied, bundle_dir, empty_ca
     result = call_job("jobs.fit", "--run", str(run), "--ratio", "0.25")
     assert result.returncode == 0 and "recomputing" in result.stdout, result.stderr[-3000:]
     assert not (run / RECORD_FILE).exists()  # the fit gives a run without a record none
+
+
+def test_the_main_job_again_without_bundle_reuses_the_run(copied, empty_cache):
+    run, _ = copied
+    result = call_job("jobs.vectorfind", "--out", str(run), "--n", str(N), "--cases", str(CASES), *METHOD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("reusing") >= 3, result.stdout  # samples, vectors, cases
+    assert not empty_cache.exists()
