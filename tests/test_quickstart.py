@@ -1,7 +1,11 @@
-"""The README's first command until the main job exists: faces from the built-in model."""
+"""The README's Quick start: its two commands are CI's; faces from the built-in model."""
 from __future__ import annotations
 
-from conftest import run_job
+import re
+
+from conftest import REPO, run_job
+
+INSTALL = 'python3 -m venv .venv && .venv/bin/pip install -e ".[cpu,test]" && .venv/bin/python -m '
 
 
 def test_faces_job_writes_a_png_grid(tmp_path, bundle_dir):
@@ -25,3 +29,13 @@ def test_faces_job_exports_the_builtin_model_into_the_cache(tmp_path):
 def test_faces_job_bad_count(tmp_path):
     result = run_job("jobs.faces", "--count", "0", "--out", str(tmp_path / "f.png"))
     assert result.returncode == 2 and "--count" in result.stderr
+
+
+def test_readme_quick_start_is_what_ci_runs():
+    """The Quick start's two commands, exactly: the main job on the built-in model, and the
+    tests, which .ci/run runs on a fresh machine (keep the two in step)."""
+    readme = (REPO / "README.md").read_text()
+    quick = readme[readme.index("## Quick start"):]
+    quick = quick[:quick.index("\n## ", 1)]
+    assert re.findall(r"```bash\n(.*?)\n```", quick, re.S) == [INSTALL + "jobs.vectorfind", INSTALL + "pytest"]
+    assert INSTALL + "pytest" in (REPO / ".ci/run").read_text().splitlines()
