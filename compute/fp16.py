@@ -40,30 +40,62 @@ FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
 def to_fp16(model_bytes: bytes, keep_fp32: frozenset[str] = frozenset()) -> bytes:
     """An fp16 copy of a float32 ONNX graph with fp32 inputs, outputs and islands (see above).
-    `keep_fp32` names more nodes to keep in float32."""
+    `keep_fp32` names more nodes to keep in float32. If nodes' branches are converted too;
+    the If's own float outputs stay float32, as a graph's outputs do."""
     model = onnx.load_from_string(model_bytes)
-    nested = sorted({n.op_type for n in model.graph.node if any(a.type in (onnx.AttributeProto.GRAPH,
-                                                                         onnx.AttributeProto.GRAPHS)
-                                                              for a in n.attribute)})
-    if nested:
-        raise ValueError(f"fp16 conversion does not handle graphs with subgraphs ({', '.join(nested)})")
-    _hoist_constants(model.graph)
-    types = _float_types(model)
-    islands = fp32_nodes(model, types) | {n.name for n in model.graph.node if n.name in keep_fp32}
+    loops = sorted({n.op_type for n in all_nodes(model.graph) if n.op_type in ("Loop", "Scan")})
+    if loops:
+        raise ValueError(f"fp16 conversion does not handle {', '.join(loops)} nodes")
+    types = prepare(model)
+    islands = fp32_nodes(model, types) | {n.name for n in all_nodes(model.graph) if n.name in keep_fp32}
     _convert(model, types, islands)
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
 
-def _node_names(graph: onnx.GraphProto) -> None:
-    for i, node in enumerate(graph.node):
-        if not node.name:
-            node.name = f"{node.op_type}_{i}"
+def prepare(model: onnx.ModelProto) -> dict[str, int]:
+    """Constants hoisted to initializers and every node named, in place; returns the element
+    type of every tensor (what to_fp16 and compute.fp16_check both start from)."""
+    for graph in reversed(all_graphs(model.graph)):  # innermost first: rewriting copies the branches
+        _hoist_constants(graph)
+    _name_nodes(model.graph)
+    return _float_types(model)
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    found = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            found.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            found.extend(attr.graphs)
+    return found
+
+
+def all_graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """The graph and every graph nested in its nodes (If branches), outermost first."""
+    graphs = [graph]
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            graphs.extend(all_graphs(sub))
+    return graphs
+
+
+def all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    return [node for g in all_graphs(graph) for node in g.node]
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    """Every node gets a name unique across all scopes (islands are sets of names)."""
+    seen: set[str] = set()
+    for i, node in enumerate(all_nodes(graph)):
+        if not node.name or node.name in seen:
+            node.name = f"{node.name or node.op_type}__{i}"
+        seen.add(node.name)
 
 
 def _hoist_constants(graph: onnx.GraphProto) -> None:
-    """Constant nodes become initializers, so one rule converts every constant."""
-    _node_names(graph)
+    """Constant nodes become initializers of their graph, so one rule converts every constant."""
     kept = []
     for node in graph.node:
         if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name in (
@@ -84,19 +116,20 @@ def _hoist_constants(graph: onnx.GraphProto) -> None:
 
 
 def _float_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every tensor whose type ONNX shape inference can tell."""
+    """Element type of every tensor, in every scope, whose type ONNX shape inference can tell."""
     inferred = onnx.shape_inference.infer_shapes(model)
-    graph = inferred.graph
-    types = {t.name: t.data_type for t in graph.initializer}
-    for value in (*graph.input, *graph.output, *graph.value_info):
-        if value.type.HasField("tensor_type"):
-            types[value.name] = value.type.tensor_type.elem_type
+    types = {}
+    for graph in all_graphs(inferred.graph):
+        types.update({t.name: t.data_type for t in graph.initializer})
+        for value in (*graph.input, *graph.output, *graph.value_info):
+            if value.type.HasField("tensor_type"):
+                types[value.name] = value.type.tensor_type.elem_type
     return types
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list]:
+def _consumers(nodes: list[onnx.NodeProto]) -> dict[str, list]:
     users: dict[str, list] = {}
-    for node in graph.node:
+    for node in nodes:
         for name in node.input:
             users.setdefault(name, []).append(node)
     return users
@@ -112,25 +145,28 @@ def _bad_scalar(tensor: onnx.TensorProto) -> bool:
 
 
 def fp32_nodes(model: onnx.ModelProto, types: dict[str, int]) -> set[str]:
-    """Names of the nodes that stay float32 (the islands described in the module doc)."""
-    graph = model.graph
-    constants = {t.name for t in graph.initializer}
-    bad_constants = {t.name for t in graph.initializer if _bad_scalar(t)}
-    producer = {out: node for node in graph.node for out in node.output}
-    users = _consumers(graph)
+    """Names of the nodes that stay float32 (the islands described in the module doc), in
+    every scope: names are unique across an ONNX model's graphs, so one pass covers them."""
+    graphs = all_graphs(model.graph)
+    nodes = all_nodes(model.graph)
+    initializers = [t for g in graphs for t in g.initializer]
+    constants = {t.name for t in initializers}
+    bad_constants = {t.name for t in initializers if _bad_scalar(t)}
+    producer = {out: node for node in nodes for out in node.output}
+    users = _consumers(nodes)
     floats = lambda names: [n for n in names if n and types.get(n) == TensorProto.FLOAT]  # noqa: E731
-    outputs_of_graph = {v.name for v in graph.output}
-    islands = {n.name for n in graph.node if n.op_type in REDUCTIONS or bad_constants & set(n.input)}
+    outputs_of_graphs = {v.name for g in graphs for v in g.output}
+    islands = {n.name for n in nodes if n.op_type in REDUCTIONS or bad_constants & set(n.input)}
     changed = True
     while changed:  # a fixed point: each pass only adds nodes
         changed = False
-        for node in graph.node:
+        for node in nodes:
             if node.name in islands or node.op_type not in ELEMENTWISE:
                 continue
             data = [n for n in floats(node.input) if n not in constants]
             outputs = floats(node.output)
             readers = [u for o in outputs for u in users.get(o, [])]
-            feeds_islands = bool(readers) and all(u.name in islands for u in readers) and not outputs_of_graph & set(outputs)
+            feeds_islands = bool(readers) and all(u.name in islands for u in readers) and not outputs_of_graphs & set(outputs)
             fed_by_islands = bool(data) and all(n in producer and producer[n].name in islands for n in data)
             if feeds_islands or fed_by_islands:
                 islands.add(node.name)
@@ -139,94 +175,91 @@ def fp32_nodes(model: onnx.ModelProto, types: dict[str, int]) -> set[str]:
 
 
 def _convert(model: onnx.ModelProto, types: dict[str, int], islands: set[str]) -> None:
-    graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    outputs = {v.name for v in graph.output}
-    half: dict[str, str] = {}     # float32 tensor -> its fp16 twin
-    single: dict[str, str] = {}   # fp16 tensor -> its float32 twin
-    casts: list = []
+    """Rewrite every scope: fp16 nodes read fp16 copies of their float inputs, fp32 nodes
+    float32 ones. A cast goes into the scope where its source is produced, right after its
+    producer (or first, for a scope's inputs and initializers), so a branch may read it."""
+    graphs = all_graphs(model.graph)
+    home: dict[str, onnx.GraphProto] = {}     # tensor -> the graph that produces or holds it
+    after: dict[str, str] = {}                # tensor -> the node that produces it
+    for graph in graphs:
+        for value in (*graph.input, *graph.initializer):
+            home[value.name] = graph
+        for node in graph.node:
+            for out in node.output:
+                home[out], after[out] = graph, node.name
+    initializers = {t.name: t for g in graphs for t in g.initializer}
+    is_float = lambda name: bool(name) and types.get(name) == TensorProto.FLOAT  # noqa: E731
+    # fp16 nodes make fp16 float outputs; island nodes and If nodes (whose branches end in
+    # float32 outputs) make float32 ones.
+    produced16 = {o for g in graphs for n in g.node
+                  if n.name not in islands and not _subgraphs(n) for o in n.output if is_float(o)}
+    casts: dict[tuple[int, str | None], list] = {}  # (graph id, producer or None) -> casts to emit
+    twins: dict[tuple[str, int], str] = {}
 
-    def is_float(name: str, dtype=TensorProto.FLOAT) -> bool:
-        return bool(name) and types.get(name) == dtype
-
-    # Which tensors each node produces in fp16: every float output of a node outside the islands.
-    produced16 = {o for n in graph.node if n.name not in islands for o in n.output if is_float(o)}
-
-    def as16(name: str) -> str:
-        if name in produced16:
+    def twin(name: str, dtype: int) -> str:
+        """`name` as `dtype`: the tensor itself, an fp16 initializer copy, or a Cast."""
+        if (name in produced16) == (dtype == TensorProto.FLOAT16):
             return name
-        if name not in half:
-            if name in initializers:
-                tensor = numpy_helper.from_array(numpy_helper.to_array(initializers[name]).astype(np.float16),
-                                                 f"{name}__fp16")
-                graph.initializer.append(tensor)
+        key = (name, dtype)
+        if key not in twins:
+            suffix = "__fp16" if dtype == TensorProto.FLOAT16 else "__fp32"
+            twins[key] = f"{name}{suffix}"
+            if name in initializers and dtype == TensorProto.FLOAT16:
+                array = numpy_helper.to_array(initializers[name]).astype(np.float16)
+                home[name].initializer.append(numpy_helper.from_array(array, twins[key]))
             else:
-                casts.append(helper.make_node("Cast", [name], [f"{name}__fp16"], to=TensorProto.FLOAT16,
-                                              name=f"{name}__to_fp16"))
-            half[name] = f"{name}__fp16"
-        return half[name]
+                cast = helper.make_node("Cast", [name], [twins[key]], to=dtype, name=f"{name}__to{suffix}")
+                casts.setdefault((id(home[name]), after.get(name)), []).append(cast)
+        return twins[key]
 
-    def as32(name: str) -> str:
-        if name not in produced16:
-            return name
-        if name not in single:
-            casts.append(helper.make_node("Cast", [name], [f"{name}__fp32"], to=TensorProto.FLOAT,
-                                          name=f"{name}__to_fp32"))
-            single[name] = f"{name}__fp32"
-        return single[name]
-
-    renamed_outputs = {o: f"{o}__fp16_out" for o in outputs if o in produced16}
-    for node in graph.node:
-        in_fp16 = node.name not in islands
-        for i, name in enumerate(node.input):
-            if not is_float(name) or node.op_type in SHAPE_ONLY:
-                continue
-            keep32 = not in_fp16 or (node.op_type, i) in FLOAT32_INPUTS
-            node.input[i] = as32(name) if keep32 else as16(name)
-        if in_fp16:
-            for attr in node.attribute:
-                if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
-                    attr.i = TensorProto.FLOAT16
-                if node.op_type == "ConstantOfShape" and attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
-                    attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16)))
-        # fp32 consumers of this node's fp16 outputs read them through as32; the graph's
-        # outputs keep their names and types behind a final cast.
-        for i, name in enumerate(node.output):
-            if name in renamed_outputs:
-                node.output[i] = renamed_outputs[name]
-    for node in graph.node:  # consumers of renamed graph outputs inside the graph
-        for i, name in enumerate(node.input):
-            if name in renamed_outputs:
-                node.input[i] = renamed_outputs[name]
-    for casted in casts:
-        if casted.input[0] in renamed_outputs:
-            casted.input[0] = renamed_outputs[casted.input[0]]
-    for original, inner in renamed_outputs.items():
-        casts.append(helper.make_node("Cast", [inner], [original], to=TensorProto.FLOAT, name=f"{original}__out"))
-    graph.node.extend(casts)
-    _sort_topologically(graph)
-    used = {n for node in graph.node for n in node.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    del graph.value_info[:]
-
-
-def _sort_topologically(graph: onnx.GraphProto) -> None:
-    """Casts were appended at the end; ONNX wants every node after its inputs' producers."""
-    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            raise ValueError("the graph has a cycle or an input nobody produces")
-        ready_ids = {id(n) for n in ready}
-        for node in ready:
+    # Outputs of every scope keep their names and float32 type behind a final cast.
+    renamed = {}
+    for graph in graphs:
+        for value in graph.output:
+            if value.name in produced16:
+                renamed[value.name] = f"{value.name}__fp16_out"
+    for graph in graphs:
+        for node in graph.node:
+            in_fp16 = node.name not in islands and not _subgraphs(node)
+            for i, name in enumerate(node.input):
+                if not is_float(name) or node.op_type in SHAPE_ONLY:
+                    continue
+                keep32 = not in_fp16 or (node.op_type, i) in FLOAT32_INPUTS
+                node.input[i] = twin(name, TensorProto.FLOAT if keep32 else TensorProto.FLOAT16)
+            if in_fp16:
+                for attr in node.attribute:
+                    if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+                        attr.i = TensorProto.FLOAT16
+                    if (node.op_type == "ConstantOfShape" and attr.name == "value"
+                            and attr.t.data_type == TensorProto.FLOAT):
+                        attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16)))
+    for original, inner in renamed.items():
+        producer = after[original]
+        for graph in graphs:
+            for node in graph.node:
+                node.output[:] = [inner if o == original else o for o in node.output]
+                if node.op_type != "Cast" or node.output[0] != original:
+                    node.input[:] = [inner if i == original else i for i in node.input]
+        out = helper.make_node("Cast", [inner], [original], to=TensorProto.FLOAT, name=f"{original}__out")
+        casts.setdefault((id(home[original]), producer), []).append(out)
+        for cast in [c for cs in casts.values() for c in cs if c is not out]:
+            cast.input[:] = [inner if i == original else i for i in cast.input]
+    # Innermost scopes first: rewriting a graph copies its nodes, If nodes with their
+    # branches, so the branches must be final by then.
+    for graph in reversed(graphs):
+        ordered = list(casts.get((id(graph), None), []))
+        for node in graph.node:
             ordered.append(node)
-            available.update(node.output)
-        pending = [n for n in pending if id(n) not in ready_ids]
-    copies = [onnx.NodeProto() for _ in ordered]
-    for copy, node in zip(copies, ordered):
-        copy.CopyFrom(node)
-    del graph.node[:]
-    graph.node.extend(copies)
+            ordered.extend(casts.get((id(graph), node.name), []))
+        copies = []
+        for node in ordered:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copies.append(copy)
+        del graph.node[:]
+        graph.node.extend(copies)
+        used = {n for g in all_graphs(graph) for node in g.node for n in node.input}
+        kept = [t for t in graph.initializer if t.name in used or t.name in {o.name for o in graph.output}]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        del graph.value_info[:]
