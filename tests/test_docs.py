@@ -208,12 +208,7 @@ def two_property_run(ray_session, bundle_dir, tmp_path_factory) -> Path:
 
 
 def _export_editor(run: Path, out: Path, bundle_dir: Path) -> None:
-    try:
-        done = call_job("jobs.export", "--editor", str(run), "--out", str(out), "--bundle", str(bundle_dir))
-    except ValueError as exc:  # the editor's If node reaches compute.fp16.to_fp16 (since f8ea58b)
-        if "does not handle graphs with subgraphs" in str(exc):
-            pytest.xfail(f"jobs.export --editor fails on every run: {exc}")
-        raise
+    done = call_job("jobs.export", "--editor", str(run), "--out", str(out), "--bundle", str(bundle_dir))
     assert done.returncode == 0, done.stderr
 
 
