@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -58,23 +59,34 @@ _LAUNCH = (f"import resource, runpy; resource.setrlimit(resource.RLIMIT_AS, ({AD
            f"{ADDRESS_SPACE_LIMIT})); runpy.run_module('jobs.export', run_name='__main__', alter_sys=True)")
 
 
+# The export is started by this small launcher, not by the test process: Linux starts a
+# forked child's peak RSS at its parent's current RSS (and exec keeps it), so a child of a
+# pytest process that has grown to 2 GB over the suite reports 2 GB whatever it does. The
+# launcher is small after its own exec; it reports the export's os.wait4 rusage in a file.
+_MEASURE = ("import os, subprocess, sys; child = subprocess.Popen(sys.argv[2:]); "
+            "_, status, usage = os.wait4(child.pid, 0); "
+            "open(sys.argv[1], 'w').write(str(usage.ru_maxrss)); "
+            "code = os.waitstatus_to_exitcode(status); sys.exit(code if code >= 0 else 128 - code)")
+
+
 def run_export(generator: Path, tmp_path: Path, timeout: int = 300) -> Run:
     """`python -m jobs.export --model stylegan2 --generator GENERATOR ...` in a child process
     (through `_LAUNCH`, which only adds the address space limit); its peak RSS from os.wait4,
-    which reports the rusage of exactly that child."""
-    out, err = tmp_path / "export.stdout", tmp_path / "export.stderr"
-    args = [sys.executable, "-c", _LAUNCH, "--model", "stylegan2", "--generator", str(generator),
-            "--scorer", str(tmp_path / "scorer.onnx"), "--score-names", "a,b", "--out", str(tmp_path / "bundle")]
+    which reports the rusage of exactly that child, read by `_MEASURE`."""
+    out, err, rss = tmp_path / "export.stdout", tmp_path / "export.stderr", tmp_path / "export.maxrss"
+    args = [sys.executable, "-c", _MEASURE, str(rss), sys.executable, "-c", _LAUNCH, "--model", "stylegan2",
+            "--generator", str(generator), "--scorer", str(tmp_path / "scorer.onnx"), "--score-names", "a,b",
+            "--out", str(tmp_path / "bundle")]
     with open(out, "w") as stdout, open(err, "w") as stderr:
-        child = subprocess.Popen(args, cwd=REPO, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
-        timer = threading.Timer(timeout, child.kill)
+        child = subprocess.Popen(args, cwd=REPO, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+        timer = threading.Timer(timeout, lambda: os.killpg(child.pid, signal.SIGKILL))
         timer.start()
         try:
-            _, status, usage = os.wait4(child.pid, 0)
+            returncode = child.wait()
         finally:
             timer.cancel()
-        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-    return Run(child.returncode, out.read_text(), err.read_text(), usage.ru_maxrss * 1024)
+    return Run(returncode, out.read_text(), err.read_text(), int(rss.read_text()) * 1024)
 
 
 def assert_refused(run: Run, message: str) -> str:
