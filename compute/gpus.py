@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 
-# Actors per GPU and images per call, measured on an H200 with `python -m jobs.benchmark gpu`
-# (docs/gpu.md): two actors keep the GPU busy while one is between calls (drawing codes,
-# handing a batch to Ray Data); more only split the same GPU further.
+# Two actors per GPU: on an H200 (`python -m jobs.benchmark gpu`, docs/gpu.md) the pipeline
+# then ran as fast as one process alone (1,258 vs 1,182-1,209 images/s after start-up) with the
+# GPU busy nearly all the time; one actor per GPU was not measured against it. Four actors
+# of 0.25 ran 296 images/s before the engine existed.
 DEFAULT_GPU_SHARE = 0.5
 
 
