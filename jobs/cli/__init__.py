@@ -18,9 +18,19 @@ class UsageError(InputError):
     """Bad command-line input; reported as one line, exit status 2."""
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" where there is a default that the help text does not already state
+    (no "(default: None)" after "default: the built-in model", nor on required options)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def parser(description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return argparse.ArgumentParser(description=description, formatter_class=_DefaultsHelp)
 
 
 def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None) -> None:
