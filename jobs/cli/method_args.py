@@ -45,7 +45,7 @@ def add_method_arguments(p: argparse.ArgumentParser, fit: bool = True, test: boo
         help="group medians: the bundle's fixed ones or measured on the samples (default: manifest)")
     if not grid_axes:
         add("--ratio", help="k = max(int(ratio * group size), 1), in (0, 0.5] (default: 0.2)")
-        add("--space", help="latent space: w (v7), z (v6, 512 + 3 label dims) or a layer range of w, w:A-B (default: w)")
+        add("--space", help="latent space: w (v7), z (v6: the mapping's whole input, z and any label dims) or a layer range of w, w:A-B (default: w)")
     if fit:
         add("--validation-fraction", help="validation share of each class, in (0, 1) (default: 0.2)")
         add("--global", dest="global_fit", action="store_true",
