@@ -19,8 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from compute.sessions import (ACTIVATION_BYTES, CALL_PIXELS, largest_activation, make_session, run_single,
-                              synthesize_and_score)
+from compute.sessions import call_images, largest_activation, make_session, run_single, synthesize_and_score
 
 log = logging.getLogger(__name__)
 # Images per GPU call at 256 px (scaled by pixels at other resolutions), measured on an H200
@@ -108,10 +107,8 @@ def gpu_call_images(resolution: int) -> int:
 
 
 def cpu_call_images(synthesis: bytes, resolution: int) -> int:
-    """Images per CPU call: the pixel rule, capped by the graph's widest activation (compute.sessions)."""
-    images = max(1, CALL_PIXELS["cpu"] // resolution ** 2)
-    per_image = largest_activation(synthesis)
-    return max(1, min(images, ACTIVATION_BYTES["cpu"] // per_image)) if per_image else images
+    """Images per CPU call for this synthesis graph (compute.sessions.call_images)."""
+    return call_images("cpu", resolution ** 2, largest_activation(synthesis))
 
 
 def prepare_graphs(graphs: dict[str, bytes], spec: EngineSpec) -> dict:

@@ -38,8 +38,8 @@ def cuda_options(gpu_mem_bytes: int | None = None, cuda_graph: bool = False, nhw
     - cuDNN's heuristic algorithm choice: as fast as the exhaustive search at steady state
       on an H200 (fp32, 256 px), without the search's seconds per shape at every actor start;
     - a CUDA graph only when asked: it needs every node on the GPU and fixed buffers;
-    - NHWC layout for fp16 graphs (PREFER_NHWC): tensor cores' own layout, so convolutions
-      need no transposes (on fp32 it slowed the reference synthesis by 19%)."""
+    - NHWC layout only where a caller allows it (fp16 graphs) and PREFER_NHWC is set: off,
+      since it was slower on an H200 (fp16 1,209 vs 1,370 images/s; fp32 synthesis -19%)."""
     options = {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "1", "cudnn_conv_algo_search": CUDNN_SEARCH}
     if gpu_mem_bytes:
         options["gpu_mem_limit"] = str(int(gpu_mem_bytes))
@@ -146,9 +146,13 @@ def images_per_call(synthesis: ort.InferenceSession) -> int:
     height, width = synthesis.get_outputs()[0].shape[-2:]
     if not (isinstance(height, int) and isinstance(width, int)):
         height = width = 256  # a graph with dynamic image size: assume the reference's
-    device = _device(synthesis)
-    images = max(1, CALL_PIXELS[device] // (height * width))
-    per_image = getattr(synthesis, "largest_activation", None)
+    return call_images(_device(synthesis), height * width, getattr(synthesis, "largest_activation", None))
+
+
+def call_images(device: str, pixels: int, per_image: int | None) -> int:
+    """The call-size rule: CALL_PIXELS of output, capped by ACTIVATION_BYTES of the widest
+    intermediate tensor (bytes per image; None where shape inference cannot tell)."""
+    images = max(1, CALL_PIXELS[device] // pixels)
     return max(1, min(images, ACTIVATION_BYTES[device] // per_image)) if per_image else images
 
 

@@ -140,7 +140,7 @@ def bench_onnx(bundle, codes: np.ndarray, call_sizes: list[int], use_gpu: bool) 
     results["best_call"] = best
     if use_gpu:
         variants = {"exhaustive cuDNN search": dict(search="EXHAUSTIVE"), "CUDA graph": dict(cuda_graph=True),
-                    "NCHW layout (not NHWC)": dict(nhwc=False)}
+                    "NHWC layout": dict(nhwc=True)}
         for label, variant in variants.items():
             saved, saved_nhwc = sessions.CUDNN_SEARCH, sessions.PREFER_NHWC
             sessions.CUDNN_SEARCH = variant.get("search", saved)
@@ -200,7 +200,7 @@ def bench_gpu(out: Path, images: int, call_sizes: list[int], n: int, use_gpu: bo
     spread = s32.std(axis=0)
     relative = np.abs(s16 - s32).max(axis=0) / np.where(spread > 0, spread, 1)
     nans = int(np.isnan(s16).sum() + np.isnan(s32).sum())
-    print(f"  (d) fp16 vs fp32 on 1,024 codes, max |difference| / score spread: "
+    print("  (d) fp16 vs fp32 on 1,024 codes, max |difference| / score spread: "
           + ", ".join(f"{name} {r:.2%}" for name, r in zip(bundle.score_names, relative)) + f"; NaN: {nans}")
     with GpuMonitor() as piped:
         total, steady, _ = bench_pipeline(bundle_dir, out, n)
