@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from compute.tables import METADATA_KEY
+from compute.tables import read_metadata
 
 
 def parts(path: Path) -> list[Path]:
@@ -49,10 +49,10 @@ def schema(path: Path) -> pa.Schema:
 
 def metadata(path: Path) -> dict:
     """The project's metadata of the table (every part carries the same)."""
-    import json
-
-    raw = (schema(path).metadata or {}).get(METADATA_KEY)
-    return json.loads(raw) if raw else {}
+    files = parts(path)
+    if not files:
+        raise ValueError(f"{path} holds no Parquet parts")
+    return read_metadata(files[0])
 
 
 def num_rows(path: Path) -> int:
