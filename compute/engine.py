@@ -126,7 +126,10 @@ def prepare_graphs(graphs: dict[str, bytes], spec: EngineSpec) -> dict:
     if spec.use_gpu and spec.fp16:
         from compute.fp16 import to_fp16
 
-        prepared["fused"] = to_fp16(fused)
+        try:
+            prepared["fused"] = to_fp16(fused)
+        except ValueError as exc:  # a user's graph with ops the converter does not take (Loop, Scan)
+            log.warning("running the float32 graph on the GPU: %s", exc)
     return prepared
 
 
