@@ -3,7 +3,8 @@
 mapping -> per-layer broadcast -> synthesis -> scorer are fused into one ONNX graph
 (`fuse_sampling_graph`), so an image never leaves the device it was drawn on and there is
 no hand-off between sessions to bind. On a GPU the graph runs in fp16 with fp32 islands
-(compute.fp16), in calls of one fixed size (the last call of a batch is padded), so cuDNN
+(compute.fp16), after exact rewrites that cut its element-wise passes
+(compute.gpu_rewrites), in calls of one fixed size (the last call of a batch is padded), so cuDNN
 searches its algorithms once and a CUDA graph can replay the whole call; inputs and
 outputs live in device buffers bound once. A bundle whose graphs cannot be fused (opsets
 that do not convert) runs the three sessions in turn, as compute.sessions does.
@@ -125,9 +126,10 @@ def prepare_graphs(graphs: dict[str, bytes], spec: EngineSpec) -> dict:
     prepared = {"fused32": fused, "cpu_call": cpu_call_images(graphs["synthesis"], spec.resolution)}
     if spec.use_gpu and spec.fp16:
         from compute.fp16 import to_fp16
+        from compute.gpu_rewrites import rewrite_for_gpu
 
         try:
-            prepared["fused"] = to_fp16(fused)
+            prepared["fused"] = to_fp16(rewrite_for_gpu(fused))
         except ValueError as exc:  # a user's graph with ops the converter does not take (Loop, Scan)
             log.warning("running the float32 graph on the GPU: %s", exc)
     return prepared

@@ -15,6 +15,7 @@ import torch
 
 from compute.fp16 import FP16_MAX, to_fp16
 from compute.fp16_check import fp16_ranges
+from compute.gpu_rewrites import rewrite_for_gpu
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single
 from export.onnx_bundle import to_onnx_bytes
@@ -86,6 +87,7 @@ FAMILIES = {"genforce (the reference architecture)": _genforce,
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_fp16_synthesis_stays_in_range(family):
     mapping, synthesis, z_dim, layers = FAMILIES[family]()
+    synthesis = rewrite_for_gpu(synthesis)  # what a GPU actor converts (compute.engine.prepare_graphs)
     report = fp16_ranges(synthesis, _feeds(mapping, synthesis, z_dim, layers))
     assert report.fp16_tensors > 50 and report.fp32_nodes > 0, (report.fp16_tensors, report.fp32_nodes)
     assert not report.violations, report.violations[:5]
