@@ -30,7 +30,7 @@ def main(argv=None) -> None:
                    help="the reference's group names CSV beside its z-vectors CSV (without it the editor "
                         "finds each face's group)")
     p.add_argument("--bundle", type=Path, required=True, help="editor directory (python -m jobs.export --editor RUN)")
-    p.add_argument("--set", dest="weights", default="", metavar="NAME=W,...",
+    p.add_argument("--set", dest="weights", default=None, metavar="NAME=W,...",
                    help="property weights, e.g. eyes=0.8,mouth=-0.5; unset properties are 0")
     p.add_argument("--sweep", default=None, metavar="NAME",
                    help="draw each face over this property's tested range, frames side by side and labelled with "
