@@ -2,13 +2,16 @@
 
 One row per passed case (the best `top` by sum of |corr|): an edit strip per edited
 property (the face moved along that property over its schedule, the other weights at 0,
-drawn through the bundle's graphs like the report's grid), its id, group, correlations and
-consistency. The table sorts by clicking a header; ticked cases download as picks.csv and
-picks.json. Everything is inline (CSS, JS, PNG strips as data URIs): the page opens from
-disk and fetches nothing.
+drawn through the bundle's graphs like the report's grid), its id, group, correlations
+(a negative one flagged: the edit moves that score the wrong way) and consistency. The
+column heads stay in view while scrolling and sort on a click; a legend says what the
+group letters and columns mean. The ticked cases download as one file, picks.csv
+(compute.picks), which jobs.render reads: one click, one download, so a browser's block
+on "multiple automatic downloads" never applies. Everything is inline (CSS, JS, PNG
+strips as data URIs): the page opens from disk and fetches nothing.
 
-The codes are embedded as the Python repr of each float32 value, and the downloads copy
-those strings verbatim, so a pick reads back bit-exact.
+Each case's picks.csv row is written here (the exact float32 codes) and the download
+copies the ticked rows verbatim, so a pick reads back bit-exact.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from compute.files import write_text_atomic
+from compute.picks import PICKS_FILE, picks_lines
 from compute.plots import to_rgb
 from compute.runlock import holding_run_lock
 from compute.runs import CASES_FILE, VECTORS_FILE, recorded_path
@@ -33,16 +37,16 @@ from vectors.errors import InputError
 from vectors.method import Method
 
 GALLERY_FILE = "gallery.html"
-PICKS_FORMAT, PICKS_VERSION = "vectorfind-picks", 1
 GAP = 2  # white pixels between the frames of a strip
+WRONG_WAY = "\u26a0"  # marks a negative correlation
 
 
-def _png(rgb: np.ndarray) -> str:
-    """An (H, W, 3) image in [0, 1] as a PNG data URI."""
+def _png(pixels: np.ndarray) -> str:
+    """(H, W, 3) uint8 pixels as a PNG data URI."""
     from PIL import Image  # Pillow comes with matplotlib
 
     buffer = io.BytesIO()
-    Image.fromarray(np.round(rgb * 255).astype(np.uint8)).save(buffer, format="PNG", optimize=True)
+    Image.fromarray(pixels).save(buffer, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -68,14 +72,14 @@ def edit_strips(bundle, latents: np.ndarray, groups, matrices: dict, method: Met
             for p in method.properties:
                 frames = [to_rgb(img) for img in case[first:first + len(p.schedule)]]
                 first += len(p.schedule)
-                gap = np.ones((frames[0].shape[0], GAP, 3))
+                gap = np.full((frames[0].shape[0], GAP, 3), 255, np.uint8)
                 row.append(_png(np.concatenate([x for f in frames for x in (f, gap)][:-1], axis=1)))
             strips.append(row)
     return strips
 
 
 def _load(run: Path, bundle):
-    """The cases table, the method and the direction matrices the run's test used."""
+    """The cases table, the method, the direction matrices and the grouping medians the run's test used."""
     if not run.is_dir():
         raise InputError(f"no run directory {run}")
     if not (run / CASES_FILE).is_file():
@@ -93,7 +97,8 @@ def _load(run: Path, bundle):
     method = Method.from_dict(test["method"]) if "method" in test else Method()
     vectors_path = recorded_path(test["vectors"], run) if "vectors" in test else run / VECTORS_FILE
     _, directions, _ = read_vectors(vectors_path)
-    return cases, method, direction_matrices(directions, method.property_names)
+    medians = test.get("median_values") if isinstance(test.get("median_values"), dict) else {}
+    return cases, method, direction_matrices(directions, method.property_names), medians
 
 
 def _weights(schedule) -> str:
@@ -118,7 +123,15 @@ def _rows(shown, strips: list[list[str]], method: Method) -> list[str]:
         group = html.escape(shown["group"][i].as_py())
         cells = [f'<td><input type="checkbox" class="pick" value="{case_id}" aria-label="pick case {case_id}"></td>',
                  f'<td class="num" data-value="{case_id}">{case_id}</td>', f'<td data-value="{group}">{group}</td>']
-        for key in [f"corr_{p}" for p in method.property_names] + ["sum_abs_corr", "consistency"]:
+        for p in method.property_names:
+            corr = shown[f"corr_{p}"][i].as_py()
+            text, value = _number(corr)
+            if corr is not None and corr < 0:  # passes on |corr|, but the edit moves the score the wrong way
+                cells.append(f'<td class="num neg" data-value="{value}" title="negative: the edit moves '
+                             f'{html.escape(p)} the wrong way">{WRONG_WAY} {text}</td>')
+            else:
+                cells.append(f'<td class="num" data-value="{value}">{text}</td>')
+        for key in ("sum_abs_corr", "consistency"):
             text, value = _number(shown[key][i].as_py())
             cells.append(f'<td class="num" data-value="{value}">{text}</td>')
         cells += [f'<td class="strip"><img src="{uri}" alt="case {case_id}, {html.escape(p.name)} edits" '
@@ -133,10 +146,33 @@ def _header(method: Method) -> str:
             '<th class="sortable" data-kind="text">group</th>']
     head += [f'<th class="sortable" data-kind="num">corr<br>{html.escape(p)}</th>' for p in method.property_names]
     head += ['<th class="sortable sorted-desc" data-kind="num">sum<br>|corr|</th>',
-             '<th class="sortable" data-kind="num">consistency</th>']
+             '<th class="sortable" data-kind="num">consistency<br><small>lower is better</small></th>']
     head += [f'<th>{html.escape(p.name)} edits<br><small>{_weights(p.schedule)}</small></th>'
              for p in method.properties]
     return "".join(head)
+
+
+def _median(value) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "not recorded"
+
+
+def _legend(method: Method, medians: dict) -> str:
+    """What the group letters, the correlations and consistency mean, as <li> items."""
+    if method.group_by:
+        letters = "; ".join(f"letter {k + 1}: {html.escape(g)} (median {_median(medians.get(g))})"
+                            for k, g in enumerate(method.group_by))
+        group = (f"<b>group</b>: one letter per grouping score, in this order: {letters}. "
+                 f"<b>h</b>: the face's score is at or above that median, <b>l</b>: below it.")
+    else:
+        group = "<b>group</b>: all (the method groups the faces by no score)."
+    return "".join(f"<li>{item}</li>" for item in (
+        group,
+        ("<b>corr</b>: correlation of the property's score with the edit weight over the case's edits; a case "
+         "passes on |corr|."),
+        (f'<span class="neg">{WRONG_WAY}</span> a negative correlation: the edit moves that score the wrong way '
+         f"(the case passes on |corr| all the same)."),
+        ("<b>consistency</b>: mean spread of the grouping scores over the case's edits; lower is better "
+         "(the rest of the face stays put).")))
 
 
 @holding_run_lock("run", create=False)
@@ -146,29 +182,28 @@ def write_gallery(run: Path, bundle, top: int = 100, out: Path | None = None) ->
     run = Path(run)
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise InputError(f"top must be a whole number >= 1, got {top!r}")
-    cases, method, matrices = _load(run, bundle)
+    cases, method, matrices, medians = _load(run, bundle)
     passed = cases.filter(cases["passed"])
     order = np.argsort(-np.nan_to_num(passed["sum_abs_corr"].to_numpy(), nan=-1), kind="stable")[:top]
     shown = passed.take(order)
     groups = shown["group"].to_pylist()
     latents = vector_matrix(shown[method.latent]) if shown.num_rows else np.zeros((0, 0), np.float32)
     strips = edit_strips(bundle, latents, groups, matrices, method) if shown.num_rows else []
-    # The codes travel as the repr of each float32 value (as a Python float): exact, and what
-    # picks.csv and picks.json contain, verbatim.
-    data = {"format": PICKS_FORMAT, "version": PICKS_VERSION, "bundle_manifest_sha256": bundle.manifest_sha256,
-            "space": method.space, "run": str(run.resolve()), "dims": int(latents.shape[1]),
-            "cases": {str(c): {"group": g, "code": ",".join(repr(float(x)) for x in code)}
-                      for c, g, code in zip(shown["case_id"].to_pylist(), groups, latents)}}
+    header, lines = picks_lines(method.latent, bundle.manifest_sha256, shown["case_id"].to_pylist(), groups, latents)
+    data = {"file": PICKS_FILE, "header": header, "rows": {str(c): line for c, line in lines.items()}}
     cutoffs = ", ".join(f"{html.escape(p.name)} {p.cutoff:g}" for p in method.properties)
     if method.max_spread is not None:
         cutoffs += f", consistency <= {method.max_spread:g}"
+    wrong_way = sum(any((shown[f"corr_{p}"][i].as_py() or 0) < 0 for p in method.property_names)
+                    for i in range(shown.num_rows))
     intro = (f"<b>{passed.num_rows}</b> of {cases.num_rows} test cases passed (|corr| cutoffs: {cutoffs}); "
-             + (f"showing the best {shown.num_rows} by sum of |corr|." if shown.num_rows else "none to show."))
+             + (f"showing the best {shown.num_rows} by sum of |corr|" if shown.num_rows else "none to show")
+             + (f", {wrong_way} of them with a negative correlation ({WRONG_WAY})." if wrong_way else "."))
     page = PAGE.format(
-        title=html.escape(f"vectorfind gallery: {run.name}"), intro=intro,
+        title=html.escape(f"vectorfind gallery: {run.name}"), intro=intro, legend=_legend(method, medians),
         about=html.escape(f"space {method.space}, model {bundle.manifest.get('model', '?')}, bundle "
                           f"{bundle.manifest_sha256[:16]}, run {run.resolve()}"),
-        head=_header(method), rows="\n".join(_rows(shown, strips, method)),
+        picks=PICKS_FILE, code=method.latent, head=_header(method), rows="\n".join(_rows(shown, strips, method)),
         data=json.dumps(data).replace("</", "<\\/"), script=SCRIPT)
     out = Path(out) if out is not None else run / GALLERY_FILE
     write_text_atomic(out, page)
@@ -178,23 +213,25 @@ def write_gallery(run: Path, bundle, top: int = 100, out: Path | None = None) ->
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
-body {{ font: 14px system-ui, sans-serif; margin: 1em; color: #222; }}
-header {{ position: sticky; top: 0; background: #fff; padding: .3em 0; z-index: 1; border-bottom: 1px solid #ccc; }}
-h1 {{ font-size: 1.3em; margin: 0 0 .2em; }}
+body {{ font: 14px system-ui, sans-serif; margin: 0 1em 1em; color: #222; }}
+h1 {{ font-size: 1.3em; margin: .6em 0 .2em; }}
 .about {{ color: #666; font-size: .85em; }}
-table {{ border-collapse: collapse; margin-top: .6em; }}
+.legend {{ margin: .4em 0; padding-left: 1.2em; font-size: .9em; color: #333; }}
+.bar {{ position: sticky; top: 0; background: #fff; padding: .4em 0; z-index: 3; border-bottom: 1px solid #ccc; }}
+table {{ border-collapse: separate; border-spacing: 0; margin-top: .3em; }}
 th, td {{ padding: 3px 7px; border-bottom: 1px solid #e4e4e4; vertical-align: middle; }}
-th {{ background: #f3f3f3; text-align: left; white-space: nowrap; }}
+thead th {{ position: sticky; top: var(--bar-height, 0px); z-index: 2; background: #f3f3f3; text-align: left;
+  white-space: nowrap; border-bottom: 1px solid #bbb; }}
 th small {{ font-weight: normal; color: #666; }}
 th.sortable {{ cursor: pointer; }}
 th.sortable:hover {{ background: #e4e4ff; }}
 th.sorted-asc::after {{ content: " \\25B2"; }}
 th.sorted-desc::after {{ content: " \\25BC"; }}
-td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }}
+.neg {{ color: #b00020; font-weight: bold; }}
 td.strip {{ padding: 2px 6px; }}
 td.strip img {{ height: 64px; display: block; transform-origin: left center; transition: transform .1s; }}
-td.strip img:hover {{ transform: scale(2); position: relative; z-index: 2; box-shadow: 0 0 8px #0008; }}
-.actions {{ margin-top: .4em; }}
+td.strip img:hover {{ transform: scale(2); position: relative; z-index: 1; box-shadow: 0 0 8px #0008; }}
 tr.ticked {{ background: #fff6d6; }}
 button {{ font-size: 1em; padding: .3em .9em; }}
 </style></head>
@@ -202,8 +239,9 @@ button {{ font-size: 1em; padding: .3em .9em; }}
 <header><h1>{title}</h1>
 <div>{intro} Click a column header to sort; hover a strip to enlarge it.</div>
 <div class="about">{about}</div>
-<div class="actions"><button id="download">download picks</button> <span id="count">0 ticked</span>
-(saves the ticked cases as picks.csv and picks.json)</div></header>
+<ul class="legend" id="legend">{legend}</ul></header>
+<div class="bar" id="bar"><button id="download">download picks</button> <span id="count">0 ticked</span>
+(saves the ticked cases as one file, {picks}: case id, group, model bundle and {code} code, for jobs.render)</div>
 <table id="cases"><thead><tr>{head}</tr></thead>
 <tbody>
 {rows}
@@ -218,6 +256,12 @@ SCRIPT = """
 const data = JSON.parse(document.getElementById("gallery-data").textContent);
 const tbody = document.querySelector("#cases tbody");
 const headers = Array.from(document.querySelectorAll("#cases thead th"));
+
+// The column heads stick just below the download bar, whatever height the bar wraps to.
+const bar = document.getElementById("bar");
+function placeHeads() { document.documentElement.style.setProperty("--bar-height", bar.offsetHeight + "px"); }
+placeHeads();
+window.addEventListener("resize", placeHeads);
 
 function sortBy(th) {
   const col = headers.indexOf(th), numeric = th.dataset.kind === "num";
@@ -245,30 +289,18 @@ tbody.addEventListener("change", e => {
   document.getElementById("count").textContent = ticked().length + " ticked";
 });
 
-function save(name, text, type) {
+// One click, one download: a second file from the same click is what a browser blocks
+// as "multiple automatic downloads".
+document.getElementById("download").addEventListener("click", () => {
+  const ids = ticked();
+  if (!ids.length) { alert("Tick at least one case first."); return; }
+  const text = [data.header].concat(ids.map(id => data.rows[id])).join("\\n") + "\\n";
   const a = document.createElement("a");
-  a.href = URL.createObjectURL(new Blob([text], {type: type}));
-  a.download = name;
+  a.href = URL.createObjectURL(new Blob([text], {type: "text/csv"}));
+  a.download = data.file;
   document.body.appendChild(a);
   a.click();
   a.remove();
   setTimeout(() => URL.revokeObjectURL(a.href), 60000);
-}
-
-document.getElementById("download").addEventListener("click", () => {
-  const ids = ticked();
-  if (!ids.length) { alert("Tick at least one case first."); return; }
-  const bundle = data.bundle_manifest_sha256.slice(0, 16);
-  const header = ["case_id", "group", "bundle"];
-  for (let i = 0; i < data.dims; i++) header.push("z" + i);
-  const csv = [header.join(",")].concat(ids.map(id => [id, data.cases[id].group, bundle, data.cases[id].code].join(",")));
-  const picks = ids.map(id => '{"case_id": ' + id + ', "group": ' + JSON.stringify(data.cases[id].group)
-    + ', "code": [' + data.cases[id].code.split(",").join(", ") + ']}');
-  const json = '{"format": ' + JSON.stringify(data.format) + ', "version": ' + data.version
-    + ', "bundle_manifest_sha256": ' + JSON.stringify(data.bundle_manifest_sha256)
-    + ', "space": ' + JSON.stringify(data.space) + ', "run": ' + JSON.stringify(data.run)
-    + ',\\n "picks": [\\n  ' + picks.join(",\\n  ") + "\\n]}\\n";
-  save("picks.csv", csv.join("\\n") + "\\n", "text/csv");
-  setTimeout(() => save("picks.json", json, "application/json"), 300);
 });
 """

@@ -1,5 +1,6 @@
-"""matplotlib without a display, imported only where a figure is drawn; and names made safe
-for the two places the reports put them: matplotlib text and Markdown."""
+"""matplotlib without a display, imported only where a figure is drawn; the one rule that
+turns a float image into 8-bit pixels; and names made safe for the two places the reports
+put them: matplotlib text and Markdown."""
 from __future__ import annotations
 
 import html
@@ -16,10 +17,17 @@ def pyplot():
 
 
 def to_rgb(image):
-    """A (3, H, W) image in [-1, 1] as (H, W, 3) in [0, 1] for imshow."""
+    """A (3, H, W) image in [-1, 1] as (H, W, 3) uint8 pixels, by the project's one 8-bit
+    rule for every image it writes (PNG files, the gallery's strips, the figures' faces):
+
+        np.clip(np.rint((image + 1) * 127.5), 0, 255).astype(np.uint8)
+
+    in float32: -1 -> 0, 1 -> 255, halves rounded to even (np.rint), NaN as 0. Applied to
+    the editor graph's float image it gives jobs.render's pixels exactly."""
     import numpy as np
 
-    return np.clip((image.transpose(1, 2, 0) + 1) / 2, 0, 1)
+    image = np.nan_to_num(np.asarray(image, np.float32), nan=-1.0, posinf=1.0, neginf=-1.0)
+    return np.clip(np.rint((image + 1) * 127.5), 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
 
 def fig_text(text) -> str:

@@ -1,149 +1,25 @@
-"""Render picked faces through an editor (compute.editor) with chosen property weights.
+"""Render picked faces (compute.picks) through an editor (compute.editor) with chosen
+property weights: one PNG per face, or with a sweep one strip per face whose frames are
+labelled with their weights, and a CSV of every frame's weights and measured scores.
 
-Picks come in three layouts:
-
-- `picks.csv` from the gallery: header `case_id,group,bundle,z0,...,z{D-1}`; bundle is the
-  first 16 hex digits of the model bundle's manifest sha256; the code is the run's latent
-  (z for v6 runs, w for v7; the columns are named z0.. either way);
-- `picks.json` from the gallery: {"format": "vectorfind-picks", "version": 1,
-  "bundle_manifest_sha256", "space", "run", "picks": [{"case_id", "group", "code"}]};
-- the reference implementation's pair: a pandas-style CSV of z codes (header ",0,...,D-1",
-  rows "i,v0,...") and optionally one of group names (header ",0", rows "i,hhl"). Its rows
-  are no cases of ours; without the groups file the editor finds each face's group.
-
-A face keeps the group it was picked with (passed to the editor as an index).
+A face keeps the group it was picked with (passed to the editor as an index). Pixels are
+the editor's float image by the project's 8-bit rule (compute.plots.to_rgb).
 """
 from __future__ import annotations
 
-import csv
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from compute.editor import Editor
-from compute.files import atomic_file
+from compute.files import atomic_file, write_text_atomic
+from compute.picks import Picks, PicksError, csv_line
 from compute.plots import to_rgb
 from compute.tables import vector_matrix
-from vectors.errors import InputError
 from vectors.names import file_name
 
-PICKS_FORMAT, PICKS_VERSION = "vectorfind-picks", 1
 GAP = 2      # white pixels between the frames of a sweep
-
-
-class PicksError(InputError):
-    """A picks file that cannot be read, or that does not belong to this editor's run and model."""
-
-
-@dataclass(frozen=True)
-class Picks:
-    path: Path
-    case_ids: list[int]          # the run's case ids; the reference pair: its row labels
-    groups: list[str] | None     # None: let the editor find them
-    codes: np.ndarray            # (N, D) float32
-    bundle_sha256: str | None    # full (json) or its first 16 hex digits (csv); None: unknown
-    ours: bool                   # False for the reference pair: its rows are no cases of the run
-
-
-def _number_rows(path: Path) -> tuple[list[str], list[list[str]]]:
-    try:
-        with open(path, newline="") as f:
-            rows = [r for r in csv.reader(f) if r]
-    except UnicodeDecodeError as exc:
-        raise PicksError(f"{path} is not a text CSV file ({exc.reason})") from exc
-    if not rows:
-        raise PicksError(f"{path} is empty")
-    return rows[0], rows[1:]
-
-
-def _floats(values: list[str], path: Path, line: int) -> list[float]:
-    try:
-        return [float(v) for v in values]
-    except ValueError:
-        raise PicksError(f"{path} line {line}: the code has a non-numeric entry") from None
-
-
-def read_picks(path, groups_path=None) -> Picks:
-    """Picks from the gallery's picks.csv or picks.json, or the reference's z-vectors CSV
-    (with its group-names CSV when given)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PicksError(f"no picks file {path}")
-    if path.suffix.lower() == ".json":
-        if groups_path is not None:
-            raise PicksError("--groups goes with the reference's z-vectors CSV; picks.json names its groups")
-        return _read_json(path)
-    header, rows = _number_rows(path)
-    if header[:3] == ["case_id", "group", "bundle"]:
-        if groups_path is not None:
-            raise PicksError("--groups goes with the reference's z-vectors CSV; picks.csv names its groups")
-        if header[3:] != [f"z{i}" for i in range(len(header) - 3)] or not rows:
-            raise PicksError(f"{path}: expected the columns case_id,group,bundle,z0,...,z{{D-1}} and at least one pick")
-        if any(len(r) != len(header) for r in rows):
-            raise PicksError(f"{path}: rows have other lengths than the header's {len(header)} columns")
-        try:
-            ids = [int(r[0]) for r in rows]
-        except ValueError:
-            raise PicksError(f"{path}: case_id must be whole numbers") from None
-        codes = [_floats(r[3:], path, i + 2) for i, r in enumerate(rows)]
-        shas = {r[2] for r in rows}
-        if len(shas) != 1:
-            raise PicksError(f"{path} mixes picks of several model bundles ({', '.join(sorted(shas))})")
-        return Picks(path, ids, [r[1] for r in rows], np.array(codes, np.float32), shas.pop(), True)
-    if header and header[0] == "" and header[1:] == [str(i) for i in range(len(header) - 1)]:
-        labels, codes = _reference_rows(path, header, rows)
-        groups = _reference_groups(Path(groups_path), labels) if groups_path is not None else None
-        return Picks(path, labels, groups, codes, None, False)
-    raise PicksError(f"{path} is neither the gallery's picks.csv (case_id,group,bundle,z0,...) nor the "
-                     f"reference's z-vectors CSV (,0,1,...)")
-
-
-def _read_json(path: Path) -> Picks:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PicksError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != PICKS_FORMAT or data.get("version") != PICKS_VERSION:
-        raise PicksError(f"{path} is not a {PICKS_FORMAT} version {PICKS_VERSION} file (the gallery's picks.json)")
-    picks = data.get("picks")
-    try:
-        ids = [int(p["case_id"]) for p in picks]
-        groups = [str(p["group"]) for p in picks]
-        codes = np.array([[float(v) for v in p["code"]] for p in picks], np.float32)
-    except (TypeError, KeyError, ValueError):
-        raise PicksError(f"{path}: every pick needs case_id, group and a code of numbers of one length") from None
-    if not ids:
-        raise PicksError(f"{path} holds no picks")
-    return Picks(path, ids, groups, codes, str(data.get("bundle_manifest_sha256")), True)
-
-
-def _reference_rows(path: Path, header: list[str], rows: list[list[str]]) -> tuple[list[int], np.ndarray]:
-    if not rows or any(len(r) != len(header) for r in rows):
-        raise PicksError(f"{path}: expected rows 'i,v0,...,v{len(header) - 2}' under its header")
-    try:
-        labels = [int(r[0]) for r in rows]
-    except ValueError:
-        raise PicksError(f"{path}: the first column must be the row index") from None
-    return labels, np.array([_floats(r[1:], path, i + 2) for i, r in enumerate(rows)], np.float32)
-
-
-def _reference_groups(path: Path, labels: list[int]) -> list[str]:
-    if not path.is_file():
-        raise PicksError(f"no group names file {path}")
-    header, rows = _number_rows(path)
-    if header != ["", "0"] or any(len(r) != 2 for r in rows):
-        raise PicksError(f"{path}: expected the reference's group names CSV (header ',0', rows 'i,hhl')")
-    try:
-        named = {int(r[0]): r[1] for r in rows}
-    except ValueError:
-        raise PicksError(f"{path}: the first column must be the row index") from None
-    missing = [i for i in labels if i not in named]
-    if missing:
-        raise PicksError(f"{path} names no group for rows {', '.join(map(str, missing[:5]))} of the codes file")
-    return [named[i] for i in labels]
 
 
 def check_picks(picks: Picks, editor: Editor) -> list[str]:
@@ -156,6 +32,9 @@ def check_picks(picks: Picks, editor: Editor) -> list[str]:
         raise PicksError(f"{name} holds {dim}-dim {kind}; this editor edits {m['latent']} codes of {m['code_dim']} "
                          f"dims (space {m['space']})" + ("; export an editor from a --space z run for them"
                                                          if not picks.ours and m["latent"] != "z" else ""))
+    if picks.latent is not None and picks.latent != m["latent"]:
+        raise PicksError(f"{name} holds {picks.latent} codes, this editor edits {m['latent']} codes (space "
+                         f"{m['space']}); use the editor of a run in {picks.latent} space")
     source = m["source_bundle"]["manifest_sha256"]
     if picks.bundle_sha256 is not None and not source.startswith(picks.bundle_sha256.lower()):
         raise PicksError(f"{name} was picked on the model bundle {picks.bundle_sha256[:16]}, this editor's is "
@@ -209,43 +88,104 @@ def out_of_range(prop: dict, value: float) -> str:
             f"the run never checked edits that far")
 
 
-def render_picks(editor: Editor, picks: Picks, weights: dict[str, float], out: Path, sweep: str | None = None,
-                 steps: int = 7, threads: int = 2) -> list[Path]:
-    """One PNG per face (case_{id}.png), or with `sweep` one strip per face over that
-    property's tested range (case_{id}_{sweep}.png); every image is drawn before any file
-    is written."""
+def _frame_weights(editor: Editor, weights: dict[str, float], sweep: str | None, steps: int) -> np.ndarray:
+    """(F, P): the one weight vector, or `steps` of them over the swept property's tested range."""
     names = editor.property_names
     if sweep is not None and sweep not in names:
         raise PicksError(f"--sweep {sweep}: the editor has no property {sweep!r} (it edits {', '.join(names)})")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise PicksError(f"--steps must be a whole number >= 2, got {steps!r}")
-    frames = np.array([[weights[p] for p in names]], np.float32)                   # (F, P)
+    frames = np.array([[weights[p] for p in names]], np.float32)
     if sweep is not None:
         prop = next(p for p in editor.manifest["properties"] if p["name"] == sweep)
         frames = np.repeat(frames, steps, axis=0)
         frames[:, names.index(sweep)] = np.linspace(prop["min"], prop["max"], steps)
+    return frames
+
+
+def render_picks(editor: Editor, picks: Picks, weights: dict[str, float], out: Path, sweep: str | None = None,
+                 steps: int = 7, threads: int = 2) -> list[Path]:
+    """One PNG per face (case_{id}.png), or with `sweep` one strip per face over that
+    property's tested range (case_{id}_{sweep}.png, each frame labelled with its weights)
+    and sweep_{sweep}.csv (every frame's weights and the scores the bundle's scorer gives
+    its image); everything is drawn before any file is written."""
+    frames = _frame_weights(editor, weights, sweep, steps)                          # (F, P)
     groups = np.array([editor.groups.index(g) for g in picks.groups] if picks.groups else [-1] * len(picks.codes))
     codes = np.repeat(picks.codes, len(frames), axis=0)
     rows = (np.tile(frames, (len(picks.codes), 1)), np.repeat(groups, len(frames)))
-    session = editor.session(threads=threads)
-    images = editor.run(session, codes, *rows)[0]  # in memory-bounded calls
+    images, scores, used = editor.run(editor.session(threads=threads), codes, *rows)  # in memory-bounded calls
     images = images.reshape(len(picks.codes), len(frames), *images.shape[1:])
-    pictures = {}
-    for case_id, face in zip(picks.case_ids, images):
-        strip = [to_rgb(f) for f in face]
-        gap = np.ones((strip[0].shape[0], GAP, 3))
-        pictures[file_name(f"case_{case_id}" + (f"_{sweep}" if sweep else "") + ".png", "picture file name")] = \
-            np.concatenate([x for f in strip for x in (f, gap)][:-1], axis=1)
-    return _write_pngs(Path(out), pictures)
+    suffix = f"_{sweep}" if sweep else ""
+    names = [file_name(f"case_{c}{suffix}.png", "picture file name") for c in picks.case_ids]
+    if sweep is None:
+        return _write(Path(out), {n: to_rgb(face[0]) for n, face in zip(names, images)}, {})
+    labels = [frame_label(editor.property_names, f, sweep) for f in frames]
+    pictures = {n: labelled_strip([to_rgb(f) for f in face], labels) for n, face in zip(names, images)}
+    table = sweep_table(editor, names, picks.case_ids, frames, scores, used)
+    return _write(Path(out), pictures, {file_name(f"sweep_{sweep}.csv", "sweep table file name"): table})
 
 
-def _write_pngs(out: Path, pictures: dict[str, np.ndarray]) -> list[Path]:
-    from matplotlib.image import imsave
+def frame_label(properties: list[str], weights: np.ndarray, sweep: str) -> list[str]:
+    """A frame's label lines: the swept weight, then every other weight that is not 0."""
+    shown = [sweep] + [p for p, w in zip(properties, weights) if w != 0 and p != sweep]
+    return [f"{' '.join(str(p).split())}={float(weights[properties.index(p)]):.3g}" for p in shown]  # one line each
+
+
+def _font(lines: list[list[str]], width: int):
+    """Pillow's own font at the largest size (up to 1/16 of a large frame) at which the
+    widest line fits a frame."""
+    from PIL import ImageFont
+
+    probe = ImageFont.load_default(size=100)
+    widest = max(probe.getlength(t) for frame in lines for t in frame) or 1
+    size = min(width * 0.94 * 100 / widest, max(11, width // 16))
+    return ImageFont.load_default(size=max(7, int(size)))
+
+
+def labelled_strip(frames: list[np.ndarray], labels: list[list[str]]) -> np.ndarray:
+    """uint8 frames side by side, GAP white pixels apart, over a white band that holds each
+    frame's label lines (cut at the frame's edge if they do not fit)."""
+    from PIL import Image, ImageDraw
+
+    height, width = frames[0].shape[:2]
+    font = _font(labels, width)
+    line = int(getattr(font, "size", 11) * 1.25) + 1  # a bitmap font (Pillow without FreeType) has no size
+    band = np.full((len(max(labels, key=len)) * line + 4, width, 3), 255, np.uint8)
+    columns = []
+    for frame, text in zip(frames, labels):
+        cell = Image.fromarray(band)
+        draw = ImageDraw.Draw(cell)
+        for k, t in enumerate(text):
+            draw.text((1, 2 + k * line), t, fill=(40, 40, 40), font=font)
+        columns += [np.concatenate([frame, np.asarray(cell)]), np.full((height + len(band), GAP, 3), 255, np.uint8)]
+    return np.concatenate(columns[:-1], axis=1)
+
+
+def sweep_table(editor: Editor, files: list[str], case_ids, frames: np.ndarray, scores: np.ndarray,
+                used: np.ndarray) -> str:
+    """CSV text: one row per frame of every face with its weights, the group the edit used
+    and the scores of its image (exact float32 values)."""
+    header = (["file", "case_id", "frame", "group"] + [f"weight_{p}" for p in editor.property_names]
+              + [f"score_{s}" for s in editor.manifest["score_names"]])
+    lines, row = [csv_line(header)], 0
+    for name, case_id in zip(files, case_ids):
+        for k, weights in enumerate(frames):
+            values = [str(np.float32(v)) for v in (*weights, *scores[row])]
+            lines.append(csv_line([name, str(case_id), str(k), editor.groups[used[row]], *values]))
+            row += 1
+    return "\n".join(lines) + "\n"
+
+
+def _write(out: Path, pictures: dict[str, np.ndarray], tables: dict[str, str]) -> list[Path]:
+    from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, rgb in pictures.items():
+    for name, pixels in pictures.items():
         with atomic_file(out / name, "wb") as f:
-            imsave(f, rgb, format="png")
+            Image.fromarray(pixels).save(f, format="png")
+        written.append(out / name)
+    for name, text in tables.items():
+        write_text_atomic(out / name, text)
         written.append(out / name)
     return written

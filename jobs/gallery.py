@@ -3,8 +3,9 @@
     python -m jobs.gallery --run RUN [--top 100] [--bundle DIR]
 
 One row per passed case (the best --top by sum of |corr|) with its edit strips,
-correlations and consistency; sortable by clicking a column header; the ticked cases
-download as picks.csv and picks.json. The page opens from disk and fetches nothing.
+correlations (a negative one flagged) and consistency, under column heads that stay in
+view and sort on a click, with a legend of the group letters; the ticked cases download
+as one file, picks.csv, which jobs.render reads. The page opens from disk and fetches nothing.
 """
 from __future__ import annotations
 

@@ -66,6 +66,8 @@ COVERED: list[tuple[str, str, tuple[str, ...]]] = [
     (r"(sleep 10; )?pgrep -f /tmp/vfray \| xargs -r kill", "test_cluster.py::test_ray_job_submit_runs_the_main_job_on_a_local_cluster",
      ("os.kill", "signal.SIGTERM, signal.SIGKILL", "cmdline", "temp_dir")),
     (r"python -m jobs\.export --editor ", "test_editor.py::test_export_editor_refusals", ('"--editor"',)),
+    (r"python -m jobs\.render --picks picks\.csv --bundle editors/demo --sweep ",
+     "test_editor.py::test_render_sweep_labels_frames_and_writes_scores", ()),
     (r"python -m jobs\.render --picks picks\.(csv|json) ", "test_editor.py::test_render_picks_csv_and_json", ()),
     (r"python -m jobs\.render --picks ohlora_z_vectors\.csv ", "test_editor.py::test_render_reference_pair", ()),
     (r"python -m jobs\.benchmark ceiling ", "test_gpu_path.py::test_ceiling_benchmark_prints_its_line", ('"ceiling"',)),

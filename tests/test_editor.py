@@ -7,7 +7,10 @@ at any batch size, and render the gallery's picks and the reference's z vectors.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -230,7 +233,9 @@ def test_readme_example_runs_on_an_editor(editors, tmp_path):
 
 
 def _write_picks(run: Path, out: Path, ids, sha: str, how: str = "csv") -> Path:
-    """Picks in the gallery's format (exact float32 reprs), from the run's own cases."""
+    """Picks from the run's own cases, in the gallery's picks.csv (exact float32 reprs), or
+    in the layouts it wrote before: "old_csv" (columns z0.. whatever the code, 16 hex digits
+    of the bundle) and "json"."""
     table, method, latents = _cases(run)
     groups = table["group"].to_pylist()
     if how == "json":
@@ -239,53 +244,117 @@ def _write_picks(run: Path, out: Path, ids, sha: str, how: str = "csv") -> Path:
                                            for i in ids]}
         out.write_text(json.dumps(data))
         return out
-    lines = [",".join(["case_id", "group", "bundle"] + [f"z{d}" for d in range(latents.shape[1])])]
-    lines += [",".join([str(i), groups[i], sha[:16]] + [repr(float(x)) for x in latents[i]]) for i in ids]
-    out.write_text("\n".join(lines) + "\n")
+    if how == "old_csv":
+        lines = [",".join(["case_id", "group", "bundle"] + [f"z{d}" for d in range(latents.shape[1])])]
+        lines += [",".join([str(i), groups[i], sha[:16]] + [repr(float(x)) for x in latents[i]]) for i in ids]
+        out.write_text("\n".join(lines) + "\n")
+        return out
+    from compute.picks import picks_lines
+
+    header, rows = picks_lines(method.latent, sha, ids, [groups[i] for i in ids], latents[ids])
+    out.write_text("\n".join([header] + [rows[i] for i in ids]) + "\n")
     return out
 
 
 def _png(path: Path) -> np.ndarray:
-    from matplotlib.image import imread
+    from PIL import Image
 
-    return imread(path)[..., :3]
+    with Image.open(path) as image:
+        assert image.mode == "RGB"
+        return np.asarray(image)
 
 
-def _expected_rgb(editor_dir, codes, weights, groups) -> np.ndarray:
+def _expected(editor_dir, codes, weights, groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The editor's pixels by the 8-bit rule, its scores and groups, for rows as jobs.render batches them."""
     from compute.plots import to_rgb
 
-    image, _, _ = _editor_run(editor_dir, codes, weights, groups)
-    return np.stack([to_rgb(i) for i in image])
+    image, scores, used = _editor_run(editor_dir, codes, np.asarray(weights, np.float32), groups)
+    return np.stack([to_rgb(i) for i in image]), scores, used
 
 
 def test_render_picks_csv_and_json(runs, editors, bundle, tmp_path):
+    """picks.csv, and the gallery's older picks.csv and picks.json, render the same PNG files,
+    whose pixels are the editor's image by the 8-bit rule, exactly."""
     table, method, latents = _cases(runs["w"])
     ids = [1, 4, 7]
-    csv_file = _write_picks(runs["w"], tmp_path / "picks.csv", ids, bundle.manifest_sha256)
-    json_file = _write_picks(runs["w"], tmp_path / "picks.json", ids, bundle.manifest_sha256, "json")
-    for picks, out in ((csv_file, tmp_path / "from_csv"), (json_file, tmp_path / "from_json")):
+    assert method.latent == "w"
+    for how, name in (("csv", "picks.csv"), ("old_csv", "old.csv"), ("json", "picks.json")):
+        picks = _write_picks(runs["w"], tmp_path / name, ids, bundle.manifest_sha256, how)
         done = call_job("jobs.render", "--picks", str(picks), "--bundle", str(editors["w"]),
-                        "--set", "eyes=0.8,mouth=-0.5,pose=0", "--out", str(out))
+                        "--set", "eyes=0.8,mouth=-0.5,pose=0", "--out", str(tmp_path / how))
         assert done.returncode == 0 and done.stderr == "", done.stderr
-        assert sorted(p.name for p in out.iterdir()) == sorted(f"case_{i}.png" for i in ids)
+        assert sorted(p.name for p in (tmp_path / how).iterdir()) == sorted(f"case_{i}.png" for i in ids)
+    assert (tmp_path / "picks.csv").read_text().startswith("case_id,group,bundle_sha256,w0,w1,")
     groups = [method.group_names.index(table["group"][i].as_py()) for i in ids]
-    want = _expected_rgb(editors["w"], latents[ids], np.array([[0.8, -0.5, 0]] * 3), groups)
+    want, _, _ = _expected(editors["w"], latents[ids], [[0.8, -0.5, 0]] * 3, groups)
     for k, i in enumerate(ids):
-        got = _png(tmp_path / "from_csv" / f"case_{i}.png")
-        assert np.abs(got - want[k]).max() <= 1 / 255 + 1e-6
-        assert (tmp_path / "from_csv" / f"case_{i}.png").read_bytes() == \
-            (tmp_path / "from_json" / f"case_{i}.png").read_bytes()
+        assert np.array_equal(_png(tmp_path / "csv" / f"case_{i}.png"), want[k])  # 0 of 255 apart
+        for how in ("old_csv", "json"):
+            assert (tmp_path / how / f"case_{i}.png").read_bytes() == (tmp_path / "csv" / f"case_{i}.png").read_bytes()
 
-    done = call_job("jobs.render", "--picks", str(csv_file), "--bundle", str(editors["w"]), "--sweep", "pose",
-                    "--steps", "7", "--set", "eyes=-1.2", "--out", str(tmp_path / "sweep"))
-    assert done.returncode == 0, done.stderr
-    strip = _png(tmp_path / "sweep" / "case_4_pose.png")
-    assert strip.shape == (64, 7 * 64 + 6 * 2, 3)
+
+def test_render_sweep_labels_frames_and_writes_scores(runs, editors, bundle, tmp_path):
+    """--sweep: a strip per face whose frames are the editor's images over the tested range,
+    each labelled below it, and sweep_pose.csv with every frame's weights and the scores the
+    bundle's scorer gives its image."""
+    table, method, latents = _cases(runs["w"])
+    ids = [1, 4]
+    picks = _write_picks(runs["w"], tmp_path / "picks.csv", ids, bundle.manifest_sha256)
+    out = tmp_path / "sweep"
+    done = call_job("jobs.render", "--picks", str(picks), "--bundle", str(editors["w"]), "--sweep", "pose",
+                    "--steps", "7", "--set", "eyes=-1.2", "--out", str(out))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "weights and scores in sweep_pose.csv" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["case_1_pose.png", "case_4_pose.png", "sweep_pose.csv"]
     frames = np.array([[-1.2, 0, v] for v in np.linspace(-0.6, 1.8, 7)], np.float32)
-    want = _expected_rgb(editors["w"], np.repeat(latents[4:5], 7, axis=0), frames, [groups[1]] * 7)
-    for f in (0, 3, 6):
-        assert np.abs(strip[:, f * 66:f * 66 + 64] - want[f]).max() <= 1 / 255 + 1e-6
-    assert np.abs(want[0] - want[6]).max() > 0.1   # the sweep moves the face
+    groups = np.repeat([method.group_names.index(table["group"][i].as_py()) for i in ids], 7)
+    want, scores, used = _expected(editors["w"], np.repeat(latents[ids], 7, axis=0), np.tile(frames, (2, 1)), groups)
+    for k, i in enumerate(ids):
+        strip = _png(out / f"case_{i}_pose.png")
+        assert strip.shape[0] > 64 + 10 and strip.shape[1:] == (7 * 64 + 6 * 2, 3)  # a label band below
+        for f in range(7):
+            assert np.array_equal(strip[:64, f * 66:f * 66 + 64], want[7 * k + f])
+            label = strip[64:, f * 66:f * 66 + 64]
+            assert (label < 128).any() and (label == 255).mean() > 0.5   # dark text on white
+        assert (strip[:, 64:66] == 255).all()                            # the gap between frames
+    assert np.abs(want[0].astype(int) - want[6]).max() > 25              # the sweep moves the face
+    # the two labels' text differs: each frame names its own pose weight
+    assert not np.array_equal(_png(out / "case_1_pose.png")[64:, :64], _png(out / "case_1_pose.png")[64:, 66:130])
+
+    rows = list(csv.reader(io.StringIO((out / "sweep_pose.csv").read_text())))
+    score_names = bundle.score_names
+    assert rows[0] == (["file", "case_id", "frame", "group", "weight_eyes", "weight_mouth", "weight_pose"]
+                       + [f"score_{s}" for s in score_names])
+    assert [(r[0], int(r[1]), int(r[2])) for r in rows[1:]] == [
+        (f"case_{i}_pose.png", i, f) for i in ids for f in range(7)]
+    assert [r[3] for r in rows[1:]] == [method.group_names[g] for g in used]
+    values = np.array([r[4:] for r in rows[1:]], np.float32)
+    assert np.array_equal(values[:, :3], np.tile(frames, (2, 1))) and np.array_equal(values[:, 3:], scores)
+    pose = score_names.index("pose")
+    assert np.corrcoef(values[:7, 2], values[:7, 3 + pose])[0, 1] > 0.9  # the measured pose follows the weight
+
+
+def test_one_8bit_rule_is_the_documented_one():
+    """compute.plots.to_rgb is the expression docs/jobs.md states, on every float32 in a
+    fine grid over [-1.1, 1.1] and at exact halves: rounded half to even, not truncated."""
+    from compute.plots import to_rgb
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "jobs.md").read_text()
+    [rule] = set(re.findall(r"`(np\.clip\(np\.rint\(\(image \+ 1\) \* 127\.5\), 0, 255\)\.astype\(np\.uint8\))`",
+                            docs))
+    grid = np.linspace(-1.1, 1.1, 3 * 1000 * 601, dtype=np.float32).reshape(3, 1000, 601)
+    k = np.arange(255)
+    halves = (k + 0.5).astype(np.float32) / np.float32(127.5) - 1
+    exact = (halves + 1) * np.float32(127.5) == k + 0.5          # (x + 1) * 127.5 = k + 0.5 exactly, in float32
+    halves, k = halves[exact], k[exact]
+    assert len(k) > 100
+    for image in (grid, np.stack([halves] * 3)[:, None, :]):
+        want = eval(rule, {"np": np, "image": image}).transpose(1, 2, 0)
+        assert np.array_equal(to_rgb(image), want)
+    got = to_rgb(np.stack([halves] * 3)[:, None, :])[0, :, 0]
+    assert np.array_equal(got, k + k % 2)                           # half to even: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2
+    edges = np.array([-1, 1, -3, 3, np.nan, np.inf, -np.inf], np.float32).reshape(1, 1, -1).repeat(3, axis=0)
+    assert to_rgb(edges)[0, :, 0].tolist() == [0, 255, 0, 255, 0, 255, 0]
 
 
 def test_render_reference_pair(runs, editors, tmp_path):
@@ -305,8 +374,8 @@ def test_render_reference_pair(runs, editors, tmp_path):
     assert with_groups.returncode == 0 and found.returncode == 0, with_groups.stderr + found.stderr
     for k in range(2):
         assert (tmp_path / "a" / f"case_{k}.png").read_bytes() == (tmp_path / "b" / f"case_{k}.png").read_bytes()
-    want = _expected_rgb(editors["z"], z[rows], np.array([[0, 0, 1.2]] * 2), [-1, -1])
-    assert np.abs(_png(tmp_path / "a" / "case_1.png") - want[1]).max() <= 1 / 255 + 1e-6
+    want, _, _ = _expected(editors["z"], z[rows], [[0, 0, 1.2]] * 2, [-1, -1])
+    assert np.array_equal(_png(tmp_path / "a" / "case_1.png"), want[1])
     refused = call_job("jobs.render", "--picks", str(vectors), "--bundle", str(editors["w"]), "--out",
                        str(tmp_path / "c"))
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
@@ -322,14 +391,16 @@ def test_render_refuses_bad_picks_and_warns_on_foreign_cases(runs, editors, bund
         return tmp_path / name
 
     not_in_run = variant("999.csv", [text[0], "999" + text[1][text[1].index(","):]])
-    other_bundle = variant("other.csv", [text[0], text[1].replace(bundle.manifest_sha256[:16], "0123456789abcdef")])
+    other_bundle = variant("other.csv", [text[0], text[1].replace(bundle.manifest_sha256, "0123456789abcdef" * 4)])
+    not_a_hash = variant("hash.csv", [text[0], text[1].replace(bundle.manifest_sha256, bundle.manifest_sha256[:16])])
+    z_codes = variant("z.csv", [text[0].replace(",w", ",z"), text[1]])  # the editor edits w codes
     moved = text[1].split(",")
     moved[5] = repr(float(moved[5]) + 0.25)
     other_code = variant("code.csv", [text[0], ",".join(moved)])
     short = variant("short.csv", [",".join(text[0].split(",")[:-1]), ",".join(text[1].split(",")[:-1])])
     bad_group = variant("group.csv", [text[0], text[1].replace(text[1].split(",")[1], "hxh", 1)])
-    cases = [((other_bundle,), "0123456789abcdef"),
-             ((short,), "511-dim"), ((bad_group,), "hxh"), ((good, "--set", "smile=1"), "smile"),
+    cases = [((other_bundle,), "0123456789abcdef"), ((not_a_hash,), "64 hex digits"),
+             ((z_codes,), "holds z codes, this editor edits w codes"), ((short,), "511-dim"), ((bad_group,), "hxh"), ((good, "--set", "smile=1"), "smile"),
              ((good, "--set", "eyes=x"), "NAME=NUMBER"), ((good, "--sweep", "age"), "age")]
     for (picks, *flags), words in cases:
         out = tmp_path / f"out_{picks.stem}_{len(flags)}"

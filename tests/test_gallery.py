@@ -1,6 +1,7 @@
-"""The picking page (RUN/gallery.html) in a real headless browser: Debian's chromium and
-chromedriver driven by selenium. Rows, self-containment, sorting by a header click, and
-the two downloads compared bit-exact with the run's codes."""
+"""The picking page (RUN/gallery.html) in a real headless browser with a default profile:
+Debian's chromium and chromedriver driven by selenium. Rows, self-containment, sorting by a
+header click, the column heads in view while scrolling, the legend, and the one download
+(picks.csv) compared bit-exact with the run's codes and read by jobs.render."""
 from __future__ import annotations
 
 import base64
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -42,7 +44,9 @@ def cases(run):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    """Headless chromium with downloads into its own directory; fails (not skips) without it."""
+    """Headless chromium with a default profile but for where downloads go; fails (not skips)
+    without it. No download permission is granted: a page that starts a second download from
+    one click has it blocked, as a user's browser would."""
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -58,11 +62,10 @@ def browser(tmp_path_factory):
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # the requests the page makes
-    options.add_experimental_option("prefs", {
-        "download.default_directory": str(downloads), "download.prompt_for_download": False,
-        "profile.default_content_setting_values.automatic_downloads": 1})  # two files from one click
+    # Only the download directory is set. (CDP's Page.setDownloadBehavior "allow" would also
+    # let a second download from one click through, which a default profile blocks.)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads)})
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     driver.downloads = downloads
     yield driver
     driver.quit()
@@ -88,7 +91,7 @@ def wait_for(paths: list[Path], seconds: float = 15) -> None:
     raise AssertionError(f"downloads did not arrive: {sorted(p.name for p in paths[0].parent.iterdir())}")
 
 
-def test_gallery_in_a_browser(run, cases, browser, bundle):
+def test_gallery_in_a_browser(run, cases, browser, bundle, bundle_dir, tmp_path):
     page = run / "gallery.html"
     browser.get(page.resolve().as_uri())
     ids, sums = cases["case_id"].to_pylist(), cases["sum_abs_corr"].to_pylist()
@@ -113,34 +116,66 @@ def test_gallery_in_a_browser(run, cases, browser, bundle):
     header(browser, "corr pose").click()
     assert row_ids(browser) == [c for _, c in sorted(zip(pose, ids))]
 
-    # tick two cases (in the displayed order: not by case id), download both files
+    # tick two cases (in the displayed order: not by case id): one click, one file
     shown = row_ids(browser)
     picked = sorted([shown[0], shown[-1]])
     for case_id in (shown[-1], shown[0]):
         browser.find_element("css selector", f'input.pick[value="{case_id}"]').click()
     assert "2 ticked" in browser.find_element("id", "count").text
     browser.find_element("id", "download").click()
-    csv_path, json_path = browser.downloads / "picks.csv", browser.downloads / "picks.json"
-    wait_for([csv_path, json_path])
+    picks_file = browser.downloads / "picks.csv"
+    wait_for([picks_file])
+    time.sleep(1.5)  # the old page's second file came 0.3 s after the first
+    assert sorted(p.name for p in browser.downloads.iterdir()) == ["picks.csv"]
 
     w = {c: np.asarray(v, np.float32) for c, v in zip(ids, cases["w"].to_pylist())}
     group = dict(zip(ids, cases["group"].to_pylist()))
-    rows = list(csv.reader(io.StringIO(csv_path.read_text())))
-    assert rows[0] == ["case_id", "group", "bundle"] + [f"z{i}" for i in range(512)]
+    rows = list(csv.reader(io.StringIO(picks_file.read_text())))
+    assert rows[0] == ["case_id", "group", "bundle_sha256"] + [f"w{i}" for i in range(512)]  # a w run's codes
     assert [int(r[0]) for r in rows[1:]] == picked
     for r in rows[1:]:
         case_id = int(r[0])
-        assert r[1] == group[case_id] and r[2] == bundle.manifest_sha256[:16]
+        assert r[1] == group[case_id] and r[2] == bundle.manifest_sha256
         assert r[3:] == [repr(float(x)) for x in w[case_id]]  # the float32 values, full precision
         assert np.array_equal(np.array(r[3:], np.float64), w[case_id].astype(np.float64))
 
-    picks = json.loads(json_path.read_text())
-    assert {k: v for k, v in picks.items() if k != "picks"} == {
-        "format": "vectorfind-picks", "version": 1, "bundle_manifest_sha256": bundle.manifest_sha256,
-        "space": "w", "run": str(run.resolve())}
-    assert [(p["case_id"], p["group"]) for p in picks["picks"]] == [(c, group[c]) for c in picked]
-    for p in picks["picks"]:
-        assert np.array_equal(np.array(p["code"], np.float64), w[p["case_id"]].astype(np.float64))
+    # the downloaded file is what jobs.render reads: no warning (ids and codes are the run's)
+    from compute.editor import export_editor
+
+    editor = tmp_path / "editor"
+    export_editor(run, editor, bundle_dir)
+    done = call_job("jobs.render", "--picks", str(picks_file), "--bundle", str(editor), "--set", "pose=1",
+                    "--out", str(tmp_path / "faces"))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert sorted(p.name for p in (tmp_path / "faces").iterdir()) == [f"case_{c}.png" for c in picked]
+
+
+def test_head_stays_in_view_and_legend(run, cases, browser, bundle):
+    """Scrolled past the table's top, the column heads sit right under the download bar; the
+    legend names each group letter's score and median, and consistency says lower is better."""
+    browser.set_window_size(1400, 420)
+    browser.get((run / "gallery.html").resolve().as_uri())
+    top = browser.execute_script("return document.querySelector('#cases thead').getBoundingClientRect().top")
+    browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+    scrolled, bar, head, first = browser.execute_script(
+        "const r = s => document.querySelector(s).getBoundingClientRect();"
+        "return [window.scrollY, r('#bar'), r('#cases thead th'), r('#cases tbody tr')];")
+    assert scrolled > top, "the page is too short to scroll the table's head away; the test needs a smaller window"
+    assert bar["top"] == 0 and abs(head["top"] - bar["bottom"]) <= 1 and first["top"] < head["top"]
+    assert browser.find_element("id", "download").is_displayed()
+
+    from compute.tables import read_metadata
+
+    test = read_metadata(run / "cases.parquet")["test"]
+    medians, grouping = test["median_values"], test["method"]["group_by"]
+    legend = " ".join(browser.find_element("id", "legend").text.split())
+    assert len(grouping) == 3
+    for k, score in enumerate(grouping):
+        assert f"letter {k + 1}: {score} (median {medians[score]:.4g})" in legend
+    assert "h: the face's score is at or above that median, l: below it" in legend
+    assert "\u26a0 a negative correlation: the edit moves that score the wrong way" in legend
+    assert " ".join(header(browser, "consistency lower is better").text.split()) == "consistency lower is better"
+    browser.set_window_size(1400, 1000)
 
 
 def test_gallery_job_top_and_bad_input(run, cases, bundle_dir, tmp_path):
@@ -157,6 +192,27 @@ def test_gallery_job_top_and_bad_input(run, cases, bundle_dir, tmp_path):
                           (["--run", str(run), "--top", "0"], "--top must be at least 1")]:
         bad = call_job("jobs.gallery", *args)
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad
+
+
+def test_negative_correlations_are_flagged(run, cases, bundle_dir, tmp_path):
+    """A passed case whose edit moves a score the wrong way (corr < 0, |corr| over the cutoff)
+    is marked in its cell and counted in the intro; the others are not."""
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(run / "vectors.parquet", copy / "vectors.parquet")
+    table = pq.read_table(run / "cases.parquet")
+    wrong = cases["case_id"][0].as_py()
+    flipped = [-c if i == wrong else c for i, c in zip(table["case_id"].to_pylist(), table["corr_pose"].to_pylist())]
+    column = table.schema.get_field_index("corr_pose")
+    changed = table.set_column(column, "corr_pose", pa.array(flipped, table["corr_pose"].type))
+    pq.write_table(changed.replace_schema_metadata(table.schema.metadata), copy / "cases.parquet")
+    done = call_job("jobs.gallery", "--run", str(copy), "--bundle", str(bundle_dir))
+    assert done.returncode == 0, done.stderr
+    page = (copy / "gallery.html").read_text()
+    marked = re.findall(r'<tr data-case="(\d+)">.*?<td class="num neg" data-value="([^"]+)"[^>]*>\u26a0 (-[\d.]+)</td>',
+                        page)
+    assert [(int(c), float(v)) for c, v, _ in marked] == [(wrong, -abs(cases["corr_pose"][0].as_py()))]
+    assert page.count('class="num neg"') == 1 and "1 of them with a negative correlation (\u26a0)" in page
 
 
 def decode(uri: str) -> np.ndarray:
@@ -188,7 +244,7 @@ def test_strips_follow_the_method_space(bundle):
     [[strip]] = edit_strips(bundle, z, ["all"], zero, Method.from_dict({"properties": props, "group_by": [],
                                                                         "space": "z"}))
     mapping, synthesis = (make_session(bundle.graph_bytes(s)) for s in ("mapping", "synthesis"))
-    face = np.round(to_rgb(run_single(synthesis, run_single(mapping, z))[0]) * 255).astype(np.uint8)
+    face = to_rgb(run_single(synthesis, run_single(mapping, z))[0])  # the project's 8-bit rule
     image = decode(strip)
     assert np.array_equal(image[:, :face.shape[1]], face)
     assert np.array_equal(image[:, -face.shape[1]:], face)
