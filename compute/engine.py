@@ -24,8 +24,10 @@ from compute.sessions import call_images, largest_activation, make_session, run_
 
 log = logging.getLogger(__name__)
 # Images per GPU call at 256 px (scaled by pixels at other resolutions), measured on an H200
-# with `python -m jobs.benchmark gpu` (docs/gpu.md).
-GPU_CALL_IMAGES_256 = 128
+# with `python -m jobs.benchmark gpu` (docs/gpu.md): 64 / 128 / 256 per call ran at 1,452 /
+# 1,528 / 1,558 images/s, but 128 held 17.6 GiB per actor. 96 keeps an actor near 14 GiB
+# (two actors share a GPU) at about 2% below 128's speed.
+GPU_CALL_IMAGES_256 = 96
 
 
 @dataclass(frozen=True)
