@@ -76,6 +76,10 @@ def results_table(summary: dict, accuracy: dict | None) -> str:
         passed = summary.get("negative_corr_passed") or {}
         lines.append("cases with a negative corr (the edit moved the score the wrong way): " + "  ".join(
             f"{p} {n}" + (f" ({passed[p]} passed)" if passed.get(p) else "") for p, n in negative.items() if n))
+    unconverged = summary.get("fits_not_converged") or []
+    if unconverged:
+        lines.append(f"{len(unconverged)} fits did not converge: {', '.join(unconverged[:8])}"
+                     + (", ..." if len(unconverged) > 8 else ""))
     lines.append("passes per group: " + "  ".join(f"{g} {v['passed']}/{v['cases']}"
                                                    for g, v in summary["per_group"].items()))
     return "\n".join(lines)
