@@ -178,7 +178,7 @@ def negative_section(cases, props, pass_rule: str) -> tuple[dict, list[str]]:
     counts = {p: int(negative[p].sum()) for p in props}
     lines = ["## Negative correlations", ""]
     if not any(counts.values()):
-        return counts, lines + ["No case has a negative correlation: every edit moved its score the intended way.", ""]
+        return counts, lines + ["No case has a negative correlation.", ""]
     rule = ("corr >= cutoff: a case with a negative correlation fails" if pass_rule == "signed" else
             "|corr| >= cutoff (the seeds'): a case whose edit moves a score consistently the wrong way passes; "
             'the method setting `pass_rule = "signed"` (`--pass-rule signed`; `jobs.recheck --pass-rule signed` '
@@ -211,8 +211,8 @@ def spread_lines(spread: CodeSpread, latent: str) -> list[str]:
     if not spread.std:
         return [f"Spread of projected codes: not measured ({md_text(spread.note)})."]
     return [f"Code std: the std of {latent} . n over the {spread.rows:,} samples of "
-            f"{md_text(spread.source.name)}, per direction n; an edit of weight e moves a code e / std of "
-            f"that spread along n (docs/method.md, choosing edit schedules)."]
+            f"{md_text(spread.source.name)}, per direction n. An edit of weight e moves a code along n by "
+            f"e / (code std) of these stds (docs/method.md, choosing edit schedules)."]
 
 
 def _estimator_note(fit: dict) -> list[str]:

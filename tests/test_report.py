@@ -130,6 +130,7 @@ def test_report_lists_the_fits_that_did_not_converge(reported):
     line = next(line for line in text.splitlines() if "fits did not converge" in line)
     assert f"**{len(failed)} of 24 fits did not converge**" in line
     assert line.split(": ", 1)[1].split(". ")[0].split(", ") == failed
+    assert json.loads((reported / "summary.json").read_text())["fits_not_converged"] == failed
 
 
 def test_report_gives_each_directions_spread_of_projected_codes(reported, monkeypatch):
