@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from compute.code_spread import CodeSpread, code_spread
 from compute.files import atomic_file, write_text_atomic
 from compute.plots import fig_text, md_code_fence, md_text, pyplot, to_rgb
 from compute.runlock import holding_run_lock
-from compute.code_spread import CodeSpread, code_spread
 from compute.runs import CASES_FILE, REPORT_FILE, SAMPLES_FILE, SUMMARY_FILE, VECTORS_FILE, recorded_path
 from compute.sessions import make_session, num_ws, run_single, synthesize
 from compute.tables import read_metadata, vector_matrix
@@ -139,8 +139,8 @@ def results_table(props, acc: dict, stability: dict, summary: dict, negative: di
     {property: cases with corr < 0}; `spread`: {property: mean over groups of the std of
     code . n}, shown with the schedule's largest |weight| in those stds."""
     negative, spread, schedules = negative or {}, spread or {}, schedules or {}
-    lines = ["| property | SVM val accuracy | stability | mean corr | mean abs corr | cases with corr < 0 | cutoff | "
-             "code std along n | largest edit / code std |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| property | SVM val accuracy | stability | mean corr | mean abs corr | cases with corr < 0 | cutoff | "
+              "code std along n | largest edit / code std |"), "|---|---|---|---|---|---|---|---|---|"]
     for p in props:
         reach = max(abs(w) for w in schedules[p]) / spread[p] if spread.get(p) and schedules.get(p) else None
         lines.append(f"| {md_text(p)} | {_fmt(acc.get(p))} | {_fmt(stability[p])} | {summary['mean_corr'][p]:.4f} | "
@@ -151,7 +151,7 @@ def results_table(props, acc: dict, stability: dict, summary: dict, negative: di
 
 def corr_cell(value) -> str:
     """A correlation for a table cell; a negative one (the edit moved the score the wrong way) in bold."""
-    if value is None or value != value:
+    if value is None or not np.isfinite(value):
         return "-"
     return f"**{value:.3f}**" if value < 0 else f"{value:.3f}"
 
@@ -189,8 +189,9 @@ def negative_section(cases, props, pass_rule: str) -> tuple[dict, list[str]]:
     any_negative = np.any(np.stack(list(negative.values())), axis=0)
     rows = [int(i) for mask in (any_negative & passed, any_negative & ~passed) for i in np.flatnonzero(mask)]
     shown = rows[:NEGATIVE_LISTED]
-    lines += ["", f"{'The first ' + str(len(shown)) + ' of ' if len(rows) > len(shown) else 'All '}{len(rows)} such "
-              f"cases, passed first; negative correlations in bold:", "", *case_rows(cases, shown, props), ""]
+    which = f"The first {len(shown)} of {len(rows)}" if len(rows) > len(shown) else f"All {len(rows)}"
+    lines += ["", f"{which} such cases, passed first; negative correlations in bold:", "",
+              *case_rows(cases, shown, props), ""]
     return counts, lines
 
 
@@ -203,16 +204,16 @@ def convergence_lines(vectors) -> list[str]:
                                                             vectors["property"].to_pylist(), converged) if c is False]
     if not failed:
         return [f"All {len(converged)} fits converged."]
-    return [f"**{len(failed)} of {len(converged)} fits did not converge** (the solver stopped at its iteration "
-            f"limit): {', '.join(failed)}. Their directions may be off; consider `--scale` or a larger `--max-iter`."]
+    return [(f"**{len(failed)} of {len(converged)} fits did not converge** (the solver stopped at its iteration "
+             f"limit): {', '.join(failed)}. Their directions may be off; consider `--scale` or a larger `--max-iter`.")]
 
 
 def spread_lines(spread: CodeSpread, latent: str) -> list[str]:
     if not spread.std:
         return [f"Spread of projected codes: not measured ({md_text(spread.note)})."]
-    return [f"Code std: the std of {latent} . n over the {spread.rows:,} samples of "
-            f"{md_text(spread.source.name)}, per direction n. An edit of weight e moves a code along n by "
-            f"e / (code std) of these stds (docs/method.md, choosing edit schedules)."]
+    return [(f"Code std: the std of {latent} . n over the {spread.rows:,} samples of "
+             f"{md_text(spread.source.name)}, per direction n. An edit of weight e moves a code along n by "
+             f"e / (code std) of these stds (docs/method.md, choosing edit schedules).")]
 
 
 def _estimator_note(fit: dict) -> list[str]:

@@ -124,10 +124,10 @@ def test_the_method_files_of_docs_method_md_load(tmp_path):
     from conftest import REPO
 
     text = (REPO / "docs" / "method.md").read_text()
-    (block,) = re.findall(r"```json\n(.*?)```", text, re.S)
+    (block,) = re.findall(r"```json\n(.*?)```", text, re.DOTALL)
     (tmp_path / "seeds.json").write_text(block)
     assert load_method(tmp_path / "seeds.json") == Method() and '"pass_rule": "abs"' in block
-    (block,) = re.findall(r"```toml\n(.*?)```", text, re.S)
+    (block,) = re.findall(r"```toml\n(.*?)```", text, re.DOTALL)
     (tmp_path / "smile.toml").write_text(block)
     m = load_method(tmp_path / "smile.toml")
     assert m.property_names == ("smile", "age") and m.edits_per_case == 8 and m.group_names == ("h", "l")

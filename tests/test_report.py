@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import call_job
 
 from compute import samples_store
 from compute.code_spread import code_spread, projected_std
@@ -17,10 +18,15 @@ from compute.fitting import fit_directions
 from compute.grid_report import check_grid_columns
 from compute.report import write_report
 from compute.sampling import Resources, sample_table
-from compute.tables import read_metadata, vector_column, vector_matrix, with_metadata, write_parquet_atomic
+from compute.tables import (
+    read_metadata,
+    vector_column,
+    vector_matrix,
+    with_metadata,
+    write_parquet_atomic,
+)
 from compute.testing import run_test
 from compute.vectors_table import read_vectors
-from conftest import call_job
 from vectors.errors import InputError
 from vectors.method import EditedProperty, Method, MethodError, load_method
 from vectors.stats import case_statistics, passes
@@ -111,7 +117,7 @@ def test_report_counts_and_marks_negative_correlations(reported):
     for p in ("mouth", "pose"):
         assert f"{p} {int((corr[p] < 0).sum())} (" in negative
     for case_id, value in zip(cases["case_id"].to_pylist(), corr["eyes"]):  # each listed, its eyes corr in bold
-        assert re.search(rf"^\| {case_id} \| \w+ \| \*\*{value:.3f}\*\* \|", negative, re.M), case_id
+        assert re.search(rf"^\| {case_id} \| \w+ \| \*\*{value:.3f}\*\* \|", negative, re.MULTILINE), case_id
     # Under the signed rule no case with a negative correlation passes: here, none at all.
     signed = call_job("jobs.recheck", "--run", str(reported), "--pass-rule", "signed")
     assert signed.returncode == 0 and f"passed: 0 / {CASES} (0.0%; corr >= cutoff)" in signed.stdout, signed.stderr

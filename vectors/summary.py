@@ -59,8 +59,8 @@ def results_table(summary: dict, accuracy: dict | None) -> str:
     width = max(10, *(len(p) for p in summary["properties"]))
     stability = summary.get("stability") or {}
     mean_abs = summary.get("mean_abs_corr") or {}
-    lines = ["", f"{'property':{width}s} {'SVM val acc':>11s} {'stability':>9s} {'mean corr':>10s} "
-                 f"{'mean |corr|':>11s} {'cutoff':>7s}"]
+    lines = ["", (f"{'property':{width}s} {'SVM val acc':>11s} {'stability':>9s} {'mean corr':>10s} "
+                  f"{'mean |corr|':>11s} {'cutoff':>7s}")]
     for p in summary["properties"]:
         acc = f"{accuracy[p]:.4f}" if accuracy and accuracy.get(p) is not None else "-"
         stable = f"{stability[p]:.4f}" if stability.get(p) is not None else "-"
