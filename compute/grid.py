@@ -124,9 +124,11 @@ def test_cells(run: Path, bundle, cells: list[Cell], method: Method, cases: int,
 
 
 def grid_table(run: Path, cells: list[Cell], method: Method) -> pa.Table:
-    """One row per cell: k per group, SVM accuracy, stability and mean |corr| per property,
-    passes, consistency, fit seconds (summed over the cell's fits) and, for bundles with a
-    ground truth, the spread of the true identity traits."""
+    """One row per cell: k per group; per property SVM accuracy, stability, the mean of |corr|
+    (`mean_abs_corr_<p>`), the signed mean corr (`mean_corr_<p>`) and the cases with a negative
+    corr (`negative_corr_<p>`); passes, consistency, the fits that did not converge, fit seconds
+    (summed over the cell's fits) and, for bundles with a ground truth, the spread of the true
+    identity traits."""
     rows = []
     for cell in cells:
         directory = cell_dir(run, cell)
@@ -136,14 +138,18 @@ def grid_table(run: Path, cells: list[Cell], method: Method) -> pa.Table:
         acc = mean_by_property(props, vectors["val_accuracy"].to_pylist(), method.property_names)
         stability = mean_by_property(props, vectors["stability"].to_pylist(), method.property_names)
         k = dict(zip(vectors["group"].to_pylist(), vectors["k"].to_pylist()))
+        negative = summary.get("negative_corr") or {}  # (a reused cell tested before it was recorded: null)
         rows.append({"space": cell.space, "n": cell.n, "ratio": cell.ratio, "estimator": cell.estimator,
                      "k": [k[g] for g in method.group_names],
                      **{f"svm_acc_{p}": acc[p] for p in method.property_names},
                      **{f"stability_{p}": stability[p] for p in method.property_names},
-                     **{f"mean_corr_{p}": summary["mean_abs_corr"][p] for p in method.property_names},
+                     **{f"mean_abs_corr_{p}": summary["mean_abs_corr"][p] for p in method.property_names},
+                     **{f"mean_corr_{p}": summary["mean_corr"][p] for p in method.property_names},
+                     **{f"negative_corr_{p}": negative.get(p) for p in method.property_names},
                      "sum_mean_abs_corr": summary["sum_mean_abs_corr"], "passed": summary["passed"],
                      "cases": summary["cases"], "consistency": summary["mean_consistency"],
                      "identity_spread": summary.get("mean_identity_spread"),
+                     "fits_not_converged": vectors["converged"].to_pylist().count(False),
                      "fit_seconds": float(sum(vectors["fit_seconds"].to_pylist()))})
     return pa.Table.from_pylist(rows)
 

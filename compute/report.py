@@ -1,6 +1,11 @@
-"""RUN/report.md with PNG figures: the results table, a per-group table, correlation
-histograms, passes per group, an image grid of the best cases' edits, and the run's
-configuration. Works for any edited properties and grouping scores."""
+"""RUN/report.md with PNG figures: the results table, the fits that did not converge, a
+per-group table with each direction's spread of projected codes, the cases whose
+correlation is negative, correlation histograms, passes per group, an image grid of the
+best cases' edits, and the run's configuration. Works for any edited properties and
+grouping scores.
+
+Names, as in summary.json and the grid: "mean corr" is the signed mean of the per-case
+correlations, "mean abs corr" the mean of |corr|."""
 from __future__ import annotations
 
 import json
@@ -9,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from compute.code_spread import CodeSpread, code_spread
 from compute.files import atomic_file, write_text_atomic
 from compute.plots import fig_text, md_code_fence, md_text, pyplot, to_rgb
 from compute.runlock import holding_run_lock
-from compute.runs import CASES_FILE, REPORT_FILE, SUMMARY_FILE, VECTORS_FILE, recorded_path
+from compute.runs import CASES_FILE, REPORT_FILE, SAMPLES_FILE, SUMMARY_FILE, VECTORS_FILE, recorded_path
 from compute.sessions import make_session, num_ws, run_single, synthesize
 from compute.tables import read_metadata, vector_matrix
 from compute.vectors_table import VectorsError, read_vectors
@@ -21,6 +27,7 @@ from vectors.method import Method
 from vectors.summary import mean_by_property
 
 GRID_CASES = 3
+NEGATIVE_LISTED = 20  # cases with a negative correlation listed by id (all are counted)
 
 
 def correlation_histograms(cases, properties, out: Path) -> None:
@@ -57,7 +64,7 @@ def passes_per_group(summary: dict, group_names, group_by, out: Path) -> None:
 
 def edit_grid(bundle, cases, matrices: dict, method: Method, out: Path) -> list[int]:
     """Rows: the best cases (passed first, by sum of |corr|); columns: each property over its
-    schedule, the other properties' weights at 0."""
+    schedule, the other properties' weights at 0. Returns the rows of `cases` shown."""
     plt = pyplot()
     order = np.lexsort((-np.nan_to_num(cases["sum_abs_corr"].to_numpy(), nan=-1), ~cases["passed"].to_numpy()))
     chosen = order[:GRID_CASES]
@@ -89,7 +96,7 @@ def edit_grid(bundle, cases, matrices: dict, method: Method, out: Path) -> list[
     with atomic_file(out, "wb") as f:
         fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
-    return [int(cases["case_id"][i]) for i in chosen]
+    return [int(i) for i in chosen]
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -97,15 +104,21 @@ def _fmt(value, digits: int = 4) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
-def group_table(vectors, summary: dict, props, group_names) -> list[str]:
+def group_table(vectors, summary: dict, props, group_names, spread: dict | None = None) -> list[str]:
+    """Per group: samples, SVM accuracy per property, test cases and passes; with `spread`
+    ({(group, property): std of code . n}), each direction's spread of projected codes."""
     acc = {(g, p): a for g, p, a in zip(vectors["group"].to_pylist(), vectors["property"].to_pylist(),
                                         vectors["val_accuracy"].to_pylist())}
     size = dict(zip(vectors["group"].to_pylist(), vectors["group_size"].to_pylist()))
-    lines = ["| group | samples | " + " | ".join(f"SVM acc {md_text(p)}" for p in props) + " | test cases | passed |",
-             "|---|---|" + "---|" * len(props) + "---|---|"]
+    spread = spread or {}
+    stds = " | ".join(f"code std {md_text(p)}" for p in props) + " | " if spread else ""
+    lines = ["| group | samples | " + " | ".join(f"SVM acc {md_text(p)}" for p in props) + f" | {stds}test cases | "
+             "passed |", "|---|---|" + "---|" * (len(props) * (2 if spread else 1)) + "---|---|"]
     for g in group_names:
         per = summary["per_group"][g]
-        lines.append(f"| {md_text(g)} | {size.get(g, '-')} | " + " | ".join(_fmt(acc.get((g, p)), 3) for p in props)
+        cells = [_fmt(acc.get((g, p)), 3) for p in props] + ([_fmt(spread.get((g, p)), 3) for p in props]
+                                                             if spread else [])
+        lines.append(f"| {md_text(g)} | {size.get(g, '-')} | " + " | ".join(cells)
                      + f" | {per['cases']} | {per['passed']} |")
     return lines
 
@@ -120,14 +133,87 @@ def report_heading(run_name: str, space: str, latent: str, model: str, summary: 
             f"{summary['cases']} test cases x {summary['edits_per_case']} edits.", ""]
 
 
-def results_table(props, acc: dict, stability: dict, summary: dict) -> list[str]:
-    """One row per edited property; names escaped for a table cell (md_text)."""
-    lines = ["| property | SVM val accuracy | stability | mean corr | mean abs corr | cutoff |",
-             "|---|---|---|---|---|---|"]
+def results_table(props, acc: dict, stability: dict, summary: dict, negative: dict | None = None,
+                  spread: dict | None = None, schedules: dict | None = None) -> list[str]:
+    """One row per edited property; names escaped for a table cell (md_text). `negative`:
+    {property: cases with corr < 0}; `spread`: {property: mean over groups of the std of
+    code . n}, shown with the schedule's largest |weight| in those stds."""
+    negative, spread, schedules = negative or {}, spread or {}, schedules or {}
+    lines = [("| property | SVM val accuracy | stability | mean corr | mean abs corr | cases with corr < 0 | cutoff | "
+              "code std along n | largest edit / code std |"), "|---|---|---|---|---|---|---|---|---|"]
     for p in props:
+        reach = max(abs(w) for w in schedules[p]) / spread[p] if spread.get(p) and schedules.get(p) else None
         lines.append(f"| {md_text(p)} | {_fmt(acc.get(p))} | {_fmt(stability[p])} | {summary['mean_corr'][p]:.4f} | "
-                     f"{summary['mean_abs_corr'][p]:.4f} | {summary['cutoffs'][p]:.2f} |")
+                     f"{summary['mean_abs_corr'][p]:.4f} | {negative.get(p, '-')} | {summary['cutoffs'][p]:.2f} | "
+                     f"{_fmt(spread.get(p), 3)} | {_fmt(reach, 2)} |")
     return lines
+
+
+def corr_cell(value) -> str:
+    """A correlation for a table cell; a negative one (the edit moved the score the wrong way) in bold."""
+    if value is None or not np.isfinite(value):
+        return "-"
+    return f"**{value:.3f}**" if value < 0 else f"{value:.3f}"
+
+
+def case_rows(cases, rows, props) -> list[str]:
+    """A table of the cases at `rows`: id, group, each correlation (negative ones bold), sum of
+    |corr|, passed."""
+    lines = ["| case | group | " + " | ".join(f"corr {md_text(p)}" for p in props) + " | sum abs corr | passed |",
+             "|---|---|" + "---|" * len(props) + "---|---|"]
+    corr = {p: cases[f"corr_{p}"].to_pylist() for p in props}
+    ids, groups, sums, passed = (cases[c].to_pylist() for c in ("case_id", "group", "sum_abs_corr", "passed"))
+    for i in rows:
+        lines.append(f"| {int(ids[i])} | {md_text(groups[i])} | " + " | ".join(corr_cell(corr[p][i]) for p in props)
+                     + f" | {_fmt(sums[i], 3)} | {'yes' if passed[i] else 'no'} |")
+    return lines
+
+
+def negative_section(cases, props, pass_rule: str) -> tuple[dict, list[str]]:
+    """({property: cases with corr < 0}, the report's section on them): counts per property,
+    how many of them passed, and the first NEGATIVE_LISTED such cases (passed ones first)."""
+    corr = {p: cases[f"corr_{p}"].to_numpy(zero_copy_only=False).astype(np.float64) for p in props}
+    passed = cases["passed"].to_numpy(zero_copy_only=False).astype(bool)
+    negative = {p: np.nan_to_num(corr[p], nan=0.0) < 0 for p in props}
+    counts = {p: int(negative[p].sum()) for p in props}
+    lines = ["## Negative correlations", ""]
+    if not any(counts.values()):
+        return counts, lines + ["No case has a negative correlation.", ""]
+    rule = ("corr >= cutoff: a case with a negative correlation fails" if pass_rule == "signed" else
+            "|corr| >= cutoff (the seeds'): a case whose edit moves a score consistently the wrong way passes; "
+            'the method setting `pass_rule = "signed"` (`--pass-rule signed`; `jobs.recheck --pass-rule signed` '
+            "on stored results) fails it")
+    lines.append("Cases whose edit moved the score the wrong way (corr < 0), per property: " + ", ".join(
+        f"{md_text(p)} {counts[p]} ({int((negative[p] & passed).sum())} passed)" for p in props)
+        + f". Pass rule: {rule}.")
+    any_negative = np.any(np.stack(list(negative.values())), axis=0)
+    rows = [int(i) for mask in (any_negative & passed, any_negative & ~passed) for i in np.flatnonzero(mask)]
+    shown = rows[:NEGATIVE_LISTED]
+    which = f"The first {len(shown)} of {len(rows)}" if len(rows) > len(shown) else f"All {len(rows)}"
+    lines += ["", f"{which} such cases, passed first; negative correlations in bold:", "",
+              *case_rows(cases, shown, props), ""]
+    return counts, lines
+
+
+def convergence_lines(vectors) -> list[str]:
+    """Which (group, property) fits did not converge, from the vectors table's `converged`."""
+    converged = vectors["converged"].to_pylist()
+    if all(c is None for c in converged):
+        return ["Convergence of the fits: not recorded (imported vectors)."]
+    failed = [f"{md_text(g)}/{md_text(p)}" for g, p, c in zip(vectors["group"].to_pylist(),
+                                                            vectors["property"].to_pylist(), converged) if c is False]
+    if not failed:
+        return [f"All {len(converged)} fits converged."]
+    return [(f"**{len(failed)} of {len(converged)} fits did not converge** (the solver stopped at its iteration "
+             f"limit): {', '.join(failed)}. Their directions may be off; consider `--scale` or a larger `--max-iter`.")]
+
+
+def spread_lines(spread: CodeSpread, latent: str) -> list[str]:
+    if not spread.std:
+        return [f"Spread of projected codes: not measured ({md_text(spread.note)})."]
+    return [(f"Code std: the std of {latent} . n over the {spread.rows:,} samples of "
+             f"{md_text(spread.source.name)}, per direction n. An edit of weight e moves a code along n by "
+             f"e / (code std) of these stds (docs/method.md, choosing edit schedules).")]
 
 
 def _estimator_note(fit: dict) -> list[str]:
@@ -164,26 +250,36 @@ def write_report(run: Path, bundle) -> Path:
     acc = summary.get("svm_val_accuracy") or {}
     config = json.dumps({"test": test, "fit": meta.get("fit", {})}, indent=2, sort_keys=True, default=str)
     fence = md_code_fence(config)  # a name with backticks cannot close the block
-    stability = mean_by_property(vectors["property"].to_pylist(), vectors["stability"].to_pylist(),
-                                 method.property_names)
+    props = method.property_names
+    stability = mean_by_property(vectors["property"].to_pylist(), vectors["stability"].to_pylist(), props)
+    spread = code_spread([run / SAMPLES_FILE, vectors_path.parent / SAMPLES_FILE],
+                         test.get("bundle_manifest_sha256") or bundle.manifest_sha256, method.latent, directions)
+    mean_spread = {p: float(np.mean(v)) if v else None for p, v in
+                   ((p, [s for (_, q), s in spread.std.items() if q == p and np.isfinite(s)]) for p in props)}
+    negative, negative_lines = negative_section(cases, props, method.pass_rule)
+    rule = "corr >= cutoff" if method.pass_rule == "signed" else "|corr| >= cutoff, the seeds' rule"
     lines = [*report_heading(run.name, method.space, method.latent, bundle.manifest.get("model", "?"), summary,
                              method.group_by, method.group_names),
-             "## Results", "", *results_table(method.property_names, acc, stability, summary)]
+             "## Results", "", *results_table(props, acc, stability, summary, negative, mean_spread,
+                                              {p.name: p.schedule for p in method.properties})]
     lines += ["", f"Sum of mean |corr|: **{summary['sum_mean_abs_corr']:.4f}**. "
-                  f"Passed: **{summary['passed']} / {summary['cases']}** ({100 * summary['passed_ratio']:.1f}%)"
+                  f"Passed ({rule}): **{summary['passed']} / {summary['cases']}** "
+                  f"({100 * summary['passed_ratio']:.1f}%)"
                   + (f"; {summary['degenerate']} degenerate cases (constant scores) failed."
                      if summary["degenerate"] else "."),
-              *_estimator_note(meta.get("fit", {})),
+              "Mean corr is the signed mean of the cases' correlations, mean abs corr the mean of |corr|.",
+              *_estimator_note(meta.get("fit", {})), *convergence_lines(vectors),
               f"Mean consistency (std of the grouping scores over a case's edits): "
               f"{_fmt(summary['mean_consistency'])}"
               + (f"; mean spread of the true identity traits: {summary['mean_identity_spread']:.4f}."
                  if "mean_identity_spread" in summary else "."),
-              "", "## Per group", "", *group_table(vectors, summary, method.property_names, method.group_names), "",
-              "![passes per group](passes_per_group.png)", "",
+              "", "## Per group", "", *group_table(vectors, summary, props, method.group_names, spread.std), "",
+              *spread_lines(spread, method.latent), "", "![passes per group](passes_per_group.png)", "",
+              *negative_lines,
               "## Correlations", "", "![correlation histograms](correlations.png)", "",
-              f"## Edits of the best cases ({', '.join(map(str, shown))})", "",
+              f"## Edits of the best cases ({', '.join(str(int(cases['case_id'][i].as_py())) for i in shown)})", "",
               "Each row is one test face; columns move one property along its group's direction, "
-              "the other weights at 0.", "", "![edits](edits.png)", "",
+              "the other weights at 0.", "", "![edits](edits.png)", "", *case_rows(cases, shown, props), "",
               "## Configuration", "", fence + "json", config, fence, ""]
     write_text_atomic(run / REPORT_FILE, "\n".join(lines))
     return run / REPORT_FILE

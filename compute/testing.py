@@ -141,6 +141,9 @@ def run_test(run: Path, bundle, method: Method = Method(), cases: int = 500, see
                                                                    method.property_names),
                     "stability": mean_by_property(vectors["property"].to_pylist(), vectors["stability"].to_pylist(),
                                                   method.property_names),
+                    "fits_not_converged": [f"{g}/{p}" for g, p, c in zip(
+                        vectors["group"].to_pylist(), vectors["property"].to_pylist(),
+                        vectors["converged"].to_pylist()) if c is False],
                     "ratio": fit.get("ratio"), "n_samples": fit.get("n"), "seconds": round(elapsed, 2),
                     "images_per_second": round(cases * (len(weights) + 1) / elapsed, 1)})
     run.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from compute.recheck import recheck, reference_cases, stored_cases
 from jobs.cli import parser, run_main
 from jobs.cli.method_args import parse_cutoffs
+from vectors.method import PASS_RULES
 from vectors.summary import results_table
 
 
@@ -28,6 +29,8 @@ def main(argv=None) -> None:
     p.add_argument("--cutoffs", default=None,
                    help="|corr| cutoffs: NAME=C,... or one number per property (default: the test's own)")
     p.add_argument("--max-spread", type=float, default=None, help="also require consistency <= this")
+    p.add_argument("--pass-rule", metavar="{" + ",".join(PASS_RULES) + "}", default=None,
+                   help="abs: |corr| >= cutoff; signed: corr >= cutoff (default: the test's own)")
     args = p.parse_args(argv)
     stored = stored_cases(args.run) if args.run else reference_cases(args.reference_csv)
     method = stored.method
@@ -35,6 +38,8 @@ def main(argv=None) -> None:
         method = method.with_cutoffs(parse_cutoffs(args.cutoffs, method.property_names))
     if args.max_spread is not None:
         method = replace(method, max_spread=args.max_spread)
+    if args.pass_rule is not None:
+        method = replace(method, pass_rule=args.pass_rule)
     print(results_table(recheck(stored, method), stored.accuracy))
     if stored.note:
         print(f"({stored.note})")

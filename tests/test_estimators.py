@@ -256,12 +256,14 @@ def test_summaries_show_mean_stability_per_property():
     assert mean_by_property(["eyes", "eyes", "pose", "mouth"], [0.9, 0.8, float("nan"), None],
                             ["eyes", "mouth", "pose"]) == {"eyes": pytest.approx(0.85), "mouth": None, "pose": None}
     summary = {"properties": ["eyes", "pose"], "mean_corr": {"eyes": 0.9, "pose": 0.8},
+               "mean_abs_corr": {"eyes": 0.91, "pose": 0.85},
                "cutoffs": {"eyes": 0.9, "pose": 0.9}, "sum_mean_abs_corr": 1.7, "passed": 1, "cases": 2,
                "passed_ratio": 0.5, "degenerate": 0, "per_group": {"all": {"passed": 1, "cases": 2}},
                "stability": {"eyes": 0.9312, "pose": None}}
     lines = results_table(summary, {"eyes": 0.99, "pose": 0.98}).splitlines()
     assert "stability" in lines[1]
-    assert lines[2].split()[:3] == ["eyes", "0.9900", "0.9312"] and lines[3].split()[:3] == ["pose", "0.9800", "-"]
+    assert lines[2].split() == ["eyes", "0.9900", "0.9312", "0.9000", "0.9100", "0.90"]
+    assert lines[3].split()[:3] == ["pose", "0.9800", "-"] and "mean |corr|" in lines[1]
     assert "stability" in results_table({**summary, "stability": None}, None)  # older summaries: '-'
 
 

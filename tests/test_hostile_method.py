@@ -13,7 +13,7 @@ comes from vectors.method's one validation, so a file and a flag get the same wo
 
 Cases beyond the issue's list: duplicated weights, weights closer than 0.001, C below 1e-6
 and NaN, max_iter as a float, stability_splits as a float, ratio / validation_fraction /
-max_spread / medians / space / estimator / solver / dual / scale of the wrong type or out of
+max_spread / medians / pass_rule / space / estimator / solver / dual / scale of the wrong type or out of
 range, properties given as a string or a table, property tables without a name or with
 unknown keys, unsafe score names, too many properties, a 5,000-weight schedule, unknown
 settings, a top-level list, TOML dates, integers too long to parse, a non-UTF-8 file, a
@@ -83,6 +83,12 @@ FILE_CASES = [
      "space must be w (v7), z (v6) or a layer range of w such as w:0-6, got ['w'] (a list, not a string)"),
     ("space-unicode-digit", '{"space": "w:\\u00b2"}', None, "space must be w (v7), z (v6) or a layer range"),
     ("estimator-bool", '{"estimator": true}', None, "estimator must be one of svm, svm_refit"),
+    ("pass-rule-unknown", '{"pass_rule": "absolute"}', 'pass_rule = "absolute"',
+     "pass_rule must be one of abs, signed, got 'absolute'"),
+    ("pass-rule-bool", '{"pass_rule": true}', "pass_rule = true",
+     "pass_rule must be one of abs, signed, got true (a boolean, not a string)"),
+    ("pass-rule-list", '{"pass_rule": ["signed"]}', 'pass_rule = ["signed"]',
+     "pass_rule must be one of abs, signed, got ['signed'] (a list, not a string)"),
     ("stability-splits-float", '{"stability_splits": 5.0}', "stability_splits = 5.0",
      "stability_splits must be an integer in [0, 100] (0 or 1: off), got 5.0 (a number, not an integer)"),
     ("scale-string", '{"svm": {"scale": "no"}}', '[svm]\nscale = "no"\n',
@@ -162,6 +168,7 @@ FLAG_CASES = [
     ("stability-splits-float", ["--stability-splits", "2.5"],
      "stability_splits must be an integer in [0, 100] (0 or 1: off), got '2.5'"),
     ("medians-unknown", ["--medians", "fixed"], "medians must be one of manifest, samples, got 'fixed'"),
+    ("pass-rule-unknown", ["--pass-rule", "Signed"], "pass_rule must be one of abs, signed, got 'Signed'"),
     ("solver-unknown", ["--svm", "lasso"], "svm solver (--svm) must be one of linearsvc, svc, got 'lasso'"),
     ("dual-unknown", ["--dual", "maybe"], "svm dual must be one of auto, true, false, got 'maybe'"),
     ("estimator-unknown", ["--estimator", "lasso"],
@@ -233,6 +240,7 @@ def test_the_fit_job_refuses_the_same_flags_before_reading_the_run(tmp_path, fla
     ({"ratio": 0.7}, ["--ratio", "0.7"]),
     ({"max_spread": float("inf")}, ["--max-spread", "inf"]),
     ({"medians": "fixed"}, ["--medians", "fixed"]),
+    ({"pass_rule": "sign"}, ["--pass-rule", "sign"]),
     ({"properties": [{"name": "eyes", "schedule": [0, 1e-320]}]}, ["--eyes=0,1e-320"]),
     ({"properties": [{"name": "eyes", "schedule": [-1e308, 1e308]}]}, ["--eyes=-1e308,1e308"]),
     ({"properties": ["eyes", "mouth", "pose"], "group_by": ["../x"]}, ["--group-by", "../x"]),
@@ -268,10 +276,11 @@ def test_valid_method_files_at_the_bounds_still_load(tmp_path):
 
     path = tmp_path / "edge.toml"
     path.write_text('ratio = 0.5\nvalidation_fraction = 0.999\nmax_spread = 0\nstability_splits = 0\n'
-                    'orthogonalize = false\n[[properties]]\nname = "eyes"\nschedule = [-100, -99.999, 0, 100]\n'
+                    'pass_rule = "signed"\northogonalize = false\n[[properties]]\nname = "eyes"\nschedule = [-100, -99.999, 0, 100]\n'
                     'cutoff = 0\n[[properties]]\nname = "mouth"\ncutoff = 1\n'
                     '[svm]\nC = 1e-6\nmax_iter = 10000000\nscale = true\ndual = "false"\n')
     m = load_method(path)
     assert m.properties[0].schedule == (-100.0, -99.999, 0.0, 100.0) and m.cutoffs == {"eyes": 0.0, "mouth": 1.0}
     assert (m.ratio, m.validation_fraction, m.max_spread, m.svm.C, m.svm.max_iter) == (0.5, 0.999, 0.0, 1e-6, 10 ** 7)
+    assert m.pass_rule == "signed"
     assert load_method(path) == type(m).from_dict(json.loads(json.dumps(m.to_dict())))

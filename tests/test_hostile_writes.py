@@ -244,9 +244,9 @@ def test_hostile_names_in_grid_report(tmp_path):
 
     props = ["$x$", "a|b", "<script>"]
     row = {"space": "w", "estimator": "svm", "n": 600, "ratio": 0.3, "cases": 4, "passed": 1,
-           "sum_mean_abs_corr": 1.5, "consistency": 0.1, "fit_seconds": 1.0}
+           "sum_mean_abs_corr": 1.5, "consistency": 0.1, "fit_seconds": 1.0, "fits_not_converged": 2}
     for p in props:
-        row |= {f"svm_acc_{p}": 0.9, f"stability_{p}": 0.95, f"mean_corr_{p}": 0.5}
+        row |= {f"svm_acc_{p}": 0.9, f"stability_{p}": 0.95, f"mean_abs_corr_{p}": 0.5, f"negative_corr_{p}": 1}
     rows = [dict(row, ratio=r) for r in (0.2, 0.3)]
     path = write_grid_md(pa.Table.from_pylist(rows), tmp_path, props)
     text = path.read_text()

@@ -116,6 +116,23 @@ def test_json_and_toml_round_trip(tmp_path):
     assert short.properties[0].schedule == (-0.6, 0.0, 0.6, 1.2, 1.8) and short.properties[1].cutoff == 0.9
 
 
+def test_the_method_files_of_docs_method_md_load(tmp_path):
+    """Its JSON file is the seeds' method, every setting spelled out (the pass rule too); its
+    TOML file is the smile/age method it describes."""
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "docs" / "method.md").read_text()
+    (block,) = re.findall(r"```json\n(.*?)```", text, re.DOTALL)
+    (tmp_path / "seeds.json").write_text(block)
+    assert load_method(tmp_path / "seeds.json") == Method() and '"pass_rule": "abs"' in block
+    (block,) = re.findall(r"```toml\n(.*?)```", text, re.DOTALL)
+    (tmp_path / "smile.toml").write_text(block)
+    m = load_method(tmp_path / "smile.toml")
+    assert m.property_names == ("smile", "age") and m.edits_per_case == 8 and m.group_names == ("h", "l")
+
+
 @pytest.mark.parametrize("text, suffix, message", [
     ('{"ratio": 0.2, "colour": 1}', ".json", "unknown method settings: colour"),
     ("{not json", ".json", "is not valid JSON"),

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from compute.grid import Cell, cell_dir
 from compute.vectors_table import read_vectors
 from jobs import grid, recheck, vectorfind
 from vectors.method import Method
@@ -64,13 +65,20 @@ def test_two_properties_one_grouping_score(two_properties, capsys):
 def test_grid_cells_share_the_test_schema(two_properties):
     run = two_properties
     table = pq.read_table(run / "grid.parquet")
-    assert table.num_rows == 2 and {"mean_corr_smile", "svm_acc_yaw"} <= set(table.column_names)
+    assert table.num_rows == 2 and {"mean_abs_corr_smile", "mean_corr_smile", "svm_acc_yaw"} <= set(table.column_names)
+    # One name per quantity: mean_abs_corr is the cell's mean of |corr|, mean_corr its signed mean.
+    for row in table.to_pylist():
+        cell = Cell(row["space"], row["n"], row["ratio"], row["estimator"])
+        corr = pq.read_table(cell_dir(run, cell) / "cases.parquet")["corr_smile"].to_numpy()
+        assert row["mean_abs_corr_smile"] == pytest.approx(np.nanmean(np.abs(corr)))
+        assert row["mean_corr_smile"] == pytest.approx(np.nanmean(corr))
+        assert row["negative_corr_smile"] == int((corr < 0).sum())
     assert [len(k) for k in table["k"].to_pylist()] == [2, 2]
     single = pq.read_table(run / "cases.parquet").schema
     for cell in (run / "grid").iterdir():
         schema = pq.read_table(cell / "cases.parquet").schema
         assert schema.names == ["space", "n", "ratio", *single.names]
-    assert "mean corr smile" in (run / "grid.md").read_text()
+    assert "mean abs corr smile" in (run / "grid.md").read_text()
 
 
 def test_one_property_no_grouping(ray_session, attributes_dir, tmp_path, capsys):

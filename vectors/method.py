@@ -33,6 +33,9 @@ from vectors.svm import SOLVERS, SvmConfig
 SPACES = ("w", "z")
 # "w:A-B": edit only synthesis layers A..B (inclusive, from 0) of the per-layer codes (W+).
 MEDIAN_SOURCES = ("manifest", "samples")
+# How a case's correlation is held against its cutoff: "abs", the seeds' |corr| >= cutoff (an
+# edit that moves the score the wrong way can pass), or "signed", corr >= cutoff.
+PASS_RULES = ("abs", "signed")
 DUALS = ("auto", "true", "false")
 MAX_PROPERTIES, MAX_GROUPING, MAX_EDITS = 6, 4, 1000
 GLOBAL_GROUP = "all"  # the one group when no score defines groups
@@ -166,7 +169,8 @@ BOUNDS = {
     "cutoff": Bound(0.0, 1.0),
     "weight": Bound(-MAX_WEIGHT, MAX_WEIGHT, text=f"a finite number in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}]"),
 }
-CHOICES = {"medians": MEDIAN_SOURCES, "estimator": ESTIMATORS, "svm.solver": SOLVERS, "svm.dual": DUALS}
+CHOICES = {"medians": MEDIAN_SOURCES, "pass_rule": PASS_RULES, "estimator": ESTIMATORS, "svm.solver": SOLVERS,
+           "svm.dual": DUALS}
 
 
 def parse_setting(key: str, text: str, name: str | None = None):
@@ -271,7 +275,7 @@ class EditedProperty:
 
     name: str
     schedule: tuple[float, ...]   # edit weights along the unit direction
-    cutoff: float                 # a case passes this property if |corr| >= cutoff
+    cutoff: float                 # a case passes this property if |corr| (or corr: Method.pass_rule) >= cutoff
 
     def __post_init__(self):
         _name("a property's name", self.name)
@@ -312,6 +316,7 @@ class Method:
     svm: SvmConfig = field(default_factory=SvmConfig)
     estimator: str = "svm"          # vectors.estimators.ESTIMATORS; "svm" is the reference's fit
     stability_splits: int = 5       # resampled fits per direction for its stability; 0 or 1: off
+    pass_rule: str = "abs"          # "abs": |corr| >= cutoff (the seeds'); "signed": corr >= cutoff
 
     def __post_init__(self):
         """Every setting checked here, strictly typed (a boolean is not a number, a string is not
@@ -350,6 +355,7 @@ class Method:
             if not self.group_by:
                 raise MethodError("max_spread limits the spread of the grouping scores; with no grouping "
                                   "scores there is nothing to limit")
+        _choice("pass_rule", self.pass_rule)
         _check_svm(self.svm)
         _choice("estimator", self.estimator)
         object.__setattr__(self, "stability_splits",

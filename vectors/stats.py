@@ -41,11 +41,14 @@ def case_statistics(method: Method, edit_scores: np.ndarray, score_names: list[s
 
 
 def passes(stats: dict[str, np.ndarray], method: Method) -> np.ndarray:
-    """|corr| >= cutoff for every edited property (NaN fails), and consistency <= max_spread if set."""
+    """For every edited property |corr| >= cutoff (method.pass_rule "abs", the seeds' rule) or
+    corr >= cutoff ("signed": an edit that moves the score the wrong way fails); NaN fails.
+    And consistency <= max_spread if set."""
     ok = np.ones(len(stats["sum_abs_corr"]), dtype=bool)
     for prop, cut in method.cutoffs.items():
+        corr = np.asarray(stats[f"corr_{prop}"], dtype=np.float64)
         with np.errstate(invalid="ignore"):
-            ok &= np.abs(stats[f"corr_{prop}"]) >= cut
+            ok &= (corr if method.pass_rule == "signed" else np.abs(corr)) >= cut
     if method.max_spread is not None:
         with np.errstate(invalid="ignore"):
             ok &= stats["consistency"] <= method.max_spread
@@ -56,3 +59,13 @@ def finite_mean(values) -> float:
     values = np.asarray(values, dtype=np.float64)
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if len(finite) else float("nan")
+
+
+def negative_counts(stats: dict[str, np.ndarray], properties) -> dict[str, int]:
+    """{property: cases whose corr is < 0}: edits that moved the score the wrong way on the
+    whole, which the seeds' |corr| rule passes when they do it consistently."""
+    out = {}
+    for p in properties:
+        corr = np.asarray(stats[f"corr_{p}"], dtype=np.float64)
+        out[p] = int((corr[np.isfinite(corr)] < 0).sum())
+    return out

@@ -86,7 +86,7 @@ def print_table(rows: list[dict], method: Method, estimators: list[str], bundle,
                 seeds: list[int]) -> None:
     props = method.property_names
     truth = any(f"truth_cos_{props[0]}" in r for r in rows)
-    columns = ([f"corr {p}" for p in props] + ["sum", "passed", "consistency"] + [f"stab {p}" for p in props]
+    columns = ([f"mean abs corr {p}" for p in props] + ["sum", "passed", "consistency"] + [f"stab {p}" for p in props]
                + (["identity"] + [f"truth cos {p}" for p in props] if truth else []) + ["fit s"])
     print(f"\n{bundle.manifest['model']}, n = {n:,}, ratio {ratio:g}, {cases} cases (the same for all), seeds "
           f"{','.join(map(str, seeds))}: mean over seeds ± half the seed-to-seed range")
@@ -95,7 +95,7 @@ def print_table(rows: list[dict], method: Method, estimators: list[str], bundle,
     for e in estimators:
         mine = [r for r in rows if r["estimator"] == e]
         get = lambda key: [r.get(key) for r in mine]  # noqa: E731
-        cells = ([_cell(get(f"mean_corr_{p}"), 4) for p in props] + [_cell(get("sum_mean_abs_corr"), 4),
+        cells = ([_cell(get(f"mean_abs_corr_{p}"), 4) for p in props] + [_cell(get("sum_mean_abs_corr"), 4),
                  _cell([float(v) for v in get("passed")], 1), _cell(get("consistency"), 4)]
                  + [_cell(get(f"stability_{p}"), 3) for p in props]
                  + ([_cell(get("identity_spread"), 4)] + [_cell(get(f"truth_cos_{p}"), 3) for p in props]

@@ -21,6 +21,7 @@ from vectors.estimators import ESTIMATORS
 from vectors.method import (
     DUALS,
     MEDIAN_SOURCES,
+    PASS_RULES,
     Method,
     default_property,
     load_method,
@@ -72,6 +73,9 @@ def add_method_arguments(p: argparse.ArgumentParser, fit: bool = True, test: boo
                                               "in order (default: 0.92,0.88,0.92; v6 used 0.75,0.77,0.80)")
         add("--max-spread", help="also require consistency (mean std of the grouping scores "
                                  "over a case's edits) <= this")
+        add("--pass-rule", metavar="{" + ",".join(PASS_RULES) + "}",
+            help="abs: |corr| >= cutoff (the seeds'); signed: corr >= cutoff, so an edit that moves the score "
+                 "the wrong way fails (default: abs)")
         for name in SHORTHANDS:
             add(f"--{name}", metavar="W1,W2,...", help=f"{name} edit weights (shorthand for --schedule {name}=...)")
 
@@ -91,7 +95,7 @@ def method_from(args: argparse.Namespace, base: Method | None = None) -> Method:
             n.strip() for n in text.split(",") if n.strip())
     if given.get("global_fit"):
         changes["group_by"] = ()
-    for key in ("medians", "space", "estimator"):
+    for key in ("medians", "space", "estimator", "pass_rule"):
         if key in given:
             changes[key] = given[key]
     for key in ("ratio", "validation_fraction", "max_spread", "stability_splits"):
