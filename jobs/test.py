@@ -4,15 +4,18 @@
 
 Reads RUN/vectors.parquet (or --vectors), writes RUN/cases.parquet, RUN/summary.json,
 RUN/passed.parquet and RUN/passed.csv, and prints the seeds' results table. The method
-defaults to the one the vectors were fitted with; flags change its test settings.
+defaults to the one the vectors were fitted with; flags change its test settings. A test
+already in RUN with the same settings is reused without starting Ray; a new one marks the
+run's report and gallery STALE (compute.staleness) until they are drawn again.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from compute.runs import VECTORS_FILE
-from compute.testing import run_test
+from compute.runs import CASES_FILE, SUMMARY_FILE, VECTORS_FILE, reusable
+from compute.staleness import watching_results
+from compute.testing import load_direction_set, run_test, test_config
 from compute.vectors_table import read_vectors
 from jobs.cli import UsageError, parser, run_main
 from jobs.cli.bundles import run_bundle
@@ -45,10 +48,23 @@ def main(argv=None) -> None:
     recorded = Method.from_dict(meta["method"]) if "method" in meta else Method(space=table["space"][0].as_py())
     method = method_from(args, recorded)
     bundle = run_bundle(args.run, args.bundle)  # the run's own; another is refused before any work
-    method.check_scores(bundle.score_names)  # before Ray starts
-    summary = run_test(args.run, bundle, method, args.cases, args.seed, start(args), vectors_path)
-    print(results_table(summary, summary.get("svm_val_accuracy")))
-    print(f"wrote {args.run / 'cases.parquet'}, summary.json, passed.parquet, passed.csv")
+    with watching_results(args.run, "jobs.test"):  # holds RUN's lock: the reuse decided here stands
+        reuse = reused_test(args.run, bundle, method, args.cases, args.seed, vectors_path)  # before Ray starts
+        summary = run_test(args.run, bundle, method, args.cases, args.seed, None if reuse else start(args),
+                           vectors_path)
+        print(results_table(summary, summary.get("svm_val_accuracy")))
+        if not reuse:
+            print(f"wrote {args.run / CASES_FILE}, {SUMMARY_FILE}, passed.parquet, passed.csv")
+
+
+def reused_test(run: Path, bundle, method: Method, cases: int, seed: int, vectors_path: Path) -> bool:
+    """Check what needs no cluster, and say whether RUN already holds this very test (then
+    run_test reuses it and Ray is not started at all)."""
+    method.check_scores(bundle.score_names)
+    method.check_layers(bundle.num_ws)
+    direction_set, _, _ = load_direction_set(vectors_path, bundle, method)
+    config = test_config(method, cases, seed, run, vectors_path, bundle, direction_set)
+    return reusable(run / CASES_FILE, "test", config, progress=False) and (run / SUMMARY_FILE).is_file()
 
 
 if __name__ == "__main__":
