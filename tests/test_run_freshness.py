@@ -86,10 +86,12 @@ def test_a_new_test_marks_report_and_gallery_stale_until_they_are_drawn_again(ru
     assert call_job("jobs.gallery", "--run", str(run), "--top", "5").returncode == 0
     assert BEGIN not in (run / "gallery.html").read_text()
 
-    # The same test again is reused whole: nothing goes stale, and Ray is not asked for.
+    # The same test again is reused whole: nothing goes stale, and Ray is not asked for. The run
+    # remembers the method of its last test: no --space needed.
+    assert json.loads((run / RECORD_FILE).read_text())["method"]["space"] == "w:0-3"
     started = []
     monkeypatch.setattr(jobs.test, "start", lambda args: started.append(args))
-    again = call_job("jobs.test", "--run", str(run), "--cases", str(CASES), "--space", "w:0-3")
+    again = call_job("jobs.test", "--run", str(run), "--cases", str(CASES))
     assert again.returncode == 0 and "reusing" in again.stdout, again.stderr[-3000:]
     assert started == [] and "stale" not in again.stdout and "wrote" not in again.stdout
     assert BEGIN not in (run / "report.md").read_text() + (run / "gallery.html").read_text()
@@ -187,3 +189,46 @@ def test_jobs_sample_records_the_runs_bundle_for_the_jobs_after_it(ray_session, 
     assert pq.read_table(run / "cases.parquet").column_names[4:6] == ["corr_eyes", "corr_mouth"]
     refused = call_job("jobs.sample", "--bundle", str(bundle_dir), "--out", str(run), "--n", str(N))
     assert refused.returncode == 2 and "another bundle" in refused.stderr, refused.stderr
+
+
+def _one_line_exit_2(result, *messages):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert all(m in lines[0] for m in messages), lines[0]
+
+
+@pytest.mark.parametrize("job", ["editor", "sample", "vectorfind"])
+def test_a_moved_or_another_bundle_is_caught_by_every_job_before_any_work(job, run, bundle_dir, tmp_path):
+    """The jobs test_run_memory.py does not cover: the editor export with a moved bundle, and
+    sampling and the main job (which go on with an existing run) with either."""
+    args = {"editor": ["jobs.export", "--editor", str(run), "--out", str(tmp_path / "editor")],
+            "sample": ["jobs.sample", "--out", str(run), "--n", str(N)],
+            "vectorfind": ["jobs.vectorfind", "--out", str(run), "--n", str(N), "--cases", str(CASES)]}[job]
+    other = tmp_path / "other"
+    shutil.copytree(bundle_dir, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps(dict(manifest, model="other")))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    _one_line_exit_2(call_job(*args, "--bundle", str(other)), "another bundle", str(bundle_dir.resolve()))
+    record = json.loads((run / RECORD_FILE).read_text())
+    record["bundle"]["path"] = str(tmp_path / "gone")
+    (run / RECORD_FILE).write_text(json.dumps(record))
+    before[run / RECORD_FILE] = (run / RECORD_FILE).read_bytes()
+    _one_line_exit_2(call_job(*args), f"the bundle at {tmp_path / 'gone'}", "no longer there", "--bundle DIR")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "editor").exists()
+
+
+def test_a_stage_that_fails_after_rewriting_results_still_marks(run, capsys):
+    """As when the main job's test stage fails after its fit wrote new vectors: the report and
+    gallery it would have drawn again at its end stay the old ones, marked."""
+    from compute.staleness import watching_results
+
+    with pytest.raises(RuntimeError, match="the test stage failed"):
+        with watching_results(run, "jobs.vectorfind"):
+            (run / "vectors.parquet").write_bytes((run / "vectors.parquet").read_bytes() + b" ")
+            raise RuntimeError("the test stage failed")
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"stale after jobs.vectorfind: the test results in {run / 'cases.parquet'}"), line
+    assert all(BEGIN in (run / name).read_text() for name in ("report.md", "gallery.html"))
+    assert not (run / ".vectorfind.lock").exists()  # the watch's lock is given back
