@@ -43,8 +43,16 @@ MAX_BYTES = 256 << 20  # a larger file is no output of ours: named, not read
 
 
 def _sha256(path: Path) -> str | None:
+    """The file's sha256, read in blocks; None if absent or unreadable. A path recorded in a
+    run's metadata may name anything: what is not a regular file (a FIFO, /dev/zero) is not read."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        if not stat.S_ISREG(os.stat(path).st_mode):  # before opening: opening a FIFO would wait
+            return "not a regular file"
+        with open(path, "rb") as f:
+            digest = hashlib.sha256()
+            while block := f.read(1 << 20):
+                digest.update(block)
+            return digest.hexdigest()
     except OSError:
         return None
 

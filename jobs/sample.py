@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from compute.sampling import check_sampling_input, sample_table
 from compute.run_record import read_record, write_record
 from compute.runlock import run_lock
+from compute.sampling import check_sampling_input, sample_table
 from jobs.cli import parser, run_main
 from jobs.cli.bundles import resolve_bundle, run_bundle
 from jobs.cli.ray import add_ray_arguments, add_resource_arguments, start

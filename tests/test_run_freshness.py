@@ -142,7 +142,7 @@ def test_imported_vectors_mark_a_run_with_a_hostile_name(finished, bundle_dir, t
     assert exported.returncode == 0 and "stale" not in exported.stdout, exported.stderr[-3000:]
     result = call_job("jobs.import_vectors", "--csv-dir", str(csvs), "--out", str(run / "vectors.parquet"),
                       "--bundle", str(bundle_dir))
-    job, named, commands = _stale_line(result)
+    job, named, _ = _stale_line(result)
     assert job == "jobs.import_vectors" and named.startswith("the test results in")
     page, report = (run / "gallery.html").read_text(), (run / "report.md").read_text()
     banner = page[page.index(BEGIN):page.index(END)]
@@ -224,11 +224,31 @@ def test_a_stage_that_fails_after_rewriting_results_still_marks(run, capsys):
     gallery it would have drawn again at its end stay the old ones, marked."""
     from compute.staleness import watching_results
 
-    with pytest.raises(RuntimeError, match="the test stage failed"):
-        with watching_results(run, "jobs.vectorfind"):
-            (run / "vectors.parquet").write_bytes((run / "vectors.parquet").read_bytes() + b" ")
-            raise RuntimeError("the test stage failed")
+    with pytest.raises(RuntimeError, match="the test stage failed"), watching_results(run, "jobs.vectorfind"):
+        (run / "vectors.parquet").write_bytes((run / "vectors.parquet").read_bytes() + b" ")
+        raise RuntimeError("the test stage failed")
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"stale after jobs.vectorfind: the test results in {run / 'cases.parquet'}"), line
     assert all(BEGIN in (run / name).read_text() for name in ("report.md", "gallery.html"))
     assert not (run / ".vectorfind.lock").exists()  # the watch's lock is given back
+
+
+def test_a_recorded_vectors_path_to_a_fifo_is_not_read(run, tmp_path):
+    """The vectors path in cases.parquet's metadata is the file's word, not ours: a FIFO there
+    (opening it would wait for a writer forever) is fingerprinted without being opened."""
+    import os
+    import threading
+
+    from compute.staleness import fingerprint
+    from compute.tables import with_metadata, write_parquet_atomic
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    meta = read_metadata(run / "cases.parquet")
+    meta["test"]["vectors"] = str(fifo)
+    write_parquet_atomic(with_metadata(pq.read_table(run / "cases.parquet"), meta), run / "cases.parquet")
+    found = []
+    worker = threading.Thread(target=lambda: found.append(fingerprint(run)), daemon=True)
+    worker.start()
+    worker.join(30)
+    assert found and found[0][str(fifo)] == "not a regular file"
