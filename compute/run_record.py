@@ -4,9 +4,10 @@
      "bundle": {"path": "/abs/bundles/mine", "manifest_sha256": "...", "model": "stylegan2"},
      "method": {...vectors.method.Method.to_dict()...}}
 
-Written (atomically, compute.files) by the main job when it creates or resumes a run, and
-by the test stage, the first stage after sampling that is given the bundle; the fit and the
-test stages bring its method up to date. Jobs that read a run (test, fit, report, gallery,
+Written (atomically, compute.files) by the main job when it creates or resumes a run, by
+jobs.sample before its first chunk (the bundle only: sampling has no method), and by the test
+stage, which records where the bundle is now; the fit and the test stages bring its method up
+to date. Jobs that read a run (test, fit, report, gallery,
 the editor export) take the bundle and method from it by default; a `--bundle` whose
 manifest hash differs from the recorded one is refused before any work, and a recorded
 bundle that is no longer where it was is reported with a request for `--bundle` (a bundle
@@ -55,10 +56,10 @@ def read_record(run: Path) -> dict | None:
               and isinstance(record.get("method"), (dict, type(None))))
     except (OSError, ValueError) as exc:
         raise RunRecordError(f"{path} is not a readable run record ({exc}); delete it and pass --bundle DIR "
-                             f"(the next jobs.test or jobs.vectorfind writes it again)") from exc
+                             f"(the next jobs.sample, jobs.test or jobs.vectorfind writes it again)") from exc
     if not ok:
         raise RunRecordError(f"{path} is not a vectorfind run record; delete it and pass --bundle DIR "
-                             f"(the next jobs.test or jobs.vectorfind writes it again)")
+                             f"(the next jobs.sample, jobs.test or jobs.vectorfind writes it again)")
     return record
 
 

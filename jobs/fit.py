@@ -5,7 +5,8 @@
 
 Reads RUN/samples.parquet, writes RUN/vectors.parquet (or --out). The method defaults to the
 one the run recorded (RUN/run.json), else the seeds'; flags change it. When the vectors file
-already holds a fit with the same settings it is reused without starting Ray. With the seeds' method
+already holds a fit with the same settings it is reused without starting Ray; a new fit says
+that the run's test, report and gallery are stale (and marks the last two). With the seeds' method
 that is 8 groups x (eyes, mouth, pose) = 24 fits, each with the method's estimator (the
 reference's linear SVM by default) and its stability (mean cosine between resampled fits).
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from compute.fitting import export_directions, export_names, fit_directions
 from compute.run_record import recorded_method
+from compute.staleness import watching_results
 from compute.vectors_table import read_vectors
 from jobs.cli import UsageError, parser, run_main
 from jobs.cli.method_args import add_method_arguments, method_from
@@ -38,12 +40,13 @@ def main(argv=None) -> None:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.export_csv or args.export_boundaries:
         export_names(method)  # a property name that would leave the export directory: refused before any work
-    # Ray starts only once the fit knows it cannot reuse the vectors file (and its samples are read)
-    out = fit_directions(args.run, method, args.seed, args.drop_nonfinite, args.out,
-                         start_ray=lambda: init_ray(args.address, args.num_cpus))
-    if args.export_csv or args.export_boundaries:
-        _, directions, _ = read_vectors(out)
-        export_directions(directions, method.latent, args.export_csv, args.export_boundaries)
+    with watching_results(args.run, "jobs.fit"):  # new vectors: the run's test, report and gallery go stale
+        # Ray starts only once the fit knows it cannot reuse the vectors file (and its samples are read)
+        out = fit_directions(args.run, method, args.seed, args.drop_nonfinite, args.out,
+                             start_ray=lambda: init_ray(args.address, args.num_cpus))
+        if args.export_csv or args.export_boundaries:
+            _, directions, _ = read_vectors(out)
+            export_directions(directions, method.latent, args.export_csv, args.export_boundaries)
 
 
 if __name__ == "__main__":

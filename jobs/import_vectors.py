@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compute.staleness import is_run, watching_results
 from compute.vectors_table import write_vectors
 from jobs.cli import UsageError, parser, run_main
 from jobs.cli.bundles import resolve_bundle
@@ -58,10 +59,12 @@ def main(argv=None) -> None:
     method = method_from(args)
     bundle = resolve_bundle(args.bundle)
     rows = import_reference_csvs(args.csv_dir, method, bundle.z_dim if method.latent == "z" else bundle.w_dim)
-    write_vectors(rows, {"fit": {"space": method.latent, "imported_from": str(args.csv_dir.resolve()),
-                                 "bundle_manifest_sha256": bundle.manifest_sha256},
-                         "method": method.to_dict()}, args.out)
-    print(f"imported {len(rows)} {method.latent} directions ({len(rows[0]['direction'])} dims) into {args.out}")
+    run = args.out.parent if is_run(args.out.parent) else None  # vectors written into a run: its results change
+    with watching_results(run, "jobs.import_vectors"):
+        write_vectors(rows, {"fit": {"space": method.latent, "imported_from": str(args.csv_dir.resolve()),
+                                     "bundle_manifest_sha256": bundle.manifest_sha256},
+                             "method": method.to_dict()}, args.out)
+        print(f"imported {len(rows)} {method.latent} directions ({len(rows[0]['direction'])} dims) into {args.out}")
 
 
 if __name__ == "__main__":

@@ -2,15 +2,18 @@
 
     python -m jobs.sample --out RUN [--n 8000] [--seed 0] [--bundle DIR]
 
-Rerunning the same command after an interruption recomputes only the missing chunks.
+Rerunning the same command after an interruption recomputes only the missing chunks. The
+run records its bundle (path and manifest hash) in RUN/run.json, so the jobs that go on with
+it (jobs.fit, jobs.test, jobs.report, ...) find it without --bundle.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+from compute.run_record import read_record, write_record
+from compute.runlock import run_lock
 from compute.sampling import check_sampling_input, sample_table
-from compute.run_record import read_record
 from jobs.cli import parser, run_main
 from jobs.cli.bundles import resolve_bundle, run_bundle
 from jobs.cli.ray import add_ray_arguments, add_resource_arguments, start
@@ -29,9 +32,11 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     bundle = run_bundle(args.out, args.bundle) if read_record(args.out) else resolve_bundle(args.bundle)
     check_sampling_input(bundle, args.n, args.seed, args.out, args.chunk_size)  # before Ray starts
-    resources = start(args)
-    sample_table(bundle, args.n, args.seed, args.out, batch_size=args.batch_size, resources=resources,
-                 chunk_size=args.chunk_size, read_back=False)
+    with run_lock(args.out):  # sampling takes it again; the record is written holding it
+        resources = start(args)
+        write_record(args.out, bundle)  # before the first chunk: a resumed run finds its bundle too
+        sample_table(bundle, args.n, args.seed, args.out, batch_size=args.batch_size, resources=resources,
+                     chunk_size=args.chunk_size, read_back=False)
     print(f"wrote {args.out / 'samples.parquet'}")
 
 

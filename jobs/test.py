@@ -4,15 +4,20 @@
 
 Reads RUN/vectors.parquet (or --vectors), writes RUN/cases.parquet, RUN/summary.json,
 RUN/passed.parquet and RUN/passed.csv, and prints the seeds' results table. The method
-defaults to the one the vectors were fitted with; flags change its test settings.
+defaults to the run's own (RUN/run.json, with its last test's settings) where the vectors were
+fitted with it, else to the one the vectors were fitted with; flags change its test settings. A test
+already in RUN with the same settings is reused without starting Ray; a new one marks the
+run's report and gallery STALE (compute.staleness) until they are drawn again.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from compute.runs import VECTORS_FILE
-from compute.testing import run_test
+from compute.run_record import recorded_method
+from compute.runs import CASES_FILE, SUMMARY_FILE, VECTORS_FILE, reusable
+from compute.staleness import watching_results
+from compute.testing import load_direction_set, run_test, test_config
 from compute.vectors_table import read_vectors
 from jobs.cli import UsageError, parser, run_main
 from jobs.cli.bundles import run_bundle
@@ -40,15 +45,36 @@ def main(argv=None) -> None:
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     vectors_path = args.vectors or args.run / VECTORS_FILE
-    table, _, meta = read_vectors(vectors_path)
-    # The base method is the one the vectors were made with; older files record only their space.
-    recorded = Method.from_dict(meta["method"]) if "method" in meta else Method(space=table["space"][0].as_py())
-    method = method_from(args, recorded)
+    method = method_from(args, base_method(args.run, vectors_path))
     bundle = run_bundle(args.run, args.bundle)  # the run's own; another is refused before any work
-    method.check_scores(bundle.score_names)  # before Ray starts
-    summary = run_test(args.run, bundle, method, args.cases, args.seed, start(args), vectors_path)
-    print(results_table(summary, summary.get("svm_val_accuracy")))
-    print(f"wrote {args.run / 'cases.parquet'}, summary.json, passed.parquet, passed.csv")
+    with watching_results(args.run, "jobs.test"):  # holds RUN's lock: the reuse decided here stands
+        reuse = reused_test(args.run, bundle, method, args.cases, args.seed, vectors_path)  # before Ray starts
+        summary = run_test(args.run, bundle, method, args.cases, args.seed, None if reuse else start(args),
+                           vectors_path)
+        print(results_table(summary, summary.get("svm_val_accuracy")))
+        if not reuse:
+            print(f"wrote {args.run / CASES_FILE}, {SUMMARY_FILE}, passed.parquet, passed.csv")
+
+
+def base_method(run: Path, vectors_path: Path) -> Method:
+    """The run's recorded method where it is the one these vectors were fitted with (its test
+    settings, e.g. the cutoffs of the last test, kept), else the vectors' own method."""
+    table, _, meta = read_vectors(vectors_path)
+    # Older vectors files record only their space.
+    fitted = Method.from_dict(meta["method"]) if "method" in meta else Method(space=table["space"][0].as_py())
+    own = Path(vectors_path).resolve() == (Path(run) / VECTORS_FILE).resolve()
+    recorded = recorded_method(run) if own else None
+    return recorded if recorded is not None and recorded.fit_config() == fitted.fit_config() else fitted
+
+
+def reused_test(run: Path, bundle, method: Method, cases: int, seed: int, vectors_path: Path) -> bool:
+    """Check what needs no cluster, and say whether RUN already holds this very test (then
+    run_test reuses it and Ray is not started at all)."""
+    method.check_scores(bundle.score_names)
+    method.check_layers(bundle.num_ws)
+    direction_set, _, _ = load_direction_set(vectors_path, bundle, method)
+    config = test_config(method, cases, seed, run, vectors_path, bundle, direction_set)
+    return reusable(run / CASES_FILE, "test", config, progress=False) and (run / SUMMARY_FILE).is_file()
 
 
 if __name__ == "__main__":

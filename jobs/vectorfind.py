@@ -15,6 +15,7 @@ from pathlib import Path
 
 from compute.pipeline import check_run_input, run_method
 from compute.run_record import read_record
+from compute.staleness import watching_results
 from jobs.cli import parser, run_main
 from jobs.cli.bundles import resolve_bundle, run_bundle
 from jobs.cli.method_args import add_method_arguments, method_from
@@ -39,11 +40,14 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     bundle = run_bundle(args.out, args.bundle) if read_record(args.out) else resolve_bundle(args.bundle)
     check_run_input(bundle, method, args.n, args.cases, args.seed, args.out)  # every check before Ray starts
-    summary = run_method(args.out, bundle, method, args.n, args.cases, args.seed, start(args), args.batch_size,
-                         args.drop_nonfinite)
-    print(results_table(summary, summary.get("svm_val_accuracy")))
-    print(f"\ndone in {time.perf_counter() - started:.0f}s: {args.out / 'report.md'} (cases.parquet, "
-          f"summary.json, passed.csv beside it)")
+    # The method draws report.md and gallery.html again at its end; should it stop before, the
+    # watch marks the ones drawn from results it rewrote as stale.
+    with watching_results(args.out, "jobs.vectorfind"):
+        summary = run_method(args.out, bundle, method, args.n, args.cases, args.seed, start(args),
+                             args.batch_size, args.drop_nonfinite)
+        print(results_table(summary, summary.get("svm_val_accuracy")))
+        print(f"\ndone in {time.perf_counter() - started:.0f}s: {args.out / 'report.md'} (cases.parquet, "
+              f"summary.json, passed.csv beside it)")
 
 
 if __name__ == "__main__":

@@ -284,7 +284,9 @@ def test_leftovers_of_a_killed_driver_do_not_block_the_rerun(ray_session, bundle
     assert sorted(p.name for p in (run / "samples.parquet").iterdir()) == \
         [".not-ours.partial", *(f"{c:06d}.parquet" for c in range(3))]
     assert pq.read_table(run / "samples.parquet").num_rows == N
-    assert sorted(p.name for p in run.iterdir()) == ["samples.parquet"]
+    # the samples and the run's record of its bundle (jobs.sample writes it: the later jobs find it there)
+    assert sorted(p.name for p in run.iterdir()) == ["run.json", "samples.parquet"]
+    assert json.loads((run / "run.json").read_text())["bundle"]["path"] == str(bundle_dir.resolve())
     assert _snapshot([victim]) == before
     again = call_job(*args)
     assert again.returncode == 0 and "reusing" in again.stdout, again.stderr[-3000:]
