@@ -18,6 +18,7 @@ killed writer left behind.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -124,3 +125,12 @@ def remove_leftovers(directory: str | os.PathLike) -> list[str]:
             except FileNotFoundError:
                 pass
     return removed
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -135,7 +135,7 @@ def instance_norms_from_moments(model: onnx.ModelProto) -> int:
         if (mean is None or mean.input[0] != x or len(x_shape) != 4 or None in x_shape[2:]
                 or not _spatial_mean(mean, constants, 4) or not _spatial_mean(var_mean, constants, 4)):
             continue
-        only = lambda name, nodes: {id(u) for u in users.get(name, [])} <= {id(n) for n in nodes}  # noqa: E731
+        only = lambda name, nodes: {id(u) for u in users.get(name, [])} <= {id(n) for n in nodes}
         if not (only(m_name, [sub]) and only(d_name, [square, div]) and only(square.output[0], [var_mean])
                 and only(v_name, [eps_add]) and only(eps_add.output[0], [sqrt]) and only(s_name, [div])):
             continue

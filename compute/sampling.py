@@ -1,13 +1,14 @@
 """The training phase's sampling stage on Ray Data (SPEC.md "Sample").
 
-    ray.data.range(n) -> drop ids of finished chunks -> map_batches(SampleActor) -> driver
+    missing chunk numbers -> map_batches(ChunkWriter) -> chunk records at the driver
 
-Each actor draws z for its sample ids (a pure function of the run seed and the id), runs
-mapping -> synthesis -> scorer in ONNX Runtime and returns sample_id, z, w and one column
-per score; images never leave the actor. The driver files rows into fixed chunks of ids
-and writes each chunk atomically as soon as it is complete, so a killed run resumes with
-only the missing chunks, and the final table is assembled from the chunks in id order:
-identical whatever the actor count, batch size, arrival order or retries.
+Each actor computes whole chunks of sample ids (compute.sample_chunks): it draws z for
+them (a pure function of the run seed and the id), runs mapping -> synthesis -> scorer in
+ONNX Runtime, writes the chunk's rows atomically into RUN/sample_chunks/ and returns a
+record (chunk, rows, sha256). Images and sample rows never reach the driver. A killed run
+resumes with only the missing chunks; when all are there the chunk directory becomes
+RUN/samples.parquet in one rename: identical whatever the actor count, batch size, arrival
+order or retries.
 """
 from __future__ import annotations
 
@@ -20,57 +21,34 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from compute import samples_store
 from compute.bundle import Bundle
+from compute.engine import EngineSpec, prepare_graphs
 from compute.files import remove_leftovers
 from compute.runlock import check_unlocked, holding_run_lock
 from compute.runs import SAMPLES_FILE, check_writable, normalized
-from compute.seeding import check_seed, draw_codes
-from compute.engine import EngineSpec, NullEngine, SampleEngine, prepare_graphs
-from compute.sessions import resolve
-from compute.tables import read_metadata, vector_column, with_metadata, write_parquet_atomic
+from compute.sample_chunks import (
+    CHUNK_DIR,
+    ChunkWriter,
+    SampleActor,
+    chunk_config,
+    chunk_name,
+    samples_schema,
+    valid_chunk,
+)
+from compute.seeding import check_seed
 from vectors.errors import InputError
 
 log = logging.getLogger(__name__)
 
-CHUNK_DIR = "sample_chunks"
-
-
-# Sample ids per actor call (a Ray Data block), whatever the resolution: the engine splits
-# a call into inference calls of its own size, so block size only sets Ray Data's per-block
-# overhead. The pipeline with no inference (`jobs.benchmark ceiling`) ran 6,197 images/s with
-# 128-id blocks on 2 cores and 32,579 with these (and samples no longer rewritten).
+# Sample ids per SampleActor call within a chunk, whatever the resolution: the engine splits
+# a call into inference calls of its own size, so this only bounds an actor's memory.
 BATCH_IDS = 4096
-# Driver peak memory / raw table size, measured at n = 300,000 (2.1 GB peak for 1.25 GB of Parquet).
-BYTES_PER_SAMPLE_FACTOR = 2.0
 
 
 class SamplingError(InputError):
     """Bad sampling input, or a run directory that belongs to another run."""
-
-
-class SampleActor:
-    """Callable class for `map_batches`: {"id": int64[B]} -> sample_id, z, w and scores.
-
-    Testable without Ray: `SampleActor(graphs={stem: bytes}, seed=..., spec=engine_spec(...),
-    score_names=...)({"id": ids})`. `null=True` replaces inference by zeros (the pipeline's ceiling).
-    """
-
-    def __init__(self, graphs: dict, seed: int, spec: EngineSpec, score_names: list[str], null: bool = False):
-        graphs = {stem: resolve(graphs[stem]) for stem in graphs}
-        self.engine = NullEngine(graphs, spec) if null else SampleEngine(graphs, spec)
-        self.seed, self.z_dim, self.score_names = seed, spec.z_dim, list(score_names)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids = np.asarray(batch["id"], dtype=np.int64)
-        z = draw_codes(self.seed, ids, self.z_dim)
-        w, scores = self.engine(z)
-        out = {"sample_id": ids, "z": z, "w": w}
-        for i, name in enumerate(self.score_names):
-            out[name] = np.ascontiguousarray(scores[:, i])
-        return out
 
 
 def engine_spec(bundle: Bundle, resources: Resources) -> EngineSpec:
@@ -137,29 +115,6 @@ def plan_resources(actors: int | None = None, cpus_per_actor: float | None = Non
     return Resources(actors, float(cpus_per_actor), float(gpus_per_actor), threads, fp16, call_images, cuda_graph)
 
 
-def samples_schema(bundle: Bundle) -> pa.Schema:
-    fields = [pa.field("sample_id", pa.int64()),
-              pa.field("z", pa.list_(pa.float32(), bundle.z_dim)),
-              pa.field("w", pa.list_(pa.float32(), bundle.w_dim))]
-    fields += [pa.field(name, pa.float32()) for name in bundle.score_names]
-    return pa.schema(fields)
-
-
-def _chunk_table(parts: list[dict], schema: pa.Schema) -> pa.Table:
-    """One chunk's rows in id order. Each part is a run of consecutive ids (a slice of one
-    block of ray.data.range), so ordering the parts orders the rows."""
-    parts = sorted(parts, key=lambda p: int(p["sample_id"][0]))
-    ids = np.concatenate([p["sample_id"] for p in parts])
-    # Should Ray Data ever bundle non-adjacent ranges into one batch, sort the rows instead.
-    order = None if np.all(np.diff(ids) == 1) else np.argsort(ids, kind="stable")
-    columns = []
-    for field in schema:
-        values = np.concatenate([p[field.name] for p in parts])
-        values = values if order is None else values[order]
-        columns.append(vector_column(values) if pa.types.is_fixed_size_list(field.type) else pa.array(values))
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
 def sampling_config(bundle: Bundle, n: int, seed: int, chunk_size: int) -> dict:
     """What defines a sample table; recorded in the table's and every chunk's own metadata.
     Actor counts and batch sizes are not in it: they never change the result."""
@@ -197,7 +152,7 @@ def check_run_dir(run_dir: Path, config: dict) -> bool:
                                 f"delete it and rerun to sample again")
         return True
     for chunk in sorted((Path(run_dir) / CHUNK_DIR).glob("*.parquet")):
-        stored = _chunk_config(chunk)
+        stored = chunk_config(chunk)
         if stored is not None and stored != config:
             raise SamplingError(f"{run_dir} holds sample chunks of another run ({_differences(stored, config)}); "
                                 f"use a new run directory or the original settings")
@@ -208,45 +163,12 @@ def _without_chunking(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "chunk_size"}
 
 
-def _chunk_config(path: Path) -> dict | None:
-    try:
-        return read_metadata(path).get("sampling")
-    except Exception:  # a damaged chunk is recomputed, not trusted
-        return None
-
-
-def _valid_chunk(path: Path, config: dict, first_id: int, rows: int) -> bool:
-    """A finished chunk is reused only if readable, of this run, and holding exactly its ids."""
-    if _chunk_config(path) != config:
-        return False
-    try:
-        ids = pq.read_table(path, columns=["sample_id"])["sample_id"].to_numpy()
-    except Exception:
-        return False
-    return len(ids) == rows and np.array_equal(ids, np.arange(first_id, first_id + rows))
-
-
-def check_memory(n: int, bundle: Bundle) -> None:
-    """Refuse an n whose samples would not fit in the driver's memory, before any work."""
-    need = n * (bundle.z_dim + bundle.w_dim + len(bundle.score_names)) * 4 * BYTES_PER_SAMPLE_FACTOR
-    try:
-        with open("/proc/meminfo") as f:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-        available = info["MemAvailable"]
-    except (OSError, KeyError, ValueError):
-        return  # not Linux: no reliable figure, no check
-    if need > 0.8 * available:
-        raise SamplingError(f"n = {n:,} samples need about {need / 2**30:.1f} GiB in the driver, more than 80% of "
-                            f"the {available / 2**30:.1f} GiB available; use a smaller n or a bigger head node")
-
-
 def check_sampling_input(bundle: Bundle, n, seed, run_dir: Path | None = None, chunk_size: int = 16384) -> int:
     """Every check that needs no cluster (jobs call it before Ray starts); returns the seed."""
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
         raise SamplingError(f"n must be a positive integer, got {n!r}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise SamplingError(f"the chunk size must be >= 1, got {chunk_size!r}")
-    check_memory(int(n), bundle)
     try:
         seed = check_seed(seed)
     except ValueError as exc:
@@ -299,125 +221,107 @@ class _ChunkProgress:
 
 
 @holding_run_lock("run_dir")  # one job at a time; clears our stale temp files
-def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None = None, *,
-                 batch_size: int | None = None, resources: Resources | None = None,
-                 chunk_size: int = 16384, actor_class: type = SampleActor,
-                 progress: bool = True, null: bool = False, read_back: bool = True) -> pa.Table | None:
-    """Sample n faces on the Ray cluster; returns the table (id order) and, with run_dir,
-    writes RUN/samples.parquet, reusing any chunks a previous attempt completed. With a run
-    directory and `read_back=False` it returns None instead of reading the table back.
-    `actor_class` may be a subclass of SampleActor (tests use one that crashes once);
-    `null` replaces inference by zeros, to measure the pipeline's own ceiling."""
+def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size: int | None,
+                 resources: Resources | None, chunk_size: int, actor_class: type, progress: bool,
+                 null: bool) -> None:
+    """Compute the missing chunks of RUN/samples.parquet on the cluster and commit the table."""
     import ray
 
-    seed = check_sampling_input(bundle, n, seed)
     resources = resources or plan_resources()
-    if batch_size is None:
-        # BATCH_IDS, but at least 4 calls per actor so work spreads evenly.
-        batch_size = max(1, min(BATCH_IDS, math.ceil(n / (4 * resources.actors))))
+    batch_size = batch_size or min(BATCH_IDS, chunk_size)
     if batch_size < 1 or chunk_size < 1:
         raise SamplingError("the batch size and the chunk size must be >= 1")
-    schema = samples_schema(bundle)
     config = sampling_config(bundle, n, seed, chunk_size)
-
     n_chunks = math.ceil(n / chunk_size)
     chunk_len = [min(chunk_size, n - c * chunk_size) for c in range(n_chunks)]
-    chunks: dict[int, pa.Table] = {}
-    chunk_dir = None
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SamplingError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from exc
-        if check_run_dir(run_dir, config):  # the stage is complete: reuse it
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SamplingError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from exc
+    if check_run_dir(run_dir, config):  # the stage is complete: reuse it
+        if progress:
+            print(f"reusing {run_dir / SAMPLES_FILE} (n={n:,}, seed={seed})", flush=True)
+        return
+    chunk_dir = run_dir / CHUNK_DIR
+    chunk_dir.mkdir(exist_ok=True)
+    missing = []
+    for c in range(n_chunks):
+        path = chunk_dir / chunk_name(c)
+        if path.is_file() and valid_chunk(path, config, c * chunk_size, chunk_len[c]):
+            continue
+        if path.exists() or path.is_symlink():
             if progress:
-                print(f"reusing {run_dir / SAMPLES_FILE} (n={n:,}, seed={seed})", flush=True)
-            return samples_store.read_samples(run_dir / SAMPLES_FILE) if read_back else None
-        chunk_dir = run_dir / CHUNK_DIR
-        for c in range(n_chunks):
-            path = chunk_dir / f"{c:06d}.parquet"
-            if path.is_file():
-                if _valid_chunk(path, config, c * chunk_size, chunk_len[c]):
-                    chunks[c] = None  # done; read back at the end
-                else:
-                    if progress:
-                        print(f"recomputing {path.name}: damaged or not of this run", flush=True)
-                    path.unlink()
-    missing = [c for c in range(n_chunks) if c not in chunks]
+                print(f"recomputing {path.name}: damaged or not of this run", flush=True)
+            path.unlink()
+        missing.append(c)
 
     started = time.perf_counter()
+    report = _ChunkProgress(len(missing), sum(chunk_len[c] for c in missing), progress)
     if missing:
-        done = np.array(sorted(chunks), dtype=np.int64)
         spec = engine_spec(bundle, resources)
         prepared = {} if null else prepare_graphs({s: bundle.graph_bytes(s) for s in ("mapping", "synthesis", "scorer")},
                                                   spec)
-        graphs = {stem: ray.put(data) for stem, data in prepared.items()}
-
-        def drop_finished(batch):
-            ids = batch["id"]
-            return {"id": ids[~np.isin(ids // chunk_size, done)]}
-
-        ds = ray.data.range(n, override_num_blocks=max(1, math.ceil(n / batch_size)))
-        if len(done):
-            ds = ds.map_batches(drop_finished, batch_format="numpy")
+        actor_kwargs = dict(graphs={stem: ray.put(data) for stem, data in prepared.items()}, seed=seed, spec=spec,
+                            score_names=bundle.score_names, null=null)
+        # One block per chunk: each actor call computes and writes one whole chunk.
+        ds = ray.data.from_items([{"chunk": c} for c in missing], override_num_blocks=len(missing))
         ds = ds.map_batches(
-            actor_class, batch_size=batch_size, batch_format="numpy",
-            fn_constructor_kwargs=dict(graphs=graphs, seed=seed, spec=spec,
-                                       score_names=bundle.score_names, null=null),
-            compute=ray.data.ActorPoolStrategy(size=resources.actors),
+            ChunkWriter, batch_size=1, batch_format="numpy",
+            fn_constructor_kwargs=dict(actor_class=actor_class, actor_kwargs=actor_kwargs, n=n, chunk_size=chunk_size,
+                                       batch_size=batch_size, chunk_dir=str(chunk_dir),
+                                       schema=samples_schema(bundle), config=config),
+            compute=ray.data.ActorPoolStrategy(size=min(resources.actors, len(missing))),
             num_cpus=resources.cpus_per_actor, num_gpus=resources.gpus_per_actor or None,
         )
         ray.data.DataContext.get_current().enable_progress_bars = progress
-        pending: dict[int, list] = {}
-        counts = dict.fromkeys(missing, 0)
-        report = _ChunkProgress(len(missing), sum(chunk_len[c] for c in missing), progress)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            if not len(batch["sample_id"]):
-                continue
-            report.batch_received(len(batch["sample_id"]))
-            owner = batch["sample_id"] // chunk_size
-            for c in np.unique(owner):
-                part = {k: v[owner == c] for k, v in batch.items()}
-                pending.setdefault(int(c), []).append(part)
-                counts[int(c)] += len(part["sample_id"])
-                if counts[int(c)] == chunk_len[c]:
-                    table = _chunk_table(pending.pop(int(c)), schema)
-                    if chunk_dir is not None:
-                        write_parquet_atomic(with_metadata(table, {"sampling": config}),
-                                             chunk_dir / f"{int(c):06d}.parquet")
-                        table = None  # the chunk files are the result; keeps driver memory to one chunk
-                    chunks[int(c)] = table
-                    report.chunk_done(chunk_len[c])
-        incomplete = [c for c in missing if counts[c] != chunk_len[c]]
-        if incomplete:
-            raise RuntimeError(f"sampling lost rows of chunks {incomplete[:5]}: got "
-                               f"{[counts[c] for c in incomplete[:5]]} of {[chunk_len[c] for c in incomplete[:5]]}")
+        written = {}
+        for record in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for c, rows in zip(record["chunk"].tolist(), record["rows"].tolist()):
+                written[c] = rows
+                report.chunk_done(rows)
+        lost = [c for c in missing if written.get(c) != chunk_len[c]]
+        if lost:
+            raise RuntimeError(f"sampling lost chunks {lost[:5]} ({len(lost)} of {len(missing)})")
     elapsed = time.perf_counter() - started
 
-    if run_dir is not None:
-        # Every chunk is on disk and valid: the chunk directory becomes the samples table in one
-        # rename, so it is visible whole or not at all, and nothing is encoded twice.
-        remove_leftovers(chunk_dir)  # temp files of writes that never finished (files and links, never a directory)
-        if (run_dir / SAMPLES_FILE).is_symlink():  # a (dangling) link planted at the name: replaced, not followed
-            (run_dir / SAMPLES_FILE).unlink()
-        os.replace(chunk_dir, run_dir / SAMPLES_FILE)
-        table = samples_store.read_samples(run_dir / SAMPLES_FILE) if read_back else None
-    else:
-        table = pa.concat_tables([chunks[c] for c in range(n_chunks)])
-        # Only what defines the result goes in the metadata: the same run with other actor
-        # counts or batch sizes makes an identical table.
-        table = with_metadata(table, {"sampling": config})
+    # Every chunk is on disk and valid: the chunk directory becomes the samples table in one
+    # rename, so it is visible whole or not at all, and nothing is encoded twice.
+    remove_leftovers(chunk_dir)  # temp files of writes that never finished (files and links, never a directory)
+    if (run_dir / SAMPLES_FILE).is_symlink():  # a (dangling) link planted at the name: replaced, not followed
+        (run_dir / SAMPLES_FILE).unlink()
+    os.replace(chunk_dir, run_dir / SAMPLES_FILE)
     computed = sum(chunk_len[c] for c in missing)
     if progress:
-        rate = computed / elapsed if elapsed > 0 and computed else float("nan")
         import resource
 
+        rate = computed / elapsed if elapsed > 0 and computed else float("nan")
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
         steady = report.steady_rate() if missing else None
-        steady = f" ({steady:,.0f} after the first batch)" if steady else ""
+        steady = f" ({steady:,.0f} after the first chunk)" if steady else ""
         device = f"{resources.actors} {'GPU' if resources.gpus_per_actor > 0 else 'CPU'} actors"
         print(f"sampled n={n:,} ({computed:,} computed, {n - computed:,} reused) in {elapsed:.1f}s: "
               f"{rate:,.0f} images/s{steady} with {device}; peak driver memory {peak_gb:.2f} GB",
               flush=True)
-    return table
+
+
+def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None = None, *,
+                 batch_size: int | None = None, resources: Resources | None = None,
+                 chunk_size: int = 16384, actor_class: type = SampleActor,
+                 progress: bool = True, null: bool = False, read_back: bool = True) -> pa.Table | None:
+    """Sample n faces on the Ray cluster into RUN/samples.parquet, reusing any chunks a previous
+    attempt completed, and return the table (id order), or None with `read_back=False`.
+    Without a run directory the chunks go to a temporary one, read back and removed.
+    `batch_size` is the ids per SampleActor call inside a chunk; `actor_class` may be a
+    subclass of SampleActor (tests use one that crashes once); `null` replaces inference by
+    zeros, to measure the pipeline's own ceiling."""
+    seed = check_sampling_input(bundle, n, seed)
+    kwargs = dict(batch_size=batch_size, resources=resources, chunk_size=chunk_size, actor_class=actor_class,
+                  progress=progress, null=null)
+    if run_dir is None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="vectorfind-samples-") as tmp:
+            _sample_into(bundle, n, seed, Path(tmp), **kwargs)
+            return samples_store.read_samples(Path(tmp) / SAMPLES_FILE)
+    _sample_into(bundle, n, seed, Path(run_dir), **kwargs)
+    return samples_store.read_samples(Path(run_dir) / SAMPLES_FILE) if read_back else None

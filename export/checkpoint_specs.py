@@ -26,8 +26,9 @@ import onnx
 import torch
 from torch import nn
 
+from compute.files import sha256_file
 from export.checkpoints import CheckpointError, check_torch_zip, describe
-from export.onnx_bundle import ModelSpec, cpu_session, sha256_file, to_onnx_bytes
+from export.onnx_bundle import ModelSpec, cpu_session, to_onnx_bytes
 from export.scorer_adapter import ScorerAdapter, adapt_numpy, adapt_scorer
 
 FORMATS = ("rosinality", "nvidia", "genforce")

@@ -14,11 +14,21 @@ from pathlib import Path
 
 import torch
 
+from compute.files import sha256_file
 from export.checkpoints import load_state_dict_strict
 from export.genforce import load_genforce, perturb_terms
-from export.onnx_bundle import ModelSpec, sha256_file
+from export.onnx_bundle import ModelSpec
 from export.property_cnn import SCORE_NAMES, PropertyScoreCNN
-from export.stylegan import LABEL_DIM, RESOLUTION, W_DIM, Z_DIM, CodeToW, GenforceConfig, ReferenceGenerator, WToImage
+from export.stylegan import (
+    LABEL_DIM,
+    RESOLUTION,
+    W_DIM,
+    Z_DIM,
+    CodeToW,
+    GenforceConfig,
+    ReferenceGenerator,
+    WToImage,
+)
 
 # Medians the reference measured on its training images (SPEC.md, "Group").
 REFERENCE_MEDIANS = {"hair_color": -0.2709, "hair_length": 0.3052, "background_mean": 0.0742}

@@ -26,7 +26,13 @@ import torch
 from torch import nn
 
 from compute.bundle import external_data_tensors, write_directory
-from compute.sessions import images_per_call, make_session, run_single, synthesize, synthesize_and_score
+from compute.sessions import (
+    images_per_call,
+    make_session,
+    run_single,
+    synthesize,
+    synthesize_and_score,
+)
 from vectors.names import NameRefused, check_score_names
 
 OPSET = 17
@@ -72,14 +78,6 @@ def checked_score_names(names, where: str = "--score-names") -> list[str]:
         return check_score_names(names, where, "name each scorer output once with a safe name (--score-names)")
     except NameRefused as exc:
         raise ExportError(str(exc)) from exc
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def to_onnx_bytes(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str) -> bytes:

@@ -24,9 +24,23 @@ import onnxruntime as ort
 from onnx import TensorProto
 
 from compute.bundle import stored_tensors
-from export.onnx_bundle import (FORMAT_VERSION, GRAPHS, ExportError, checked_score_names, cpu_session,
-                                measure_medians, sha256_file, write_bundle)
-from export.scorer_adapter import INPUT, ScorerAdapter, adapt_scorer, free_name, rename_value
+from compute.files import sha256_file
+from export.onnx_bundle import (
+    FORMAT_VERSION,
+    GRAPHS,
+    ExportError,
+    checked_score_names,
+    cpu_session,
+    measure_medians,
+    write_bundle,
+)
+from export.scorer_adapter import (
+    INPUT,
+    ScorerAdapter,
+    adapt_scorer,
+    free_name,
+    rename_value,
+)
 
 EXPORTER = "user ONNX graphs"
 BATCHES = (2, 3)  # a second size proves the batch axis is dynamic

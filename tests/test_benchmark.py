@@ -36,3 +36,13 @@ def test_estimators_benchmark_compares_on_shared_cases(ray_session, bundle, tmp_
     # The synthetic world knows its true directions: every fitted one points roughly along them.
     assert all(0.3 < r["truth_cos_eyes"] <= 1 for r in rows)
     assert "| ridge |" in out and "estimator - svm on the same seed" in out and "consistency [" in out
+
+
+def test_scale_benchmark_ends_with_its_line(tmp_path):
+    result = run_job("jobs.benchmark", "scale", "--n", "1500", "--out", str(tmp_path / "scale"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("scale: n=1,500 driver peak ") and last.endswith(" images/s"), result.stdout
+    assert not any((tmp_path / "scale").iterdir())  # each n's samples are removed after it
+    bad = run_job("jobs.benchmark", "scale", "--n", "0")
+    assert bad.returncode == 2 and "--n values must be >= 1" in bad.stderr

@@ -8,7 +8,11 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from compute.gpu_rewrites import instance_norms_from_moments, merge_constant_adds, rewrite_for_gpu
+from compute.gpu_rewrites import (
+    instance_norms_from_moments,
+    merge_constant_adds,
+    rewrite_for_gpu,
+)
 
 EPS = 1e-8
 
@@ -30,7 +34,7 @@ def _norm_graph(extra_output: str | None = None) -> onnx.ModelProto:
              helper.make_node("Div", ["d", "s"], ["n"]),
              helper.make_node("Mul", ["n", "style"], ["styled"]),
              helper.make_node("Add", ["styled", "shift"], ["y"])]
-    f = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    f = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
     outputs = [f("y", [2, 4, 5, 6])] + ([f(extra_output, None)] if extra_output else [])
     graph = helper.make_graph(nodes, "norm", [f("x", [2, 4, 5, 6]), f("style", [2, 4, 1, 1]), f("shift", [2, 4, 1, 1])],
                               outputs, inits)

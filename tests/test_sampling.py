@@ -9,18 +9,25 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO, Capped, call_job, run_job
 
 from compute import samples_store
-from compute.sampling import Resources, SampleActor, SamplingError, engine_spec, sample_table
+from compute.sampling import (
+    Resources,
+    SampleActor,
+    SamplingError,
+    engine_spec,
+    sample_table,
+)
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single
 from compute.tables import read_metadata, vector_matrix
-from conftest import REPO, Capped, call_job, run_job
 
 N, SEED = 700, 5
 
@@ -216,3 +223,34 @@ def test_driver_side_drawing_is_sized_like_the_pipeline(bundle):
     images = synthesize(capped, w)
     assert capped.calls == [5, 5, 2]
     assert np.abs(images - run_single(session, w)).max() <= 1e-5
+
+
+class PidActor(SampleActor):
+    """Records the process that computes (and so writes) each call's rows."""
+
+    marker_dir = None
+
+    def __call__(self, batch):
+        if len(batch["id"]):
+            Path(self.marker_dir, str(os.getpid())).touch()
+        return super().__call__(batch)
+
+
+def test_actors_write_their_own_chunks(reference, bundle, tmp_path):
+    """The chunk files are written in the actors' processes, and the committed table is the
+    reference's, chunk for chunk: nothing passes through the driver but records."""
+    import ray.cloudpickle
+
+    ref_run, _ = reference
+    markers = tmp_path / "pids"
+    markers.mkdir()
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    actor = type("Pids", (PidActor,), {"marker_dir": str(markers)})
+    sample_table(bundle, N, SEED, tmp_path / "run", batch_size=64, resources=_resources(2), chunk_size=300,
+                 actor_class=actor, progress=False, read_back=False)
+    writers = {int(p.name) for p in markers.iterdir()}
+    assert writers and os.getpid() not in writers
+    ours, theirs = samples_store.parts(tmp_path / "run" / "samples.parquet"), samples_store.parts(ref_run / "samples.parquet")
+    assert [p.name for p in ours] == [p.name for p in theirs]
+    for a, b in zip(ours, theirs):
+        assert pq.read_table(a).equals(pq.read_table(b))

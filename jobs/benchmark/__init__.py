@@ -19,6 +19,8 @@ reference_loop.py), so every "reference style" figure means the same thing.
                seeds: mean |corr|, passes, consistency, stability, truth cosines.
     ceiling:   the sampling pipeline with inference replaced by zeros (a null engine): the
                most images/s it can ever feed a GPU; ends with `ceiling: N images/s`.
+    scale:     the sampling driver's peak memory and images/s at n = 100,000, 400,000 and
+               2,000,000, one fresh driver each; ends with `scale: n=... driver peak X GB, N images/s`.
     gpu:       on a GPU, the 256-px reference: torch fp32/fp16 (the anchor), ONNX Runtime in
                one process over call sizes, the Ray pipeline, GPU use and memory, fp16 vs
                fp32; ends with one `gpu:` line of images/s and ratios.

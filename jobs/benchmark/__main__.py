@@ -1,4 +1,4 @@
-"""python -m jobs.benchmark {export,sampling,ceiling,fit,test,grid,reference,editor,stylegan2,estimators,gpu} [options]"""
+"""python -m jobs.benchmark {export,sampling,ceiling,scale,fit,test,grid,reference,editor,stylegan2,estimators,gpu} [options]"""
 from __future__ import annotations
 
 import sys
@@ -56,6 +56,10 @@ def main(argv=None) -> None:
     ceiling = sub.add_parser("ceiling", help="the sampling pipeline with inference replaced by zeros: its own ceiling")
     ceiling.add_argument("--resolution", type=int, default=256, help="image size whose reference dims are used")
     ceiling.add_argument("--n", type=int, default=200000)
+    scale = sub.add_parser("scale", help="the sampling driver's peak memory and images/s as n grows (built-in model)")
+    scale.add_argument("--n", default="100000,400000,2000000", help="sample counts, each in a fresh driver")
+    scale.add_argument("--out", type=Path, default=Path("runs/benchmark-scale"),
+                       help="where each n's samples are written (and removed after it)")
     gpu = sub.add_parser("gpu", help="the GPU side-by-side on the 256-px reference: torch, ONNX Runtime in one "
                                      "process (fp32/fp16, call sizes), the Ray pipeline, GPU use, fp16 differences")
     gpu.add_argument("--images", type=int, default=4096, help="images timed per single-process path")
@@ -127,6 +131,14 @@ def main(argv=None) -> None:
         raise UsageError("--n must be >= 1000")
     if args.which == "test" and (args.cases < 1 or args.reference_cases < 1):
         raise UsageError("--cases and --reference-cases must be >= 1")
+    if args.which == "scale":
+        from jobs.benchmark.scale import bench_scale
+
+        ns = parse_list(args.n, "--n", int)
+        if min(ns) < 1:
+            raise UsageError("--n values must be >= 1")
+        bench_scale(ns, args.out)
+        return
     if args.which == "grid" and args.cases < 1:
         raise UsageError("--cases must be >= 1")
     # The Ray-side comparisons run on the built-in bundle in a local (or the submitted) cluster.
