@@ -2,14 +2,16 @@
 property) as a Ray task with the method's estimator (the reference: a linear SVM), unit
 directions toward larger scores, and each direction's stability measured in the same task.
 
-The latent matrix and the scores go into the Ray object store once; each task receives the
-row indices of its fit. `fit_directions` is the stage as `jobs.fit` and `jobs.vectorfind` run it;
-`plan_fit`, `submit_fits` and `direction_rows` are the pieces the grid shares.
+The driver reads every sample's scores but only the codes of the rows the selections use
+(`read_selected`); those codes and scores go into the Ray object store once, and each task
+receives its fit's indices into them. `fit_directions` is the stage as `jobs.fit` and
+`jobs.vectorfind` run it; `load_samples`, `plan_fit`, `selected_rows`, `read_selected`,
+`submit_fits` and `direction_rows` are the pieces the grid shares.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +20,10 @@ from compute import samples_store
 from compute.run_record import write_record
 from compute.runlock import holding_run_lock
 from compute.runs import SAMPLES_FILE, VECTORS_FILE, reusable
-from compute.tables import vector_matrix
 from compute.vectors_table import write_vectors
 from vectors.errors import InputError
 from vectors.estimators import fit_and_measure
-from vectors.groups import assign_groups, group_medians, group_sizes, plan_selections
+from vectors.groups import Selection, assign_groups, group_medians, group_sizes, plan_selections
 from vectors.interop import boundary_name, reference_csv_name, write_boundary, write_reference_csv
 from vectors.method import Method
 from vectors.summary import mean_by_property
@@ -35,44 +36,107 @@ class FitError(InputError):
 
 @dataclass
 class Samples:
-    """The columns of RUN/samples.parquet one fit needs, as arrays."""
+    """What the fit reads of RUN/samples.parquet before it selects: every kept row's scores
+    (a few bytes a row) and where the codes are; `read_selected` reads the codes it picks."""
 
-    latents: np.ndarray          # (N, D) float32, the method's space
-    scores: dict[str, np.ndarray]  # score name -> (N,) float64
+    scores: dict[str, np.ndarray]  # score name -> (N,) float64, kept rows only
     sampling: dict               # the sampling stage's recorded configuration
     dropped: int                 # rows dropped for NaN or inf values
+    path: Path                   # the samples table
+    latent: str                  # its column of the method's space
+    dim: int                     # that column's code width
+    kept: np.ndarray | None = None  # the table row of each kept row; None: every row kept
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.scores.values())))
 
 
 def load_samples(run: Path, method: Method, drop_nonfinite: bool = False) -> Samples:
-    """The latents of the method's space and the scores it uses, from RUN/samples.parquet."""
+    """The scores the method uses, and which rows have finite codes in its space, from
+    RUN/samples.parquet: the codes are streamed for the check, never held."""
     path = Path(run) / SAMPLES_FILE
     if not samples_store.exists(path):
         raise FitError(f"no samples at {path}: sample them first (python -m jobs.sample --out {run})")
     needed = [*method.property_names, *method.group_by]
     try:
-        columns = samples_store.schema(path).names
-        missing = [c for c in (method.latent, *needed) if c not in columns]
+        schema = samples_store.schema(path)
+        missing = [c for c in (method.latent, *needed) if c not in schema.names]
         if missing:
-            raise FitError(f"{path} has no column {', '.join(missing)} (its columns: {', '.join(columns)})")
-        table = samples_store.read_samples(path, columns=[method.latent, *needed])
+            raise FitError(f"{path} has no column {', '.join(missing)} (its columns: {', '.join(schema.names)})")
+        table = samples_store.read_samples(path, columns=needed)
         sampling = samples_store.metadata(path).get("sampling", {})
+        finite = samples_store.finite_rows(path, method.latent)
+        dim = schema.field(method.latent).type.list_size
     except FitError:
         raise
     except Exception as exc:  # truncated or foreign files: pyarrow raises several types
-        raise FitError(f"{path} is not a readable samples table ({str(exc).splitlines()[0]}); "
-                       f"delete it and sample again") from exc
+        raise _unreadable(path, exc) from exc
+    if len(finite) != table.num_rows:  # the parts changed between the two reads
+        raise _unreadable(path, ValueError(f"{len(finite)} codes for {table.num_rows} rows of scores"))
     scores = {name: table[name].to_numpy().astype(np.float64) for name in needed}
-    latents = vector_matrix(table[method.latent])
-    finite = np.isfinite(latents).all(axis=1)
+    del table
     for values in scores.values():
         finite &= np.isfinite(values)
     dropped = int((~finite).sum())
     if dropped and not drop_nonfinite:
         raise FitError(f"{path} has {dropped} rows with NaN or inf scores or latents; "
                        f"drop them (--drop-nonfinite in jobs.fit and jobs.vectorfind) or sample again")
+    kept = np.flatnonzero(finite) if dropped else None
     if dropped:
-        latents, scores = latents[finite], {k: v[finite] for k, v in scores.items()}
-    return Samples(latents, scores, sampling, dropped)
+        scores = {k: v[finite] for k, v in scores.items()}
+    return Samples(scores, sampling, dropped, path, method.latent, dim, kept)
+
+
+def _unreadable(path: Path, exc: Exception) -> FitError:
+    return FitError(f"{path} is not a readable samples table ({(str(exc).splitlines() or [type(exc).__name__])[0]}); "
+                    f"delete it and sample again")
+
+
+_CLASS_FIELDS = ("train_pos", "train_neg", "val_pos", "val_neg")  # the top and bottom k
+
+
+def uses_group_rows(estimator: str) -> bool:
+    """Whether the estimator reads every row of the group (Selection.rows): ridge does."""
+    return estimator == "ridge"
+
+
+def selected_rows(selections: list, estimator: str) -> np.ndarray:
+    """The sorted union of every row the estimator's fits of these selections read: the top
+    and bottom k of each, and for ridge each group's rows."""
+    fields = (*_CLASS_FIELDS, "rows") if uses_group_rows(estimator) else _CLASS_FIELDS
+    used = [getattr(s, f) for s in selections for f in fields]
+    return np.unique(np.concatenate(used)).astype(np.int64) if used else np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class Selected:
+    """The codes of the rows some fits select, and those fits' selections renumbered to them."""
+
+    rows: np.ndarray             # sorted sample (kept-row) indices, the union selected_rows gives
+    latents: np.ndarray          # (len(rows), D) float32: latents[i] is the code of rows[i]
+    scores: dict[str, np.ndarray]  # score name -> (len(rows),) float64, the same rows
+
+    def compact(self, selections: list, estimator: str) -> list[Selection]:
+        """The selections with indices into `latents` instead of into the samples (the group's
+        rows only for an estimator that reads them; None otherwise, as they were not read)."""
+        def renumber(s):
+            fields = {f: np.searchsorted(self.rows, getattr(s, f)) for f in _CLASS_FIELDS}
+            group = np.searchsorted(self.rows, s.rows) if uses_group_rows(estimator) else None
+            return replace(s, **fields, rows=group)
+        return [renumber(s) for s in selections]
+
+
+def read_selected(samples: Samples, rows: np.ndarray) -> Selected:
+    """Read the codes of these rows (sorted kept-row indices, see selected_rows) and nothing
+    else: len(rows) x D x 4 B beside the scores, and one batch while reading, whatever N is
+    (docs/jobs.md, "Driver memory")."""
+    table_rows = rows if samples.kept is None else samples.kept[rows]
+    try:
+        latents = samples_store.read_rows(samples.path, samples.latent, table_rows)
+    except Exception as exc:  # changed or damaged since the scores were read
+        raise _unreadable(samples.path, exc) from exc
+    return Selected(rows, latents, {k: v[rows] for k, v in samples.scores.items()})
 
 
 @dataclass
@@ -86,7 +150,7 @@ class FitPlan:
 
 def plan_fit(samples: Samples, method: Method, seed: int, n: int | None = None) -> FitPlan:
     """Groups and selections on the first n samples (all by default); errors before any fit."""
-    n = len(samples.latents) if n is None else n
+    n = samples.n if n is None else n
     scores = {k: v[:n] for k, v in samples.scores.items()}
     medians = group_medians(method, samples.sampling.get("group_medians", {}), scores)
     groups = assign_groups(scores, method.group_by, medians)
@@ -158,14 +222,15 @@ def fit_directions(run: Path, method: Method = Method(), seed: int = 0, drop_non
         return out
     if start_ray is not None:
         start_ray()
+    selected = read_selected(samples, selected_rows(plan.selections, method.estimator))
     if progress:
-        print(f"{len(samples.latents):,} samples in {method.latent} ({samples.latents.shape[1]} dims), "
-              f"medians from {method.medians}"
+        print(f"{samples.n:,} samples in {method.latent} ({samples.dim} dims), medians from {method.medians}"
               + (f", {samples.dropped} non-finite rows dropped" if samples.dropped else ""))
         print("group sizes: " + "  ".join(f"{g} {n}" for g, n in plan.sizes.items()))
+        print(f"read the codes of the {len(selected.rows):,} selected rows ({selected.latents.nbytes / 1e6:,.0f} MB)")
     started = time.perf_counter()
-    pending = submit_fits(ray.put(samples.latents), plan.selections, method.svm, method.estimator,
-                          method.stability_splits, seed, ray.put(samples.scores))
+    pending = submit_fits(ray.put(selected.latents), selected.compact(plan.selections, method.estimator), method.svm,
+                          method.estimator, method.stability_splits, seed, ray.put(selected.scores))
     results = gather_fits(pending, progress, show_c=method.estimator == "svm_cv")
     rows = direction_rows(results, method)
     write_vectors(rows, {"fit": plan.config, "method": method.to_dict()}, out)

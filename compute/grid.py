@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
-from compute.fitting import direction_rows, load_samples, plan_fit, submit_fits
+from compute.fitting import direction_rows, load_samples, plan_fit, read_selected, selected_rows, submit_fits
 from compute.generation import run_cases
 from compute.runs import CASES_FILE, GRID_DIR, GRID_FILE, SUMMARY_FILE, VECTORS_FILE, reusable
 from compute.sampling import sample_table
@@ -59,13 +60,17 @@ def fit_cells(run: Path, cells: list[Cell], method: Method, seed: int, progress:
     todo = [c for c in cells if not reusable(cell_dir(run, c) / VECTORS_FILE, "fit", plans[c].config, progress)]
     if not todo:
         return
-    refs = {space: (ray.put(samples[space].latents), ray.put(samples[space].scores))
-            for space in {c.space for c in todo}}
+    # Per space, the codes of the rows some cell to fit selects (a ridge cell: all its n rows).
+    selected = {space: read_selected(samples[space], np.unique(np.concatenate(
+        [selected_rows(plans[c].selections, c.estimator) for c in todo if c.space == space])))
+        for space in {c.space for c in todo}}
+    refs = {space: (ray.put(chosen.latents), ray.put(chosen.scores)) for space, chosen in selected.items()}
     pending, owners, results = {}, {}, {c: {} for c in todo}
     for cell in todo:
         latents_ref, scores_ref = refs[cell.space]
-        for future, s in submit_fits(latents_ref, plans[cell].selections, method.svm, cell.estimator,
-                                     method.stability_splits, seed, scores_ref).items():
+        selections = selected[cell.space].compact(plans[cell].selections, cell.estimator)
+        for future, s in submit_fits(latents_ref, selections, method.svm, cell.estimator, method.stability_splits,
+                                     seed, scores_ref).items():
             pending[future], owners[future] = s, cell
     total, started = len(pending), time.perf_counter()
     while pending:

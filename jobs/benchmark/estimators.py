@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from compute import samples_store
 from compute.fitting import load_samples
 from compute.grid import Cell, cell_dir, run_grid
 from compute.runs import VECTORS_FILE
+from compute.tables import vector_matrix
 from compute.vectors_table import read_vectors
 from vectors.groups import assign_groups, group_medians
 from vectors.method import Method
@@ -32,19 +34,22 @@ def true_directions(bundle, run: Path, method: Method) -> dict[tuple[str, str], 
     from export.world import PARAMS, WorldConfig, build_world
 
     _, readout = build_world(WorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in world.items()}))
-    samples = load_samples(run, method)
+    if any(prop not in PARAMS for prop in method.property_names):
+        return None
+    samples = load_samples(run, method)  # refuses non-finite rows, so table rows are sample rows
     groups = assign_groups(samples.scores, method.group_by,
                            group_medians(method, samples.sampling.get("group_medians", {}), samples.scores))
-    w = torch.tensor(samples.latents, requires_grad=True)  # a copy: the Arrow-backed array is read-only
-    out = {}
-    for prop in method.property_names:
-        if prop not in PARAMS:
-            return None
-        grad = torch.autograd.grad(readout(w)[:, PARAMS.index(prop)].sum(), w)[0].numpy()
-        for group in method.group_names:
-            mean = grad[groups == group].mean(axis=0)
-            out[(group, prop)] = mean / np.linalg.norm(mean)
-    return out
+    # Streamed a batch of codes at a time: the driver never holds every sample's w.
+    sums = {(g, p): np.zeros(samples.dim) for g in method.group_names for p in method.property_names}
+    start = 0
+    for batch in samples_store.iter_batches(samples.path, [samples.latent]):
+        w = torch.tensor(vector_matrix(batch.column(0)), requires_grad=True)
+        batch_groups, start = groups[start:start + len(w)], start + len(w)
+        for prop in method.property_names:
+            grad = torch.autograd.grad(readout(w)[:, PARAMS.index(prop)].sum(), w)[0].numpy()
+            for group in method.group_names:
+                sums[(group, prop)] += grad[batch_groups == group].sum(axis=0, dtype=np.float64)
+    return {key: total / np.linalg.norm(total) for key, total in sums.items()}  # the mean's direction
 
 
 def truth_cosines(run: Path, cell: Cell, truth: dict, method: Method) -> dict[str, float]:

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from compute.fitting import direction_rows, gather_fits, load_samples, plan_fit, submit_fits
+from compute.fitting import (direction_rows, gather_fits, load_samples, plan_fit, read_selected, selected_rows,
+                             submit_fits)
 from compute.sampling import sample_table
 from jobs.benchmark.timing import seconds_of
 from vectors.method import Method
@@ -20,16 +21,18 @@ def bench_fit(bundle, n: int, run: Path) -> dict:
     if not (run / "samples.parquet").exists():
         sample_table(bundle, n, 0, run)
     samples = load_samples(run, Method())
-    if len(samples.latents) != n:
-        raise ValueError(f"{run} holds {len(samples.latents):,} samples, not n = {n:,}; pass another run")
+    if samples.n != n:
+        raise ValueError(f"{run} holds {samples.n:,} samples, not n = {n:,}; pass another run")
     plan = plan_fit(samples, Method(), seed=0)
+    selected = read_selected(samples, selected_rows(plan.selections, "svm"))  # those codes only
+    selections, latents = selected.compact(plan.selections, "svm"), selected.latents
 
     def parallel(svm):
-        results = gather_fits(submit_fits(ray.put(samples.latents), plan.selections, svm), progress=False)
+        results = gather_fits(submit_fits(ray.put(latents), selections, svm), progress=False)
         return float(np.mean([r["val_accuracy"] for r in direction_rows(results, replace(Method(), svm=svm))]))
 
     def sequential(svm):
-        return float(np.mean([fit_selection(samples.latents, s, svm).val_accuracy for s in plan.selections]))
+        return float(np.mean([fit_selection(latents, s, svm).val_accuracy for s in selections]))
 
     cases = [("(a) Ray tasks, LinearSVC C=1 unscaled (default)", parallel, SvmConfig()),
              ("(b) one process, LinearSVC C=1 unscaled (reference)", sequential, SvmConfig()),
