@@ -126,7 +126,7 @@ def _rows(shown, strips: list[list[str]], method: Method) -> list[str]:
         for p in method.property_names:
             corr = shown[f"corr_{p}"][i].as_py()
             text, value = _number(corr)
-            if corr is not None and corr < 0:  # passes on |corr|, but the edit moves the score the wrong way
+            if corr is not None and corr < 0:  # passed (the seeds' |corr| rule), but the edit moves the score the wrong way
                 cells.append(f'<td class="num neg" data-value="{value}" title="negative: the edit moves '
                              f'{html.escape(p)} the wrong way">{WRONG_WAY} {text}</td>')
             else:
@@ -168,9 +168,11 @@ def _legend(method: Method, medians: dict) -> str:
     return "".join(f"<li>{item}</li>" for item in (
         group,
         ("<b>corr</b>: correlation of the property's score with the edit weight over the case's edits; a case "
-         "passes on |corr|."),
-        (f'<span class="neg">{WRONG_WAY}</span> a negative correlation: the edit moves that score the wrong way '
-         f"(the case passes on |corr| all the same)."),
+         + ("passes on corr itself (the method's signed rule)." if method.pass_rule == "signed" else
+            "passes on |corr| (the seeds' rule; the method setting pass_rule = \"signed\" passes on corr).")),
+        (f'<span class="neg">{WRONG_WAY}</span> a negative correlation: the edit moves that score the wrong way'
+         + (" (only a property whose cutoff allows it can pass so)." if method.pass_rule == "signed" else
+            " (the case passes on |corr| all the same).")),
         ("<b>consistency</b>: mean spread of the grouping scores over the case's edits; lower is better "
          "(the rest of the face stays put).")))
 
@@ -196,7 +198,8 @@ def write_gallery(run: Path, bundle, top: int = 100, out: Path | None = None) ->
         cutoffs += f", consistency <= {method.max_spread:g}"
     wrong_way = sum(any((shown[f"corr_{p}"][i].as_py() or 0) < 0 for p in method.property_names)
                     for i in range(shown.num_rows))
-    intro = (f"<b>{passed.num_rows}</b> of {cases.num_rows} test cases passed (|corr| cutoffs: {cutoffs}); "
+    rule = "corr" if method.pass_rule == "signed" else "|corr|"
+    intro = (f"<b>{passed.num_rows}</b> of {cases.num_rows} test cases passed ({rule} cutoffs: {cutoffs}); "
              + (f"showing the best {shown.num_rows} by sum of |corr|" if shown.num_rows else "none to show")
              + (f", {wrong_way} of them with a negative correlation ({WRONG_WAY})." if wrong_way else "."))
     page = PAGE.format(

@@ -248,3 +248,13 @@ def test_strips_follow_the_method_space(bundle):
     image = decode(strip)
     assert np.array_equal(image[:, :face.shape[1]], face)
     assert np.array_equal(image[:, -face.shape[1]:], face)
+
+
+def test_the_legend_states_the_methods_pass_rule():
+    from compute.gallery import _legend
+    from vectors.method import Method
+
+    medians = {g: 0.5 for g in Method().group_by}
+    seeds, signed = _legend(Method(), medians), _legend(Method(pass_rule="signed"), medians)
+    assert "passes on |corr| (the seeds' rule" in seeds and "passes on |corr| all the same" in seeds
+    assert "passes on corr itself" in signed and "|corr|" not in signed
