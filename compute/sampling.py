@@ -45,6 +45,15 @@ log = logging.getLogger(__name__)
 # Sample ids per SampleActor call within a chunk, whatever the resolution: the engine splits
 # a call into inference calls of its own size, so this only bounds an actor's memory.
 BATCH_IDS = 4096
+# A chunk is one actor call, so the default chunk size gives n about 64 chunks (enough to
+# keep dozens of actors busy to the end), within these bounds.
+CHUNK_SIZES = (1024, 16384)
+
+
+def default_chunk_size(n: int) -> int:
+    """The chunk size a run of n samples gets unless asked otherwise (a function of n alone,
+    so a rerun finds the same chunks)."""
+    return min(CHUNK_SIZES[1], max(CHUNK_SIZES[0], -(-int(n) // 64)))
 
 
 class SamplingError(InputError):
@@ -163,10 +172,11 @@ def _without_chunking(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "chunk_size"}
 
 
-def check_sampling_input(bundle: Bundle, n, seed, run_dir: Path | None = None, chunk_size: int = 16384) -> int:
+def check_sampling_input(bundle: Bundle, n, seed, run_dir: Path | None = None, chunk_size: int | None = None) -> int:
     """Every check that needs no cluster (jobs call it before Ray starts); returns the seed."""
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
         raise SamplingError(f"n must be a positive integer, got {n!r}")
+    chunk_size = default_chunk_size(n) if chunk_size is None else chunk_size
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise SamplingError(f"the chunk size must be >= 1, got {chunk_size!r}")
     try:
@@ -278,6 +288,7 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
         for record in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for c, rows in zip(record["chunk"].tolist(), record["rows"].tolist()):
                 written[c] = rows
+                report.batch_received(rows)
                 report.chunk_done(rows)
         lost = [c for c in missing if written.get(c) != chunk_len[c]]
         if lost:
@@ -306,15 +317,17 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
 
 def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None = None, *,
                  batch_size: int | None = None, resources: Resources | None = None,
-                 chunk_size: int = 16384, actor_class: type = SampleActor,
+                 chunk_size: int | None = None, actor_class: type = SampleActor,
                  progress: bool = True, null: bool = False, read_back: bool = True) -> pa.Table | None:
     """Sample n faces on the Ray cluster into RUN/samples.parquet, reusing any chunks a previous
     attempt completed, and return the table (id order), or None with `read_back=False`.
     Without a run directory the chunks go to a temporary one, read back and removed.
+    `chunk_size` None: default_chunk_size(n).
     `batch_size` is the ids per SampleActor call inside a chunk; `actor_class` may be a
     subclass of SampleActor (tests use one that crashes once); `null` replaces inference by
     zeros, to measure the pipeline's own ceiling."""
-    seed = check_sampling_input(bundle, n, seed)
+    seed = check_sampling_input(bundle, n, seed, chunk_size=chunk_size)
+    chunk_size = default_chunk_size(n) if chunk_size is None else chunk_size
     kwargs = dict(batch_size=batch_size, resources=resources, chunk_size=chunk_size, actor_class=actor_class,
                   progress=progress, null=null)
     if run_dir is None:

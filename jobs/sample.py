@@ -26,7 +26,8 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="run seed; sample i's code is a function of (seed, i)")
     p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: the one recorded in the run directory's run.json, else the "
                         "built-in synthetic model)")
-    p.add_argument("--chunk-size", type=int, default=16384, help="samples per resumable chunk")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="samples per resumable chunk, each one actor call (default: n / 64, within 1,024..16,384)")
     add_resource_arguments(p)
     add_ray_arguments(p)
     args = p.parse_args(argv)

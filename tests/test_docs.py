@@ -71,6 +71,7 @@ COVERED: list[tuple[str, str, tuple[str, ...]]] = [
     (r"python -m jobs\.render --picks picks\.(csv|json) ", "test_editor.py::test_render_picks_csv_and_json", ()),
     (r"python -m jobs\.render --picks ohlora_z_vectors\.csv ", "test_editor.py::test_render_reference_pair", ()),
     (r"python -m jobs\.benchmark ceiling ", "test_gpu_path.py::test_ceiling_benchmark_prints_its_line", ('"ceiling"',)),
+    (r"python -m jobs\.benchmark scale$", "test_benchmark.py::test_scale_benchmark_ends_with_its_line", ('"scale"',)),
     (r"python -m jobs\.benchmark gpu ", "test_gpu_path.py::test_gpu_benchmark_help_and_its_one_line_refusal_without_a_gpu",
      ('"gpu"',)),
     (r"python -m jobs\.benchmark sampling$", "test_benchmark.py::test_sampling_benchmark_prints_its_ratios",

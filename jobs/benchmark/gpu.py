@@ -176,7 +176,7 @@ def bench_pipeline(bundle_dir: Path, out: Path, n: int) -> tuple[float, float | 
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"jobs.sample failed: {(done.stderr or done.stdout)[-1500:]}")
     total = float(re.search(r"s: ([\d,]+) images/s", line).group(1).replace(",", ""))
-    steady = re.search(r"\(([\d,]+) after the first batch\)", line)
+    steady = re.search(r"\(([\d,]+) after the first (?:batch|chunk)\)", line)
     warnings = [l for l in done.stderr.splitlines() if "WARNING" in l or "warning" in l.lower()]
     print(f"      {line}", flush=True)
     for w in warnings[:5]:
