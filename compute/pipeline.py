@@ -16,6 +16,7 @@ from compute.runlock import holding_run_lock
 from compute.sampling import check_sampling_input, sample_table
 from compute.testing import run_test
 from vectors.errors import InputError
+from vectors.groups import check_fixed_medians
 from vectors.method import Method
 
 
@@ -44,7 +45,9 @@ def run_method(run: Path, bundle, method: Method = Method(), n: int = 80000, cas
     say = print if progress else (lambda *a, **k: None)
     say(f"[1/4] sampling {n:,} faces into {run}", flush=True)
     sample_table(bundle, n, seed, run, batch_size=batch_size, resources=resources, progress=progress,
-                 read_back=False)
+                 read_back=False,
+                 first_chunk_check=lambda scores: check_fixed_medians(method, bundle.manifest.get("group_medians", {}),
+                                                                      scores, n))
     say(f"[2/4] fitting {fits} directions in {method.space} (ratio {method.ratio})", flush=True)
     vectors = fit_directions(run, method, seed, drop_nonfinite, progress=progress)
     say(f"[3/4] testing {cases} cases x {method.edits_per_case} edits", flush=True)

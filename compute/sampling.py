@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from compute import samples_store
 from compute.bundle import Bundle
@@ -233,7 +234,7 @@ class _ChunkProgress:
 @holding_run_lock("run_dir")  # one job at a time; clears our stale temp files
 def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size: int | None,
                  resources: Resources | None, chunk_size: int, actor_class: type, progress: bool,
-                 null: bool) -> None:
+                 null: bool, first_chunk_check=None) -> None:
     """Compute the missing chunks of RUN/samples.parquet on the cluster and commit the table."""
     import ray
 
@@ -265,6 +266,15 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
             path.unlink()
         missing.append(c)
 
+    def check(chunk: int) -> None:  # the caller's look at the first chunk's scores (see sample_table)
+        nonlocal first_chunk_check
+        if first_chunk_check is not None:
+            table = pq.read_table(chunk_dir / chunk_name(chunk), columns=list(bundle.score_names))
+            first_chunk_check({name: table[name].to_numpy() for name in bundle.score_names})
+            first_chunk_check = None
+
+    if len(missing) < n_chunks:
+        check(next(c for c in range(n_chunks) if c not in missing))
     started = time.perf_counter()
     report = _ChunkProgress(len(missing), sum(chunk_len[c] for c in missing), progress)
     if missing:
@@ -290,6 +300,7 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
                 written[c] = rows
                 report.batch_received(rows)
                 report.chunk_done(rows)
+                check(c)
         lost = [c for c in missing if written.get(c) != chunk_len[c]]
         if lost:
             raise RuntimeError(f"sampling lost chunks {lost[:5]} ({len(lost)} of {len(missing)})")
@@ -318,18 +329,21 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
 def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None = None, *,
                  batch_size: int | None = None, resources: Resources | None = None,
                  chunk_size: int | None = None, actor_class: type = SampleActor,
-                 progress: bool = True, null: bool = False, read_back: bool = True) -> pa.Table | None:
+                 progress: bool = True, null: bool = False, read_back: bool = True,
+                 first_chunk_check=None) -> pa.Table | None:
     """Sample n faces on the Ray cluster into RUN/samples.parquet, reusing any chunks a previous
     attempt completed, and return the table (id order), or None with `read_back=False`.
     Without a run directory the chunks go to a temporary one, read back and removed.
-    `chunk_size` None: default_chunk_size(n).
+    `chunk_size` None: default_chunk_size(n). `first_chunk_check`, if given, is called once with
+    the first finished chunk's scores ({name: array}); an error it raises stops the sampling
+    (the chunks written so far are kept for a rerun).
     `batch_size` is the ids per SampleActor call inside a chunk; `actor_class` may be a
     subclass of SampleActor (tests use one that crashes once); `null` replaces inference by
     zeros, to measure the pipeline's own ceiling."""
     seed = check_sampling_input(bundle, n, seed, chunk_size=chunk_size)
     chunk_size = default_chunk_size(n) if chunk_size is None else chunk_size
     kwargs = dict(batch_size=batch_size, resources=resources, chunk_size=chunk_size, actor_class=actor_class,
-                  progress=progress, null=null)
+                  progress=progress, null=null, first_chunk_check=first_chunk_check)
     if run_dir is None:
         import tempfile
 

@@ -204,3 +204,28 @@ def test_a_layer_range_is_a_space_of_w_whose_fit_is_the_whole_w():
     with pytest.raises(MethodError, match="takes one w per image"):
         ranged.check_layers(None)
     Method().check_layers(None)
+
+
+def test_fixed_medians_that_do_not_fit_are_refused_from_the_first_samples():
+    from vectors.groups import check_fixed_medians
+
+    rng = np.random.default_rng(0)
+    scores = {"hair_color": rng.normal(2.0, 1.0, 1000), "hair_length": rng.normal(0.0, 1.0, 1000),
+              "background_mean": rng.normal(0.0, 1.0, 1000)}
+    method = Method()  # groups by these three; fixed medians from the bundle
+    fitting = {"hair_color": 2.0, "hair_length": 0.0, "background_mean": 0.0}
+    check_fixed_medians(method, fitting, scores, n=8000)  # eight groups of about 125: fine
+    # Medians measured on another model: hair_color's sits 5 sd below every sample here, so
+    # each group with an 'l' for it is empty, whatever n.
+    foreign = dict(fitting, hair_color=-3.0)
+    with pytest.raises(InputError, match=r"fixed medians \(hair_color -3, .*\) do not fit this model: of the first "
+                                         r"1,000 samples, group 'lhh' 0, 'lhl' 0, 'llh' 0, 'lll' 0 .* "
+                                         r"its samples' medians are hair_color 1\.9.*use --medians samples"):
+        check_fixed_medians(method, foreign, scores, n=8000)
+    # A group of 1 in 1,000 at n = 8,000 projects to 8 samples: k = int(0.2 * 8) = 1 < 3.
+    one = {k: v.copy() for k, v in scores.items()}
+    one["hair_color"][:] = 10.0
+    one["hair_color"][0] = -10.0
+    with pytest.raises(InputError, match="group 'l"):
+        check_fixed_medians(method, dict(fitting, hair_color=0.0), one, n=8000)
+    check_fixed_medians(Method(medians="samples"), foreign, scores, n=8000)  # measured medians always fit

@@ -252,3 +252,20 @@ def test_a_recorded_vectors_path_to_a_fifo_is_not_read(run, tmp_path):
     worker.start()
     worker.join(30)
     assert found and found[0][str(fifo)] == "not a regular file"
+
+
+def test_fixed_medians_that_do_not_fit_stop_the_main_job_after_its_first_chunk(ray_session, bundle_dir, tmp_path):
+    """The reference medians on a model they were not measured on: said after the first chunk,
+    not after all of sampling and then with advice that does not help."""
+    foreign = tmp_path / "foreign"
+    shutil.copytree(bundle_dir, foreign)
+    manifest = json.loads((foreign / "manifest.json").read_text())
+    manifest["group_medians"] = {name: 1e6 for name in manifest["group_medians"]}  # above every score
+    (foreign / "manifest.json").write_text(json.dumps(manifest))
+    run = tmp_path / "run"
+    result = call_job("jobs.vectorfind", "--bundle", str(foreign), "--out", str(run), "--n", "20000", "--cases", "4")
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert "do not fit this model" in line and "use --medians samples" in line, result.stderr[-2000:]
+    chunks = list((run / "sample_chunks").glob("*.parquet"))
+    assert 1 <= len(chunks) < 20 and not (run / "samples.parquet").exists()  # stopped early, work kept

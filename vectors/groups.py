@@ -98,9 +98,11 @@ def select(scores: Mapping[str, np.ndarray], groups: np.ndarray, group: str, pro
     top, bottom, k = select_extremes(np.asarray(scores[prop]), rows, method.ratio)
     n_val = max(1, int(round(method.validation_fraction * k)))
     if k - n_val < 2:
+        advice = ("the bundle's fixed medians may not fit this model: use --medians samples, or a larger n or ratio"
+                  if method.medians != "samples" and method.group_by else "use a larger n or ratio")
         raise InputError(
             f"group '{group}' has {len(rows)} samples: ratio {method.ratio} gives k={k} per class, too few "
-            f"for 2 training and 1 validation sample per class; use a larger n or ratio")
+            f"for 2 training and 1 validation sample per class; {advice}")
     rng = np.random.default_rng([seed, method.group_names.index(group), method.property_names.index(prop)])
     top, bottom = rng.permutation(top), rng.permutation(bottom)
     return Selection(group, prop, len(rows), k, top[n_val:], bottom[n_val:], top[:n_val], bottom[:n_val], rows)
@@ -109,3 +111,28 @@ def select(scores: Mapping[str, np.ndarray], groups: np.ndarray, group: str, pro
 def plan_selections(scores: Mapping[str, np.ndarray], groups: np.ndarray, method: Method, seed: int) -> list:
     """Every (group, property) selection of the method; a too-small group fails before any fit."""
     return [select(scores, groups, g, p, method, seed) for g in method.group_names for p in method.property_names]
+
+
+def check_fixed_medians(method: Method, manifest_medians: Mapping[str, float], scores: Mapping[str, np.ndarray],
+                        n: int) -> None:
+    """From the first samples' scores, refuse at once fixed medians that would leave a group
+    too small for the method at n samples (the fit would fail only after all of them are drawn).
+
+    A group's share of these samples, times n, is its projected size; it needs k >= 3 per
+    class (2 training and 1 validation). Fixed medians measured on another model can leave
+    whole groups empty however large n is; the medians measured on the samples cannot."""
+    if method.medians == "samples" or not method.group_by or not len(next(iter(scores.values()), [])):
+        return
+    medians = group_medians(method, manifest_medians, scores)
+    groups = assign_groups(scores, method.group_by, medians)
+    seen = len(groups)
+    short = {g: c for g, c in group_sizes(groups, method.group_names).items()
+             if int(method.ratio * (c / seen) * n) < 3}
+    if not short:
+        return
+    fixed = ", ".join(f"{g} {medians[g]:.3g}" for g in method.group_by)
+    measured = ", ".join(f"{g} {v:.3g}" for g, v in measured_medians(scores, method.group_by).items())
+    counts = ", ".join(f"'{g}' {c}" for g, c in short.items())
+    raise InputError(f"the bundle's fixed medians ({fixed}) do not fit this model: of the first {seen:,} samples, "
+                     f"group {counts} (too few for ratio {method.ratio} at n = {n:,}); its samples' medians are "
+                     f"{measured}: use --medians samples (the samples drawn so far are kept)")
