@@ -1,10 +1,12 @@
-"""Sampling's unit of work: one chunk of sample ids, computed and written by an actor.
+"""Sampling's unit of work: one chunk of sample ids, computed and encoded by an actor.
 
 A chunk holds the ids [c * chunk_size, (c + 1) * chunk_size) (the last one fewer), so its
 file is the same whatever the actor count, batch size, arrival order or retries. The actor
-that computes a chunk writes it atomically into the run's chunk directory and returns only
-a record of it (chunk, rows, sha256): sample rows never travel to the driver, whose memory
-therefore does not grow with n.
+that computes a chunk encodes its Parquet file. On the driver's node it writes the file
+itself, atomically, and returns only a record (chunk, rows, sha256); on another node it
+cannot know whether the run directory there is the driver's (a head node's disk is not a
+worker's), so it returns the file's bytes with the record and the driver writes them. Either
+way the driver holds at most a chunk's bytes at a time: its memory does not grow with n.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ import pyarrow.parquet as pq
 
 from compute.bundle import Bundle
 from compute.engine import EngineSpec, NullEngine, SampleEngine
-from compute.files import sha256_file
+import hashlib
+
+from compute.files import write_bytes_atomic
 from compute.seeding import draw_codes
 from compute.sessions import resolve
 from compute.tables import (
@@ -75,28 +79,49 @@ def _table(parts: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def parquet_bytes(table: pa.Table) -> bytes:
+    """The table as a Parquet file's bytes, written as compute.tables writes every table."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, use_dictionary=False)  # as write_parquet_atomic (see its DICTIONARY_NOTE)
+    return sink.getvalue().to_pybytes()
+
+
+def node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # outside Ray (tests call actors in-process): no node to compare
+        return None
+
+
 class ChunkWriter:
     """Callable class for `map_batches` over {"chunk": int64[B]}: computes each chunk with an
-    `actor_class` (SampleActor or a subclass) in calls of `batch_size` ids, writes it to
-    `chunk_dir`, and returns {"chunk", "rows", "sha256"}."""
+    `actor_class` (SampleActor or a subclass) in calls of `batch_size` ids and returns
+    {"chunk", "rows", "sha256", "data"}: on `driver_node` it writes the file into `chunk_dir`
+    itself and `data` is empty; elsewhere `data` holds the file's bytes for the driver."""
 
     def __init__(self, actor_class: type, actor_kwargs: dict, n: int, chunk_size: int, batch_size: int,
-                 chunk_dir: str, schema: pa.Schema, config: dict):
+                 chunk_dir: str, schema: pa.Schema, config: dict, driver_node: str | None = None):
         self.actor = actor_class(**actor_kwargs)
         self.n, self.chunk_size, self.batch_size = n, chunk_size, batch_size
         self.chunk_dir, self.schema, self.config = Path(chunk_dir), schema, config
+        self.writes_here = driver_node is not None and node_id() == driver_node
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        chunks, rows, hashes = [], [], []
+        chunks, rows, hashes, data = [], [], [], []
         for chunk in np.asarray(batch["chunk"], dtype=np.int64):
             ids = chunk_ids(int(chunk), self.n, self.chunk_size)
             parts = [self.actor({"id": ids[lo:lo + self.batch_size]}) for lo in range(0, len(ids), self.batch_size)]
-            path = self.chunk_dir / chunk_name(int(chunk))
-            write_parquet_atomic(with_metadata(_table(parts, self.schema), {"sampling": self.config}), path)
+            encoded = parquet_bytes(with_metadata(_table(parts, self.schema), {"sampling": self.config}))
+            if self.writes_here:
+                write_bytes_atomic(self.chunk_dir / chunk_name(int(chunk)), encoded)
             chunks.append(int(chunk))
             rows.append(len(ids))
-            hashes.append(sha256_file(path))
-        return {"chunk": np.array(chunks, np.int64), "rows": np.array(rows, np.int64), "sha256": np.array(hashes)}
+            hashes.append(hashlib.sha256(encoded).hexdigest())
+            data.append(b"" if self.writes_here else encoded)
+        return {"chunk": np.array(chunks, np.int64), "rows": np.array(rows, np.int64), "sha256": np.array(hashes),
+                "data": np.array(data, dtype=object)}
 
 
 def chunk_config(path: Path) -> dict | None:

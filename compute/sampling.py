@@ -12,6 +12,7 @@ order or retries.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 from compute import samples_store
 from compute.bundle import Bundle
 from compute.engine import EngineSpec, prepare_graphs
-from compute.files import remove_leftovers
+from compute.files import remove_leftovers, write_bytes_atomic
 from compute.runlock import check_unlocked, holding_run_lock
 from compute.runs import SAMPLES_FILE, check_writable, normalized
 from compute.sample_chunks import (
@@ -242,6 +243,7 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
     batch_size = batch_size or min(BATCH_IDS, chunk_size)
     if batch_size < 1 or chunk_size < 1:
         raise SamplingError("the batch size and the chunk size must be >= 1")
+    run_dir = run_dir.absolute()  # actors on this node write here: their working directory is not ours
     config = sampling_config(bundle, n, seed, chunk_size)
     n_chunks = math.ceil(n / chunk_size)
     chunk_len = [min(chunk_size, n - c * chunk_size) for c in range(n_chunks)]
@@ -289,14 +291,22 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
             ChunkWriter, batch_size=1, batch_format="numpy",
             fn_constructor_kwargs=dict(actor_class=actor_class, actor_kwargs=actor_kwargs, n=n, chunk_size=chunk_size,
                                        batch_size=batch_size, chunk_dir=str(chunk_dir),
-                                       schema=samples_schema(bundle), config=config),
+                                       schema=samples_schema(bundle), config=config,
+                                       driver_node=ray.get_runtime_context().get_node_id()),
             compute=ray.data.ActorPoolStrategy(size=min(resources.actors, len(missing))),
             num_cpus=resources.cpus_per_actor, num_gpus=resources.gpus_per_actor or None,
         )
         ray.data.DataContext.get_current().enable_progress_bars = progress
         written = {}
         for record in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for c, rows in zip(record["chunk"].tolist(), record["rows"].tolist()):
+            for c, rows, sha256, data in zip(record["chunk"].tolist(), record["rows"].tolist(),
+                                             record["sha256"].tolist(), record["data"].tolist()):
+                if len(data):  # computed on another node: the driver writes the bytes it was sent
+                    if hashlib.sha256(data).hexdigest() != sha256:
+                        raise RuntimeError(f"chunk {c} arrived damaged (its sha256 does not match)")
+                    write_bytes_atomic(chunk_dir / chunk_name(c), data)
+                elif not (chunk_dir / chunk_name(c)).is_file():
+                    raise RuntimeError(f"chunk {c} was written by an actor on this node but is not in {chunk_dir}")
                 written[c] = rows
                 report.batch_received(rows)
                 report.chunk_done(rows)
