@@ -174,6 +174,28 @@ def _without_chunking(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "chunk_size"}
 
 
+# The fit's driver holds every sample's scores (8 B each, with the plan's indices about 64 B
+# a sample) and the codes of the rows the method selects: at the seeds' ratio 0.2 with 3
+# properties up to all of them (docs/jobs.md, the fit). Sampling itself holds no rows.
+FIT_BYTES_PER_SCORE, FIT_BYTES_PER_SAMPLE = 8, 64
+
+
+def check_memory(n: int, bundle: Bundle) -> None:
+    """Refuse an n whose fit would not fit in the driver's memory, before any work."""
+    need = n * (4 * max(bundle.z_dim, bundle.w_dim) + FIT_BYTES_PER_SCORE * len(bundle.score_names)
+                + FIT_BYTES_PER_SAMPLE)
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        available = info["MemAvailable"]
+    except (OSError, KeyError, ValueError):
+        return  # not Linux: no reliable figure, no check
+    if need > 0.8 * available:
+        raise SamplingError(f"n = {n:,} samples need about {need / 2**30:.1f} GiB in the driver to fit (the scores of "
+                            f"every sample and the codes of the rows the method selects), more than 80% of the "
+                            f"{available / 2**30:.1f} GiB available; use a smaller n or a bigger head node")
+
+
 def check_sampling_input(bundle: Bundle, n, seed, run_dir: Path | None = None, chunk_size: int | None = None) -> int:
     """Every check that needs no cluster (jobs call it before Ray starts); returns the seed."""
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
@@ -181,6 +203,7 @@ def check_sampling_input(bundle: Bundle, n, seed, run_dir: Path | None = None, c
     chunk_size = default_chunk_size(n) if chunk_size is None else chunk_size
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise SamplingError(f"the chunk size must be >= 1, got {chunk_size!r}")
+    check_memory(int(n), bundle)
     try:
         seed = check_seed(seed)
     except ValueError as exc:
