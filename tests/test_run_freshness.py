@@ -52,7 +52,7 @@ def _without_banner(text):
 
 
 def _passed(report):
-    return re.search(r"Passed: \*\*(\d+) / (\d+)\*\*", report).groups()
+    return re.search(r"Passed \([^)]*\): \*\*(\d+) / (\d+)\*\*", report).groups()
 
 
 def test_a_new_test_marks_report_and_gallery_stale_until_they_are_drawn_again(run, monkeypatch):
