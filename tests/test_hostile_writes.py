@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -479,7 +480,12 @@ def test_a_killed_raylet_is_one_line_exit_2_and_the_rerun_resumes(bundle_dir, tm
     assert kept, "the finished chunks are kept"
     rerun = run_job(*args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"{6000 - 500 * len(kept):,} computed, {500 * len(kept):,} reused" in rerun.stdout, rerun.stdout[-2000:]
+    # Actors write their own chunks, and one orphaned by the dead raylet may finish a chunk after
+    # the driver has exited: at least the chunks seen then are reused, and nothing is computed twice.
+    found = re.search(r"\(([\d,]+) computed, ([\d,]+) reused\)", rerun.stdout)
+    assert found, rerun.stdout[-2000:]
+    computed, reused = (int(x.replace(",", "")) for x in found.groups())
+    assert computed + reused == 6000 and reused >= 500 * len(kept), rerun.stdout[-2000:]
     assert pq.read_table(run / "samples.parquet").num_rows == 6000
     assert not os.path.lexists(run / LOCK_FILE)
 
