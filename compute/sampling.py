@@ -221,25 +221,19 @@ class _ChunkProgress:
 
     PERIOD = 10.0
 
-    def batch_received(self, rows: int) -> None:
-        self.received += rows
-        if self.first_batch is None:
-            self.first_batch = (time.perf_counter(), rows)
-
     def steady_rate(self) -> float | None:
-        """Images/s from the first batch the driver received to the end: the rate without
-        Ray's and the actors' start-up."""
-        if self.first_batch is None:
+        """Images/s from the first chunk written to the end: the rate without Ray's and the
+        actors' start-up."""
+        if self.first is None:
             return None
-        seconds = time.perf_counter() - self.first_batch[0]
-        return (self.received - self.first_batch[1]) / seconds if seconds > 1.0 else None
+        seconds = time.perf_counter() - self.first[0]
+        return (self.done_images - self.first[1]) / seconds if seconds > 1.0 else None
 
     def __init__(self, chunks: int, images: int, enabled: bool):
         self.chunks, self.images, self.enabled = chunks, images, enabled
         self.done_chunks = self.done_images = 0
         self.started = self.last = time.perf_counter()
         self.first = None  # (time, images) when the first chunk was written
-        self.first_batch, self.received = None, 0  # (time, rows) of the first batch received
 
     def chunk_done(self, rows: int) -> None:
         self.done_chunks += 1
@@ -331,7 +325,6 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
                 elif not (chunk_dir / chunk_name(c)).is_file():
                     raise RuntimeError(f"chunk {c} was written by an actor on this node but is not in {chunk_dir}")
                 written[c] = rows
-                report.batch_received(rows)
                 report.chunk_done(rows)
                 check(c)
         lost = [c for c in missing if written.get(c) != chunk_len[c]]
