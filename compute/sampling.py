@@ -249,6 +249,23 @@ class _ChunkProgress:
               f"{rate:,.0f} images/s", flush=True)
 
 
+def _consume(records, chunk_dir: Path, written: dict, report: _ChunkProgress, check) -> None:
+    """Take the actors' chunk records: write the bytes of chunks computed on other nodes,
+    confirm the files of chunks written on this one, and count each."""
+    for record in records:
+        for c, rows, sha256, data in zip(record["chunk"].tolist(), record["rows"].tolist(),
+                                         record["sha256"].tolist(), record["data"].tolist()):
+            if len(data):  # computed on another node: the driver writes the bytes it was sent
+                if hashlib.sha256(data).hexdigest() != sha256:
+                    raise RuntimeError(f"chunk {c} arrived damaged (its sha256 does not match)")
+                write_bytes_atomic(chunk_dir / chunk_name(c), data)
+            elif not (chunk_dir / chunk_name(c)).is_file():
+                raise RuntimeError(f"chunk {c} was written by an actor on this node but is not in {chunk_dir}")
+            written[c] = rows
+            report.chunk_done(rows)
+            check(c)
+
+
 @holding_run_lock("run_dir")  # one job at a time; clears our stale temp files
 def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size: int | None,
                  resources: Resources | None, chunk_size: int, actor_class: type, progress: bool,
@@ -315,18 +332,14 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
         )
         ray.data.DataContext.get_current().enable_progress_bars = progress
         written = {}
-        for record in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for c, rows, sha256, data in zip(record["chunk"].tolist(), record["rows"].tolist(),
-                                             record["sha256"].tolist(), record["data"].tolist()):
-                if len(data):  # computed on another node: the driver writes the bytes it was sent
-                    if hashlib.sha256(data).hexdigest() != sha256:
-                        raise RuntimeError(f"chunk {c} arrived damaged (its sha256 does not match)")
-                    write_bytes_atomic(chunk_dir / chunk_name(c), data)
-                elif not (chunk_dir / chunk_name(c)).is_file():
-                    raise RuntimeError(f"chunk {c} was written by an actor on this node but is not in {chunk_dir}")
-                written[c] = rows
-                report.chunk_done(rows)
-                check(c)
+        records = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+        try:
+            _consume(records, chunk_dir, written, report, check)
+        finally:
+            # Stop Ray Data's executor and prefetch threads here, on any exit: on Ctrl-C the
+            # caller stops Ray next, and a thread of theirs still running then makes Ray's C++
+            # core end the process with status 1 ("the core worker has already been shutdown").
+            records.close()
         lost = [c for c in missing if written.get(c) != chunk_len[c]]
         if lost:
             raise RuntimeError(f"sampling lost chunks {lost[:5]} ({len(lost)} of {len(missing)})")

@@ -11,14 +11,15 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO, call_job, run_job
 
 from compute.sampling import Resources, sample_table
-from conftest import REPO, call_job, run_job
 from vectors.interop import reference_csv_name, write_reference_csv
 from vectors.method import Method
 
@@ -130,11 +131,40 @@ def _full_pipe() -> tuple[int, int]:
     return read_end, write_end
 
 
+def _group_ends(pgid: int, within: float) -> bool:
+    """Whether the job's process group (the job, its raylet, GCS and workers) is gone in time.
+    Ray's dashboard and runtime-env agents are left out: they poll for their raylet and leave
+    on their own about two minutes later, after ray.shutdown() as well."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        if not _live_members(pgid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _live_members(pgid: int) -> list[str]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue  # ended while we looked
+        if int(fields[2]) == pgid and fields[0] != "Z" and not cmdline.startswith(
+                ("ray::DashboardAgent", "ray::RuntimeEnvAgent")):
+            members.append(cmdline)
+    return members
+
+
 def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(bundle_dir, tmp_path):
     """Deterministic, whatever the machine's speed: the job's stdout is a full pipe, so its first
-    progress line, printed once chunk 0 is on disk, blocks the driver there until Ctrl-C arrives.
-    (Sending the signal when a chunk file appeared raced the job: on a fast machine the driver
-    wrote every chunk and samples.parquet before the signal reached it.)"""
+    progress line, printed once chunk 0 is on disk, blocks the driver there until Ctrl-C arrives,
+    and the table is never committed. (Sending the signal when a chunk file appeared raced the
+    job: on a fast machine the driver wrote every chunk and samples.parquet before the signal
+    reached it.) The actors go on writing chunks meanwhile; the signal is sent once all are
+    written, when Ray Data's threads are winding down: stopping Ray then once ended the job
+    with status 1 from Ray's C++ core instead of 130."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "jobs.sample", "--bundle", str(bundle_dir), "--out", str(run), "--n", "20000",
            "--seed", "3", "--chunk-size", "500"]
@@ -148,7 +178,12 @@ def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(bundle_dir, tmp_path)
         time.sleep(0.2)
     assert proc.poll() is None, "the job ended before writing its first chunk"
     assert any((run / "sample_chunks").glob("*.parquet")), "no chunk written within 240 s"
-    time.sleep(1.0)  # the driver reaches its blocked progress line; nothing it does can finish the run
+    # The actors write their own chunks and go on while the driver is blocked: wait until they
+    # have written all 40, the state a fast machine reaches before any signal could (then Ray
+    # Data's executor has finished, and stopping Ray must not trip over it).
+    while time.time() < deadline and len(list((run / "sample_chunks").glob("0*.parquet"))) < 40:
+        time.sleep(0.2)
+    time.sleep(1.0)
     assert proc.poll() is None and not (run / "samples.parquet").exists()
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
     stdout = os.fdopen(read_end, "rb")  # drained so the blocked driver can go on to exit
@@ -160,6 +195,7 @@ def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(bundle_dir, tmp_path)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted"), err[-2000:]
     assert not (run / "samples.parquet").exists()
+    assert _group_ends(proc.pid, within=30), "the job's local Ray instance outlived the interrupted job"
     again = run_job("jobs.sample", "--bundle", str(bundle_dir), "--out", str(run), "--n", "20000", "--seed", "3",
                     "--chunk-size", "500", timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]

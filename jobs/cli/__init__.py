@@ -36,7 +36,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None) -> None:
     """Call main(argv). A user error prints `error: ...` on one line and exits 2; so does a Ray
     cluster that went away under the job (cluster_lost: a rerun resumes); Ctrl-C prints one
-    line, stops the Ray instance this process started and exits 130; no traceback."""
+    line and exits 130 (a local Ray instance this process started ends with it); no traceback."""
     stop = threading.Event()
     threading.Thread(target=_watch_local_ray, args=(stop,), name="vectorfind-ray-watch", daemon=True).start()
     try:
@@ -51,10 +51,7 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None) -
         sys.exit(2)
     except KeyboardInterrupt:
         stop.set()
-        _stop_ray()
-        print("interrupted: finished stages and sample chunks are kept; rerun the same command to resume",
-              file=sys.stderr)
-        sys.exit(130)
+        _leave("interrupted: finished stages and sample chunks are kept; rerun the same command to resume", 130)
     except Exception as exc:
         lost = cluster_lost(exc)
         if lost is None:
@@ -65,6 +62,32 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None) -
         sys.exit(2)
     finally:
         stop.set()
+
+
+def _leave(line: str, status: int) -> None:
+    """Print the one line and end the process with `status` at once, without ray.shutdown().
+    After Ctrl-C a thread of Ray's (Ray Data's prefetchers, its executor) may still call into
+    the core worker while shutdown tears it down, and the C++ core then ends the process with
+    status 1 before Python can print or exit (seen once the actors had written every chunk
+    while the driver was interrupted). Nothing is lost by not shutting down: a local
+    instance's raylet, GCS and workers share this process's fate and exit with it, a cluster
+    ends the job's actors when its driver goes, and every file the job writes is committed
+    whole or left as a temp file the rerun clears."""
+    print(line, file=sys.stderr, flush=True)
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):  # a closed pipe: the line on stderr is what matters
+        pass
+    os._exit(status)
+
+
+def _stop_ray() -> None:
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        try:
+            ray.shutdown()
+        except Exception:  # already half torn down: nothing more to stop
+            pass
 
 
 LOST_LINE = ("error: the Ray cluster lost {lost}; finished stages and sample chunks are kept; "
@@ -131,15 +154,6 @@ def cluster_lost(exc: BaseException) -> str | None:
                 return what
         todo += [getattr(current, "cause", None), current.__cause__, current.__context__]
     return None
-
-
-def _stop_ray() -> None:
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        try:
-            ray.shutdown()
-        except Exception:  # already half torn down by the signal: nothing more to stop
-            pass
 
 
 def parse_floats(text: str, name: str) -> tuple[float, ...]:
