@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from compute import samples_store
 from compute.tables import vector_matrix
@@ -66,7 +65,7 @@ def projected_std(path: Path, latent: str, directions: dict[tuple[str, str], np.
     matrix = np.stack([np.asarray(directions[k], np.float64) for k in keys], axis=1)  # (D, K)
     moments = _Moments(len(keys))
     for part in samples_store.parts(path):
-        with pq.ParquetFile(part) as file:
+        with samples_store.open_part(part) as file:
             field = file.schema_arrow.field(latent) if latent in file.schema_arrow.names else None
             if field is None or not pa.types.is_fixed_size_list(field.type) or field.type.list_size != len(matrix):
                 raise ValueError(f"{part.name} has no {latent} column of {len(matrix)}-dim codes")

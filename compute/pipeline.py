@@ -10,6 +10,7 @@ from pathlib import Path
 
 from compute.fitting import fit_directions
 from compute.gallery import write_gallery
+from compute.remote_runs import publish, remote_of
 from compute.report import write_report
 from compute.run_record import write_record
 from compute.runlock import holding_run_lock
@@ -43,15 +44,19 @@ def run_method(run: Path, bundle, method: Method = Method(), n: int = 80000, cas
     write_record(run, bundle, method)  # RUN/run.json: later jobs on the run find its bundle and method
     fits = len(method.group_names) * len(method.properties)
     say = print if progress else (lambda *a, **k: None)
-    say(f"[1/4] sampling {n:,} faces into {run}", flush=True)
+    where = remote_of(run) or run  # a run in an object store: its stages go up as each ends
+    say(f"[1/4] sampling {n:,} faces into {where}", flush=True)
     sample_table(bundle, n, seed, run, batch_size=batch_size, resources=resources, progress=progress,
                  read_back=False,
                  first_chunk_check=lambda scores: check_fixed_medians(method, bundle.manifest.get("group_medians", {}),
                                                                       scores, n))
     say(f"[2/4] fitting {fits} directions in {method.space} (ratio {method.ratio})", flush=True)
+    publish(run)
     vectors = fit_directions(run, method, seed, drop_nonfinite, progress=progress)
+    publish(run)
     say(f"[3/4] testing {cases} cases x {method.edits_per_case} edits", flush=True)
     summary = run_test(run, bundle, method, cases, seed, resources, vectors, progress=progress)
+    publish(run)
     say("[4/4] writing the report", flush=True)
     write_report(run, bundle)
     say(f"      picking page of the passed cases: {write_gallery(run, bundle)}", flush=True)

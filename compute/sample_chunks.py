@@ -2,15 +2,17 @@
 
 A chunk holds the ids [c * chunk_size, (c + 1) * chunk_size) (the last one fewer), so its
 file is the same whatever the actor count, batch size, arrival order or retries. The actor
-that computes a chunk encodes its Parquet file. On the driver's node it writes the file
-itself, atomically, and returns only a record (chunk, rows, sha256); on another node it
-cannot know whether the run directory there is the driver's (a head node's disk is not a
-worker's), so it returns the file's bytes with the record and the driver writes them. Either
+that computes a chunk encodes its Parquet file. Into an object store, and on the driver's
+node into a local run directory, it writes the file itself (one PUT, or a temp file renamed)
+and returns only a record (chunk, rows, sha256); on another node it cannot know whether a
+local run directory there is the driver's (a head node's disk is not a worker's), so it
+returns the file's bytes with the record and the driver writes them. Either
 way the driver holds at most a chunk's bytes at a time: its memory does not grow with n.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -18,17 +20,10 @@ import pyarrow.parquet as pq
 
 from compute.bundle import Bundle
 from compute.engine import EngineSpec, NullEngine, SampleEngine
-import hashlib
-
-from compute.files import write_bytes_atomic
 from compute.seeding import draw_codes
 from compute.sessions import resolve
-from compute.tables import (
-    read_metadata,
-    vector_column,
-    with_metadata,
-    write_parquet_atomic,
-)
+from compute.storage import Place
+from compute.tables import METADATA_KEY, vector_column, with_metadata
 
 CHUNK_DIR = "sample_chunks"
 
@@ -98,15 +93,16 @@ def node_id() -> str | None:
 class ChunkWriter:
     """Callable class for `map_batches` over {"chunk": int64[B]}: computes each chunk with an
     `actor_class` (SampleActor or a subclass) in calls of `batch_size` ids and returns
-    {"chunk", "rows", "sha256", "data"}: on `driver_node` it writes the file into `chunk_dir`
-    itself and `data` is empty; elsewhere `data` holds the file's bytes for the driver."""
+    {"chunk", "rows", "sha256", "data"}: where it can reach `chunk_dir` (an object store, or
+    a local directory on `driver_node`) it writes the file there itself and `data` is empty;
+    elsewhere `data` holds the file's bytes for the driver."""
 
     def __init__(self, actor_class: type, actor_kwargs: dict, n: int, chunk_size: int, batch_size: int,
-                 chunk_dir: str, schema: pa.Schema, config: dict, driver_node: str | None = None):
+                 chunk_dir: Place, schema: pa.Schema, config: dict, driver_node: str | None = None):
         self.actor = actor_class(**actor_kwargs)
         self.n, self.chunk_size, self.batch_size = n, chunk_size, batch_size
-        self.chunk_dir, self.schema, self.config = Path(chunk_dir), schema, config
-        self.writes_here = driver_node is not None and node_id() == driver_node
+        self.chunk_dir, self.schema, self.config = chunk_dir, schema, config
+        self.writes_here = chunk_dir.remote or (driver_node is not None and node_id() == driver_node)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         chunks, rows, hashes, data = [], [], [], []
@@ -115,7 +111,7 @@ class ChunkWriter:
             parts = [self.actor({"id": ids[lo:lo + self.batch_size]}) for lo in range(0, len(ids), self.batch_size)]
             encoded = parquet_bytes(with_metadata(_table(parts, self.schema), {"sampling": self.config}))
             if self.writes_here:
-                write_bytes_atomic(self.chunk_dir / chunk_name(int(chunk)), encoded)
+                (self.chunk_dir / chunk_name(int(chunk))).write_bytes(encoded)
             chunks.append(int(chunk))
             rows.append(len(ids))
             hashes.append(hashlib.sha256(encoded).hexdigest())
@@ -124,19 +120,20 @@ class ChunkWriter:
                 "data": np.array(data, dtype=object)}
 
 
-def chunk_config(path: Path) -> dict | None:
+def chunk_config(path: Place) -> dict | None:
     try:
-        return read_metadata(path).get("sampling")
+        stored = pq.read_schema(path.path, filesystem=path.fs).metadata or {}
+        return json.loads(stored[METADATA_KEY]).get("sampling") if METADATA_KEY in stored else None
     except Exception:  # a damaged chunk is recomputed, not trusted
         return None
 
 
-def valid_chunk(path: Path, config: dict, first_id: int, rows: int) -> bool:
+def valid_chunk(path: Place, config: dict, first_id: int, rows: int) -> bool:
     """A finished chunk is reused only if readable, of this run, and holding exactly its ids."""
     if chunk_config(path) != config:
         return False
     try:
-        ids = pq.read_table(path, columns=["sample_id"])["sample_id"].to_numpy()
+        ids = pq.read_table(path.path, filesystem=path.fs, columns=["sample_id"])["sample_id"].to_numpy()
     except Exception:
         return False
     return len(ids) == rows and np.array_equal(ids, np.arange(first_id, first_id + rows))

@@ -1,12 +1,14 @@
 """RUN/samples.parquet: a Parquet dataset directory of the sampling chunks (or, in runs made
-before it was one, a single Parquet file). Every reader goes through here.
+before it was one, a single Parquet file), on disk or in an object store. Every reader goes
+through here.
 
 Sampling writes each chunk of ids as `sample_chunks/NNNNNN.parquet` as it completes; when
 every chunk is there and valid, the chunk directory is renamed to `samples.parquet` in one
 step, so the table is visible whole or not at all. Nothing is encoded twice: rewriting the
 chunks into one file read back and re-encoded every sample, which alone held the pipeline
-under 20,000 images/s on two cores (`jobs.benchmark ceiling`). `pq.read_table` reads the
-directory as one table in file-name order, which is id order.
+under 20,000 images/s on two cores (`jobs.benchmark ceiling`). Parts are read in file-name order, which is id order. In an object store the actors write
+the chunks straight into RUN/samples.parquet/ and a commit object written last lists them
+(COMMIT): until it is there the table does not exist, whatever chunks are.
 
 A stage that needs one latent column of many rows never reads the table whole: it streams
 the column a batch at a time (`iter_batches`, `finite_rows`) or reads just the rows it
@@ -14,6 +16,7 @@ selected (`read_rows`), so the driver holds one batch and what it asked for, at 
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,65 +24,114 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from compute.tables import read_metadata, vector_matrix
+from compute.storage import Place, place
+from compute.tables import METADATA_KEY, vector_matrix
 
 # Rows per streamed batch. Decoding a batch of a list column holds about six times its codes
 # (levels, offsets, values): 12 MB for 1,024 rows of 512-dim float32 codes, measured with a
 # proxy memory pool; the reader does not hold the whole row group, and larger batches raised
 # that peak in proportion without reading faster.
 BATCH_ROWS = 1024
+# On an object store the table is complete once this object, listing its parts, is written
+# (there is no rename to make a directory appear whole; compute.storage).
+COMMIT = "_commit.json"
+SAMPLES_NAME = "samples.parquet"
 
 
-def parts(path: Path) -> list[Path]:
-    """The Parquet files of a samples table, in id order (hidden temp files are not parts)."""
+def where(path: Path | Place) -> Place:
+    """The samples table a path names: RUN/samples.parquet of a run kept in an object store
+    (compute.remote_runs) is the table in the store, not the local copy's absent file."""
+    if isinstance(path, Place):
+        return path
     path = Path(path)
-    if path.is_dir():
-        return sorted(p for p in path.glob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
-    return [path]
+    if path.name == SAMPLES_NAME:
+        from compute.remote_runs import remote_of
+
+        remote = remote_of(path.parent)
+        if remote is not None:
+            return remote / SAMPLES_NAME
+    return place(path)
 
 
-def exists(path: Path) -> bool:
-    return Path(path).is_file() or Path(path).is_dir()
+def parts(path: Path | Place) -> list[Place]:
+    """The Parquet files of a samples table, in id order (hidden temp files are not parts; in
+    an object store, the parts its commit object lists)."""
+    table = where(path)
+    if table.remote:
+        record = _commit(table)
+        return [table / name for name in record["parts"]] if record else []
+    if table.is_dir():
+        return [table / name for name in table.files(".parquet")]
+    return [table]
 
 
-def read_samples(path: Path, columns: list[str] | None = None) -> pa.Table:
+def _commit(table: Place) -> dict | None:
+    try:
+        record = json.loads((table / COMMIT).read_bytes(limit=1 << 24))
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+    names = record.get("parts") if isinstance(record, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.endswith(".parquet") and "/" not in n
+                                              and not n.startswith((".", "_")) for n in names):
+        return None
+    return record
+
+
+def write_commit(table: Place, names: list[str], n: int) -> None:
+    """Make the chunks under `table` (in an object store) one table: written last, one object."""
+    (table / COMMIT).write_bytes(json.dumps({"parts": sorted(names), "rows": n}).encode())
+
+
+def exists(path: Path | Place) -> bool:
+    table = where(path)
+    return (table / COMMIT).is_file() if table.remote else table.exists()
+
+
+def open_part(part: Place) -> pq.ParquetFile:
+    return pq.ParquetFile(part.path, filesystem=part.fs)
+
+
+def _first(path: Path | Place) -> Place:
+    files = parts(path)
+    if not files:
+        raise ValueError(f"{where(path)} holds no Parquet parts")
+    return files[0]
+
+
+def read_samples(path: Path | Place, columns: list[str] | None = None) -> pa.Table:
     """The whole table (or these columns), in id order, with the first part's metadata."""
     files = parts(path)
     if not files:
-        raise ValueError(f"{path} holds no Parquet parts")
-    tables = [pq.read_table(f, columns=columns) for f in files]
+        raise ValueError(f"{where(path)} holds no Parquet parts")
+    tables = [pq.read_table(f.path, filesystem=f.fs, columns=columns) for f in files]
     metadata = tables[0].schema.metadata
     return pa.concat_tables([t.replace_schema_metadata(None) for t in tables]).replace_schema_metadata(metadata)
 
 
-def schema(path: Path) -> pa.Schema:
-    files = parts(path)
-    if not files:
-        raise ValueError(f"{path} holds no Parquet parts")
-    return pq.read_schema(files[0])
+def schema(path: Path | Place) -> pa.Schema:
+    first = _first(path)
+    return pq.read_schema(first.path, filesystem=first.fs)
 
 
-def metadata(path: Path) -> dict:
+def metadata(path: Path | Place) -> dict:
     """The project's metadata of the table (every part carries the same)."""
-    files = parts(path)
-    if not files:
-        raise ValueError(f"{path} holds no Parquet parts")
-    return read_metadata(files[0])
+    stored = schema(path).metadata or {}
+    return json.loads(stored[METADATA_KEY]) if METADATA_KEY in stored else {}
 
 
-def num_rows(path: Path) -> int:
+def num_rows(path: Path | Place) -> int:
     """Rows of all parts, from their footers (no data read)."""
-    return sum(pq.read_metadata(f).num_rows for f in parts(path))
+    return sum(pq.read_metadata(f.path, filesystem=f.fs).num_rows for f in parts(path))
 
 
-def iter_batches(path: Path, columns: list[str], batch_size: int | None = None) -> Iterator[pa.RecordBatch]:
+def iter_batches(path: Path | Place, columns: list[str], batch_size: int | None = None) -> Iterator[pa.RecordBatch]:
     """These columns of every row, in id order, one record batch at a time. A batch never
     spans row groups: one that did held both groups' decoded pages at once."""
     files = parts(path)
     if not files:
-        raise ValueError(f"{path} holds no Parquet parts")
+        raise ValueError(f"{where(path)} holds no Parquet parts")
     for part in files:
-        with pq.ParquetFile(part) as file:
+        with open_part(part) as file:
             yield from _batches(file, columns, range(file.num_row_groups), batch_size)
 
 
@@ -88,7 +140,7 @@ def _batches(file: pq.ParquetFile, columns: list[str], groups, batch_size: int |
         yield from file.iter_batches(batch_size=batch_size or BATCH_ROWS, row_groups=[group], columns=columns)
 
 
-def finite_rows(path: Path, column: str) -> np.ndarray:
+def finite_rows(path: Path | Place, column: str) -> np.ndarray:
     """(num_rows,) bool: whether each row's code in the fixed-size-list `column` is all
     finite. Streamed: one byte a row is kept, the codes are not."""
     masks = [_finite(batch.column(0)) for batch in iter_batches(path, [column])]
@@ -105,14 +157,14 @@ def _finite(codes: pa.FixedSizeListArray) -> np.ndarray:
     return mask
 
 
-def _code_width(file: pq.ParquetFile, column: str, part: Path) -> int:
+def _code_width(file: pq.ParquetFile, column: str, part: Place) -> int:
     field = file.schema_arrow.field(column) if column in file.schema_arrow.names else None
     if field is None or not pa.types.is_fixed_size_list(field.type):
         raise ValueError(f"{part.name} has no fixed-size-list column {column}")
     return field.type.list_size
 
 
-def read_rows(path: Path, column: str, rows: np.ndarray) -> np.ndarray:
+def read_rows(path: Path | Place, column: str, rows: np.ndarray) -> np.ndarray:
     """The codes of these rows (global row indices, sorted, unique) of the fixed-size-list
     `column` as a (len(rows), D) float32 matrix. Each part's footer says which of its row
     groups hold wanted rows; only those are read, a batch at a time, and only the wanted
@@ -125,7 +177,7 @@ def read_rows(path: Path, column: str, rows: np.ndarray) -> np.ndarray:
         raise ValueError("rows must be sorted, unique and non-negative")
     out, start, width = None, 0, None
     for part in parts(path):
-        with pq.ParquetFile(part) as file:
+        with open_part(part) as file:
             part_width = _code_width(file, column, part)
             if width is None:
                 width, out = part_width, np.empty((len(rows), part_width), dtype=np.float32)
@@ -141,9 +193,9 @@ def read_rows(path: Path, column: str, rows: np.ndarray) -> np.ndarray:
                 start += size
             _take_from_groups(file, column, groups, offsets, rows, out)
     if width is None:
-        raise ValueError(f"{path} holds no Parquet parts")
+        raise ValueError(f"{where(path)} holds no Parquet parts")
     if len(rows) and rows[-1] >= start:
-        raise ValueError(f"row {rows[-1]} is beyond the {start} rows of {path}")
+        raise ValueError(f"row {rows[-1]} is beyond the {start} rows of {where(path)}")
     return out
 
 

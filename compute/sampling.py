@@ -4,11 +4,12 @@
 
 Each actor computes whole chunks of sample ids (compute.sample_chunks): it draws z for
 them (a pure function of the run seed and the id), runs mapping -> synthesis -> scorer in
-ONNX Runtime, writes the chunk's rows atomically into RUN/sample_chunks/ and returns a
-record (chunk, rows, sha256). Images and sample rows never reach the driver. A killed run
-resumes with only the missing chunks; when all are there the chunk directory becomes
-RUN/samples.parquet in one rename: identical whatever the actor count, batch size, arrival
-order or retries.
+ONNX Runtime, writes the chunk's rows atomically into RUN/sample_chunks/ (for a run in an
+object store, straight into RUN/samples.parquet/ there) and returns a record (chunk, rows,
+sha256). Images and sample rows never reach the driver. A killed run resumes with only the
+missing chunks; when all are there the chunk directory becomes RUN/samples.parquet in one
+rename (in a store, a commit object listing the chunks is written last): identical whatever
+the actor count, batch size, arrival order or retries.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ import pyarrow.parquet as pq
 from compute import samples_store
 from compute.bundle import Bundle
 from compute.engine import EngineSpec, prepare_graphs
-from compute.files import remove_leftovers, write_bytes_atomic
+from compute.files import remove_leftovers
+from compute.remote_runs import remote_of
 from compute.runlock import check_unlocked, holding_run_lock
 from compute.runs import SAMPLES_FILE, check_writable, normalized
 from compute.sample_chunks import (
@@ -40,6 +42,7 @@ from compute.sample_chunks import (
     valid_chunk,
 )
 from compute.seeding import check_seed
+from compute.storage import Place, place
 from vectors.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -146,7 +149,7 @@ def check_run_dir(run_dir: Path, config: dict) -> bool:
     directory with another run's samples or chunks, or a damaged table, is refused. The
     files' own metadata is the authority: nothing beside them can vouch for them. Needs no
     cluster, so jobs call it before Ray starts."""
-    samples = Path(run_dir) / SAMPLES_FILE
+    samples = samples_store.where(Path(run_dir) / SAMPLES_FILE)
     if samples_store.exists(samples):
         try:
             stored = samples_store.metadata(samples).get("sampling", {})
@@ -162,8 +165,9 @@ def check_run_dir(run_dir: Path, config: dict) -> bool:
             raise SamplingError(f"{samples} is damaged ({rows} rows, its metadata says {config['n']}); "
                                 f"delete it and rerun to sample again")
         return True
-    for chunk in sorted((Path(run_dir) / CHUNK_DIR).glob("*.parquet")):
-        stored = chunk_config(chunk)
+    chunks = chunk_place(Path(run_dir))
+    for name in chunks.files(".parquet"):
+        stored = chunk_config(chunks / name)
         if stored is not None and stored != config:
             raise SamplingError(f"{run_dir} holds sample chunks of another run ({_differences(stored, config)}); "
                                 f"use a new run directory or the original settings")
@@ -249,7 +253,42 @@ class _ChunkProgress:
               f"{rate:,.0f} images/s", flush=True)
 
 
-def _consume(records, chunk_dir: Path, written: dict, report: _ChunkProgress, check) -> None:
+def chunk_place(run_dir: Path) -> Place:
+    """Where a run's chunks are written: RUN/sample_chunks/ on disk; in an object store
+    straight into RUN/samples.parquet/, which its commit object makes a table."""
+    remote = remote_of(run_dir)
+    return remote / SAMPLES_FILE if remote is not None else place(Path(run_dir).absolute() / CHUNK_DIR)
+
+
+def _discard(part: Place) -> bool:
+    """Remove a chunk that is not to be reused (a file, a planted link); whether one was there."""
+    if part.remote:
+        if part.is_file():
+            part.delete()
+            return True
+        return False
+    path = Path(part.path)
+    if path.exists() or path.is_symlink():
+        path.unlink()
+        return True
+    return False
+
+
+def _commit(chunk_dir: Place, run_dir: Path, names: list[str], n: int) -> None:
+    """Every chunk is written and valid: make them the samples table, visible whole or not at
+    all, nothing encoded twice. On disk the chunk directory is renamed to samples.parquet; in
+    an object store the commit object listing the chunks is written, last."""
+    if chunk_dir.remote:
+        samples_store.write_commit(chunk_dir, names, n)
+        return
+    local = Path(chunk_dir.path)
+    remove_leftovers(local)  # temp files of writes that never finished (files and links, never a directory)
+    if (run_dir / SAMPLES_FILE).is_symlink():  # a (dangling) link planted at the name: replaced, not followed
+        (run_dir / SAMPLES_FILE).unlink()
+    os.replace(local, run_dir / SAMPLES_FILE)
+
+
+def _consume(records, chunk_dir: Place, written: dict, report: _ChunkProgress, check) -> None:
     """Take the actors' chunk records: write the bytes of chunks computed on other nodes,
     confirm the files of chunks written on this one, and count each."""
     for record in records:
@@ -258,9 +297,9 @@ def _consume(records, chunk_dir: Path, written: dict, report: _ChunkProgress, ch
             if len(data):  # computed on another node: the driver writes the bytes it was sent
                 if hashlib.sha256(data).hexdigest() != sha256:
                     raise RuntimeError(f"chunk {c} arrived damaged (its sha256 does not match)")
-                write_bytes_atomic(chunk_dir / chunk_name(c), data)
+                (chunk_dir / chunk_name(c)).write_bytes(data)
             elif not (chunk_dir / chunk_name(c)).is_file():
-                raise RuntimeError(f"chunk {c} was written by an actor on this node but is not in {chunk_dir}")
+                raise RuntimeError(f"chunk {c} was written by an actor but is not in {chunk_dir}")
             written[c] = rows
             report.chunk_done(rows)
             check(c)
@@ -289,23 +328,23 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
         if progress:
             print(f"reusing {run_dir / SAMPLES_FILE} (n={n:,}, seed={seed})", flush=True)
         return
-    chunk_dir = run_dir / CHUNK_DIR
-    chunk_dir.mkdir(exist_ok=True)
+    chunk_dir = chunk_place(run_dir)
+    if not chunk_dir.remote:
+        Path(chunk_dir.path).mkdir(exist_ok=True)
     missing = []
     for c in range(n_chunks):
-        path = chunk_dir / chunk_name(c)
-        if path.is_file() and valid_chunk(path, config, c * chunk_size, chunk_len[c]):
+        part = chunk_dir / chunk_name(c)
+        if part.is_file() and valid_chunk(part, config, c * chunk_size, chunk_len[c]):
             continue
-        if path.exists() or path.is_symlink():
-            if progress:
-                print(f"recomputing {path.name}: damaged or not of this run", flush=True)
-            path.unlink()
+        if _discard(part) and progress:
+            print(f"recomputing {part.name}: damaged or not of this run", flush=True)
         missing.append(c)
 
     def check(chunk: int) -> None:  # the caller's look at the first chunk's scores (see sample_table)
         nonlocal first_chunk_check
         if first_chunk_check is not None:
-            table = pq.read_table(chunk_dir / chunk_name(chunk), columns=list(bundle.score_names))
+            part = chunk_dir / chunk_name(chunk)
+            table = pq.read_table(part.path, filesystem=part.fs, columns=list(bundle.score_names))
             first_chunk_check({name: table[name].to_numpy() for name in bundle.score_names})
             first_chunk_check = None
 
@@ -324,7 +363,7 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
         ds = ds.map_batches(
             ChunkWriter, batch_size=1, batch_format="numpy",
             fn_constructor_kwargs=dict(actor_class=actor_class, actor_kwargs=actor_kwargs, n=n, chunk_size=chunk_size,
-                                       batch_size=batch_size, chunk_dir=str(chunk_dir),
+                                       batch_size=batch_size, chunk_dir=chunk_dir,
                                        schema=samples_schema(bundle), config=config,
                                        driver_node=ray.get_runtime_context().get_node_id()),
             compute=ray.data.ActorPoolStrategy(size=min(resources.actors, len(missing))),
@@ -345,12 +384,7 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
             raise RuntimeError(f"sampling lost chunks {lost[:5]} ({len(lost)} of {len(missing)})")
     elapsed = time.perf_counter() - started
 
-    # Every chunk is on disk and valid: the chunk directory becomes the samples table in one
-    # rename, so it is visible whole or not at all, and nothing is encoded twice.
-    remove_leftovers(chunk_dir)  # temp files of writes that never finished (files and links, never a directory)
-    if (run_dir / SAMPLES_FILE).is_symlink():  # a (dangling) link planted at the name: replaced, not followed
-        (run_dir / SAMPLES_FILE).unlink()
-    os.replace(chunk_dir, run_dir / SAMPLES_FILE)
+    _commit(chunk_dir, run_dir, [chunk_name(c) for c in range(n_chunks)], n)
     computed = sum(chunk_len[c] for c in missing)
     if progress:
         import resource

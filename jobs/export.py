@@ -75,7 +75,9 @@ def main(argv=None) -> None:
     options = export_options(args)
     started = time.perf_counter()
     print(f"exporting {model} to {args.out} (torch -> ONNX, then a parity check in ONNX Runtime)", flush=True)
-    from export.models import export_model  # torch only now: --help and input errors stay fast
+    from export.models import (
+        export_model,  # torch only now: --help and input errors stay fast
+    )
     from export.onnx_bundle import ExportError
 
     try:

@@ -17,8 +17,8 @@ from compute.files import atomic_file
 from compute.plots import fig_text, pyplot, to_rgb
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single, synthesize
-from jobs.cli.bundles import resolve_bundle
 from jobs.cli import UsageError, parser, run_main
+from jobs.cli.bundles import resolve_bundle
 
 
 def render_faces(bundle, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -13,25 +13,27 @@ import sys
 from pathlib import Path
 
 from compute.gallery import count_passed, write_gallery
-from jobs.cli import UsageError, parser, run_main
+from compute.remote_runs import staged
+from jobs.cli import UsageError, parser, run_location, run_main
 from jobs.cli.bundles import run_bundle
 
 
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
-    p.add_argument("--run", type=Path, required=True, help="run directory with the test's cases.parquet")
+    p.add_argument("--run", type=run_location, required=True, help="run directory with the test's cases.parquet")
     p.add_argument("--top", type=int, default=100, help="show the best N passed cases by sum of |corr|")
     p.add_argument("--bundle", type=Path, default=None,
                    help="model bundle the run was made with (default: the one the run recorded, else the "
                         "built-in synthetic model; checked against the bundle hash the run recorded)")
     args = p.parse_args(argv)
-    if args.top < 1:
-        raise UsageError(f"--top must be at least 1, got {args.top}")
-    if not args.run.is_dir():
-        raise UsageError(f"no run directory {args.run}")
-    out = write_gallery(args.run, run_bundle(args.run, args.bundle), args.top)
-    passed, tested = count_passed(args.run)
-    print(f"wrote {out}: {min(passed, args.top)} cases to pick from ({passed} of {tested} passed)")
+    with staged(args.run) as args.run:  # a run in an object store: worked on through a local copy
+        if args.top < 1:
+            raise UsageError(f"--top must be at least 1, got {args.top}")
+        if not args.run.is_dir():
+            raise UsageError(f"no run directory {args.run}")
+        out = write_gallery(args.run, run_bundle(args.run, args.bundle), args.top)
+        passed, tested = count_passed(args.run)
+        print(f"wrote {out}: {min(passed, args.top)} cases to pick from ({passed} of {tested} passed)")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from compute.recheck import recheck, reference_cases, stored_cases
-from jobs.cli import parser, run_main
+from compute.remote_runs import staged
+from jobs.cli import parser, run_location, run_main
 from jobs.cli.method_args import parse_cutoffs
 from vectors.method import PASS_RULES
 from vectors.summary import results_table
@@ -24,7 +25,7 @@ from vectors.summary import results_table
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", type=Path, help="run directory with cases.parquet")
+    source.add_argument("--run", type=run_location, help="run directory with cases.parquet")
     source.add_argument("--reference-csv", type=Path, help="the reference implementation's test_result.csv")
     p.add_argument("--cutoffs", default=None,
                    help="|corr| cutoffs: NAME=C,... or one number per property (default: the test's own)")
@@ -32,17 +33,18 @@ def main(argv=None) -> None:
     p.add_argument("--pass-rule", metavar="{" + ",".join(PASS_RULES) + "}", default=None,
                    help="abs: |corr| >= cutoff; signed: corr >= cutoff (default: the test's own)")
     args = p.parse_args(argv)
-    stored = stored_cases(args.run) if args.run else reference_cases(args.reference_csv)
-    method = stored.method
-    if args.cutoffs is not None:
-        method = method.with_cutoffs(parse_cutoffs(args.cutoffs, method.property_names))
-    if args.max_spread is not None:
-        method = replace(method, max_spread=args.max_spread)
-    if args.pass_rule is not None:
-        method = replace(method, pass_rule=args.pass_rule)
-    print(results_table(recheck(stored, method), stored.accuracy))
-    if stored.note:
-        print(f"({stored.note})")
+    with staged(args.run) as args.run:  # a run in an object store: worked on through a local copy
+        stored = stored_cases(args.run) if args.run else reference_cases(args.reference_csv)
+        method = stored.method
+        if args.cutoffs is not None:
+            method = method.with_cutoffs(parse_cutoffs(args.cutoffs, method.property_names))
+        if args.max_spread is not None:
+            method = replace(method, max_spread=args.max_spread)
+        if args.pass_rule is not None:
+            method = replace(method, pass_rule=args.pass_rule)
+        print(results_table(recheck(stored, method), stored.accuracy))
+        if stored.note:
+            print(f"({stored.note})")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import threading
+from pathlib import Path
 from collections.abc import Callable
 
 from vectors.errors import InputError
@@ -175,3 +176,11 @@ def parse_list(text: str, name: str, kind) -> list:
     if duplicates:
         raise UsageError(f"{name} has duplicates: {', '.join(map(str, duplicates))}")
     return sorted(values)
+
+
+def run_location(text: str) -> Path | str:
+    """argparse type of a run's location: a local directory, or an object store URI kept as
+    text; jobs open it with compute.remote_runs.staged, which checks it (one line, exit 2)."""
+    from compute.storage import is_remote
+
+    return text if is_remote(text) else Path(text)

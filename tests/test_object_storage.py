@@ -1,0 +1,170 @@
+"""Runs in an object store: a real S3-compatible server (moto's server mode, on 127.0.0.1)
+reached through the standard AWS variables, AWS_ENDPOINT_URL among them (conftest.s3_server).
+
+The main job writes the whole run to s3://, a rerun reuses every stage, and a job killed
+mid-sampling resumes to the same bytes as a clean run; the grid too. Bad locations and
+hostile object names are one line, exit 2, before any work."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO, call_job, run_job
+from test_reliability import _group_ends
+
+N, CASES = 3000, 12  # three chunks of the default 1,024
+
+
+def _keys(s3, prefix: str) -> dict[str, bytes]:
+    """Every object under s3://bucket/prefix: {key below the prefix: bytes}."""
+    base = f"{s3.bucket}/{prefix}"
+    infos = s3.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True, recursive=True))
+    out = {}
+    for info in infos:
+        if info.type == pafs.FileType.File:
+            with s3.fs.open_input_stream(info.path) as f:
+                out[info.path[len(base) + 1:]] = f.read()
+    return out
+
+
+def _table(s3, key: str):
+    return pq.read_table(f"{s3.bucket}/{key}", filesystem=s3.fs)
+
+
+def _fill(pipe) -> None:
+    """Fill a pipe's buffer through a non-blocking writer of our own: the job's next write to
+    it blocks until we read."""
+    filler = os.open(f"/proc/self/fd/{pipe.fileno()}", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(filler, b"#" * 4096)
+    except BlockingIOError:
+        pass
+    os.close(filler)
+
+
+def _kill_with_chunks_written(s3, bundle_dir, prefix: str) -> None:
+    """jobs.sample into the store, killed (SIGKILL: no handler runs) once its actors have written
+    every chunk but before the driver could commit the table: once its first line (the local
+    copy, printed before Ray starts) is read, its stdout is filled, so its next progress line
+    blocks it."""
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.sample", "--bundle", str(bundle_dir), "--out",
+                             f"s3://{s3.bucket}/{prefix}", "--n", str(N), "--seed", "3"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    assert "working through a local copy" in proc.stdout.readline().decode()
+    _fill(proc.stdout)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and \
+            sum(k.endswith(".parquet") for k in _keys(s3, f"{prefix}/samples.parquet")) < 3:
+        time.sleep(0.3)
+    assert proc.poll() is None, "the job ended before it was killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stdout.close()
+    assert _group_ends(proc.pid, within=30)
+
+
+def test_main_job_on_s3_reruns_and_resumes_to_the_same_bytes(bundle_dir, s3_server):
+    s3 = s3_server
+    flags = ["--bundle", str(bundle_dir), "--n", str(N), "--cases", str(CASES), "--seed", "3"]
+
+    _kill_with_chunks_written(s3, bundle_dir, "runs/killed")
+    left = _keys(s3, "runs/killed/samples.parquet")
+    assert "_commit.json" not in left and len(left) == 3  # chunks, but no table
+    s3.fs.delete_file(f"{s3.bucket}/runs/killed/samples.parquet/000001.parquet")  # as if killed before it
+
+    resumed = run_job("jobs.vectorfind", "--out", f"s3://{s3.bucket}/runs/killed", *flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(1,024 computed, 1,976 reused)" in resumed.stdout, resumed.stdout
+
+    clean = run_job("jobs.vectorfind", "--out", f"s3://{s3.bucket}/runs/clean", *flags)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    assert f"s3://{s3.bucket}/runs/clean/report.md" in clean.stdout
+
+    a, b = _keys(s3, "runs/killed"), _keys(s3, "runs/clean")
+    samples = sorted(k for k in b if k.startswith("samples.parquet/"))
+    assert samples == ["samples.parquet/000000.parquet", "samples.parquet/000001.parquet",
+                       "samples.parquet/000002.parquet", "samples.parquet/_commit.json"]
+    assert all(a[k] == b[k] for k in samples)  # byte-identical samples table
+    for name in ("vectors.parquet", "cases.parquet"):  # the same results (a fit's own seconds aside)
+        killed, fresh = (_table(s3, f"runs/{run}/{name}") for run in ("killed", "clean"))
+        columns = [c for c in fresh.column_names if c != "fit_seconds"]
+        assert killed.select(columns).equals(fresh.select(columns)), name
+    assert {"run.json", "summary.json", "report.md", "gallery.html", "passed.csv"} <= set(b)
+    assert not any(k.startswith("sample_chunks/") or ".partial" in k or "lock" in k for k in b)
+
+    again = run_job("jobs.vectorfind", "--out", f"s3://{s3.bucket}/runs/clean", *flags)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for name in ("samples.parquet", "vectors.parquet", "cases.parquet"):
+        assert any(line.startswith("reusing") and name in line for line in again.stdout.splitlines()), name
+    assert "computed" not in again.stdout and "fitting" in again.stdout  # the stages ran, and reused
+    assert _keys(s3, "runs/clean")["vectors.parquet"] == b["vectors.parquet"]
+
+    # The later jobs take the store's run as they take a directory.
+    report = call_job("jobs.report", "--run", f"s3://{s3.bucket}/runs/clean")
+    assert report.returncode == 0, report.stderr
+
+
+def test_grid_on_s3(bundle_dir, s3_server):
+    s3 = s3_server
+    out = f"s3://{s3.bucket}/runs/grid"
+    result = run_job("jobs.grid", "--out", out, "--bundle", str(bundle_dir), "--n", "1000,2000", "--ratio", "0.2",
+                     "--cases", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys = _keys(s3, "runs/grid")
+    assert {"grid.parquet", "grid.md", "samples.parquet/_commit.json"} <= set(keys)
+    assert {"grid/w-n1000-r0.2/vectors.parquet", "grid/w-n2000-r0.2/cases.parquet"} <= set(keys)
+    assert _table(s3, "runs/grid/grid.parquet").num_rows == 2
+
+
+@pytest.mark.parametrize("location, message", [
+    ("gs://bucket/run", "unsupported storage scheme gs://"),
+    ("s3://", "not a usable object store location"),
+    ("s3://vectorfind-test/a/../b", "not a usable object store location"),
+    ("s3://no-such-bucket-here/run", "no bucket no-such-bucket-here"),
+])
+def test_bad_locations_are_one_line_before_any_work(s3_server, location, message):
+    result = call_job("jobs.vectorfind", "--out", location, "--n", "1000")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert "Started a local Ray instance" not in result.stdout + result.stderr
+
+
+def test_a_hostile_object_name_is_refused_and_nothing_leaves_the_copy(s3_server):
+    s3 = s3_server
+    import boto3  # a key as any client may write it (pyarrow would normalise the ..)
+
+    boto3.client("s3").put_object(Bucket=s3.bucket, Key="runs/hostile/../../escape.txt", Body=b"x")
+    result = call_job("jobs.report", "--run", f"s3://{s3.bucket}/runs/hostile")
+    assert result.returncode == 2 and "unusable name '../../escape.txt'" in result.stderr, result.stderr
+    staging = Path(os.environ["VECTORFIND_STAGING"])
+    assert not (staging.parent / "escape.txt").exists() and not list(staging.rglob("escape.txt"))
+
+
+def test_publish_sends_changes_and_removals_and_keeps_samples_in_the_store(s3_server):
+    from compute.remote_runs import publish, staged
+
+    s3 = s3_server
+    location = f"s3://{s3.bucket}/runs/published"
+    with s3.fs.open_output_stream(f"{s3.bucket}/runs/published/samples.parquet/000000.parquet") as f:
+        f.write(b"not pulled")
+    with staged(location) as run:
+        assert not (run / "samples.parquet").exists()  # read in the store, never copied
+        (run / "a.json").write_text("1")
+        (run / "sub").mkdir()
+        (run / "sub" / "b.parquet").write_bytes(b"2")
+        assert publish(run) == ["sub/b.parquet", "a.json"]  # tables first
+        assert publish(run) == []  # nothing changed since
+        (run / "a.json").unlink()
+        (run / "sub" / "b.parquet").write_bytes(b"3")
+    keys = _keys(s3, "runs/published")
+    assert keys == {"sub/b.parquet": b"3", "samples.parquet/000000.parquet": b"not pulled"}
+    with staged(location) as run:
+        assert (run / "sub" / "b.parquet").read_bytes() == b"3" and not (run / "a.json").exists()
