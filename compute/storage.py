@@ -1,6 +1,6 @@
 """Where a run lives: a local directory or an object store (`s3://bucket/prefix`).
 
-Every location a job takes (`--out`, `--run`, `--bundle`, `--picks`) goes through `place()`,
+Every location a job takes (`--out`, `--run`, `--bundle`) goes through `place()`,
 which parses it once and gives one line for what it cannot use. A `Place` is a path on a
 pyarrow filesystem: local paths as they are, `s3://` (and S3-compatible stores) through
 pyarrow's S3FileSystem, which reads the endpoint (`AWS_ENDPOINT_URL`), the region and the
@@ -14,7 +14,11 @@ same calls write a temporary file beside the target and rename it (compute.files
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +127,7 @@ def place(location: str | os.PathLike) -> Place:
     return Place(fs, path.rstrip("/"), f"{scheme}://{bucket_and_key}")
 
 
-def check_reachable(where: Place) -> None:
+def check_reachable(where: Place, write: bool = True) -> None:
     """Refuse, before any work, a store location that cannot be listed or written (no such
     bucket, no endpoint, no credentials): one line instead of an error after minutes of work."""
     if not where.remote:
@@ -138,6 +142,8 @@ def check_reachable(where: Place) -> None:
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"no bucket {bucket} at the configured endpoint; create it first (or check "
                          f"AWS_ENDPOINT_URL)")
+    if not write:
+        return
     probe = where / f".write-check-{uuid.uuid4().hex}"
     try:
         probe.write_bytes(b"")
@@ -145,3 +151,45 @@ def check_reachable(where: Place) -> None:
     except Exception as exc:
         raise InputError(f"cannot write to {where}: {str(exc).splitlines()[0]}; check the credentials' "
                          f"permissions on the bucket") from exc
+
+
+LARGEST_BUNDLE_FILE = 16 << 30  # a 1024-px StyleGAN2 synthesis graph is about 120 MB in float32
+
+
+def fetch_directory(location: str, cache: Path) -> Path:
+    """A flat directory in an object store (a bundle: manifest.json and its graphs) as a local
+    copy under `cache`, one per URI, downloaded again only when the store's manifest.json
+    differs from the copy's. Names are checked as they are listed (plain names only); what the
+    files hold is checked by whoever opens the copy (compute.bundle.load_bundle)."""
+    where = place(location)
+    check_reachable(where, write=False)
+    local = cache / f"{hashlib.sha256(where.uri.encode()).hexdigest()[:16]}-{_plain(where.name)}"
+    manifest = where / "manifest.json"
+    if not manifest.is_file():
+        raise InputError(f"no manifest.json in {where}; pass the bundle's directory")
+    wanted = manifest.read_bytes(limit=1 << 24)
+    if (local / "manifest.json").is_file() and (local / "manifest.json").read_bytes() == wanted:
+        return local
+    infos = where.fs.get_file_info(pafs.FileSelector(where.path, recursive=False))
+    files = [i for i in infos if i.type == pafs.FileType.File]
+    for info in files:
+        if not _plain(info.base_name) == info.base_name or info.base_name.startswith("."):
+            raise InputError(f"{where} holds an object with an unusable name {info.base_name!r}; remove it")
+        if info.size is not None and info.size > LARGEST_BUNDLE_FILE:
+            raise InputError(f"{where}/{info.base_name} is {info.size:,} bytes, more than a bundle's graph can be")
+    cache.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{local.name}.", dir=cache))
+    try:
+        for info in files:
+            with where.fs.open_input_stream(info.path) as src, open(temp / info.base_name, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        if local.exists():
+            shutil.rmtree(local)
+        os.replace(temp, local)  # the copy appears whole
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return local
+
+
+def _plain(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80] or "bundle"

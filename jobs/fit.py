@@ -20,14 +20,14 @@ from compute.remote_runs import staged
 from compute.run_record import recorded_method
 from compute.staleness import watching_results
 from compute.vectors_table import read_vectors
-from jobs.cli import UsageError, parser, run_location, run_main
+from jobs.cli import UsageError, location_arg, parser, run_main
 from jobs.cli.method_args import add_method_arguments, method_from
 from jobs.cli.ray import add_ray_arguments, init_ray
 
 
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
-    p.add_argument("--run", type=run_location, required=True, help="run directory with samples.parquet")
+    p.add_argument("--run", type=location_arg, required=True, help="run directory with samples.parquet")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
     p.add_argument("--drop-nonfinite", action="store_true", help="drop samples with NaN or inf values")
     p.add_argument("--out", type=Path, default=None, help="vectors file (default: RUN/vectors.parquet)")

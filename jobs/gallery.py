@@ -10,19 +10,18 @@ as one file, picks.csv, which jobs.render reads. The page opens from disk and fe
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from compute.gallery import count_passed, write_gallery
 from compute.remote_runs import staged
-from jobs.cli import UsageError, parser, run_location, run_main
+from jobs.cli import UsageError, location_arg, parser, run_main
 from jobs.cli.bundles import run_bundle
 
 
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
-    p.add_argument("--run", type=run_location, required=True, help="run directory with the test's cases.parquet")
+    p.add_argument("--run", type=location_arg, required=True, help="run directory with the test's cases.parquet")
     p.add_argument("--top", type=int, default=100, help="show the best N passed cases by sum of |corr|")
-    p.add_argument("--bundle", type=Path, default=None,
+    p.add_argument("--bundle", type=location_arg, default=None,
                    help="model bundle the run was made with (default: the one the run recorded, else the "
                         "built-in synthetic model; checked against the bundle hash the run recorded)")
     args = p.parse_args(argv)

@@ -27,7 +27,7 @@ from compute.sessions import (
     run_single,
     synthesize_and_score,
 )
-from jobs.cli import UsageError, parse_list, parser, run_location, run_main
+from jobs.cli import UsageError, location_arg, parse_list, parser, run_main
 from jobs.cli.bundles import resolve_bundle
 from jobs.cli.method_args import add_method_arguments, method_from
 from jobs.cli.ray import add_ray_arguments, add_resource_arguments, start
@@ -51,7 +51,7 @@ def calibrate(bundle, images: int = 256, seconds: float = 5.0) -> float:
 
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
-    p.add_argument("--out", type=run_location, default=Path("runs/grid"), help="run directory")
+    p.add_argument("--out", type=location_arg, default=Path("runs/grid"), help="run directory")
     p.add_argument("--n", default="4000,10000,20000,50000,80000", help="sample counts (comma-separated)")
     # dest "ratios" and "spaces": the method flags' ratio and space are the grid's axes here
     p.add_argument("--ratio", dest="ratios", default="0.01,0.025,0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5",
@@ -62,7 +62,7 @@ def main(argv=None) -> None:
                         f"{', '.join(ESTIMATORS)} (comma-separated)")
     p.add_argument("--cases", type=int, default=500, help="test cases, the same for every cell")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: built-in synthetic model)")
+    p.add_argument("--bundle", type=location_arg, default=None, help="model bundle (default: built-in synthetic model)")
     add_method_arguments(p, grid_axes=True)
     add_resource_arguments(p)
     add_ray_arguments(p)

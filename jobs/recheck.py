@@ -16,7 +16,7 @@ from pathlib import Path
 
 from compute.recheck import recheck, reference_cases, stored_cases
 from compute.remote_runs import staged
-from jobs.cli import parser, run_location, run_main
+from jobs.cli import location_arg, parser, run_main
 from jobs.cli.method_args import parse_cutoffs
 from vectors.method import PASS_RULES
 from vectors.summary import results_table
@@ -25,7 +25,7 @@ from vectors.summary import results_table
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", type=run_location, help="run directory with cases.parquet")
+    source.add_argument("--run", type=location_arg, help="run directory with cases.parquet")
     source.add_argument("--reference-csv", type=Path, help="the reference implementation's test_result.csv")
     p.add_argument("--cutoffs", default=None,
                    help="|corr| cutoffs: NAME=C,... or one number per property (default: the test's own)")

@@ -9,18 +9,17 @@ for a run whose bundle moved, and must have the recorded manifest hash.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from compute.remote_runs import staged
 from compute.report import write_report
-from jobs.cli import parser, run_location, run_main
+from jobs.cli import location_arg, parser, run_main
 from jobs.cli.bundles import run_bundle
 
 
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
-    p.add_argument("--run", type=run_location, required=True, help="run directory with cases.parquet and summary.json")
-    p.add_argument("--bundle", type=Path, default=None,
+    p.add_argument("--run", type=location_arg, required=True, help="run directory with cases.parquet and summary.json")
+    p.add_argument("--bundle", type=location_arg, default=None,
                    help="model bundle (default: the one the run recorded; runs made before runs recorded it: "
                         "the built-in synthetic model); must have the run's manifest hash")
     args = p.parse_args(argv)

@@ -9,23 +9,22 @@ it (jobs.fit, jobs.test, jobs.report, ...) find it without --bundle.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from compute.remote_runs import staged
 from compute.run_record import read_record, write_record
 from compute.runlock import run_lock
 from compute.sampling import check_sampling_input, sample_table
-from jobs.cli import parser, run_location, run_main
+from jobs.cli import location_arg, parser, run_main
 from jobs.cli.bundles import resolve_bundle, run_bundle
 from jobs.cli.ray import add_ray_arguments, add_resource_arguments, start
 
 
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
-    p.add_argument("--out", type=run_location, required=True, help="run directory")
+    p.add_argument("--out", type=location_arg, required=True, help="run directory")
     p.add_argument("--n", type=int, default=8000, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="run seed; sample i's code is a function of (seed, i)")
-    p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: the one recorded in the run directory's run.json, else the "
+    p.add_argument("--bundle", type=location_arg, default=None, help="model bundle (default: the one recorded in the run directory's run.json, else the "
                         "built-in synthetic model)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="samples per resumable chunk, each one actor call (default: n / 64, within 1,024..16,384)")

@@ -20,7 +20,7 @@ from compute.runs import CASES_FILE, SUMMARY_FILE, VECTORS_FILE, reusable
 from compute.staleness import watching_results
 from compute.testing import load_direction_set, run_test, test_config
 from compute.vectors_table import read_vectors
-from jobs.cli import UsageError, parser, run_location, run_main
+from jobs.cli import UsageError, location_arg, parser, run_main
 from jobs.cli.bundles import run_bundle
 from jobs.cli.method_args import add_method_arguments, method_from
 from jobs.cli.ray import add_ray_arguments, add_resource_arguments, start
@@ -30,11 +30,11 @@ from vectors.summary import results_table
 
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
-    p.add_argument("--run", type=run_location, required=True, help="run directory")
+    p.add_argument("--run", type=location_arg, required=True, help="run directory")
     p.add_argument("--vectors", type=Path, default=None, help=f"vectors file (default: RUN/{VECTORS_FILE})")
     p.add_argument("--cases", type=int, default=500, help="test cases (fresh faces)")
     p.add_argument("--seed", type=int, default=0, help="test seed; case i's code is a function of (seed, i)")
-    p.add_argument("--bundle", type=Path, default=None,
+    p.add_argument("--bundle", type=location_arg, default=None,
                    help="model bundle (default: the one the run recorded, else the built-in synthetic model); "
                         "must have the run's manifest hash")
     add_method_arguments(p, fit=False)

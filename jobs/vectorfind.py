@@ -17,7 +17,7 @@ from compute.pipeline import check_run_input, run_method
 from compute.remote_runs import remote_of, staged
 from compute.run_record import read_record
 from compute.staleness import watching_results
-from jobs.cli import parser, run_location, run_main
+from jobs.cli import location_arg, parser, run_main
 from jobs.cli.bundles import resolve_bundle, run_bundle
 from jobs.cli.method_args import add_method_arguments, method_from
 from jobs.cli.ray import add_ray_arguments, add_resource_arguments, start
@@ -26,8 +26,8 @@ from vectors.summary import results_table
 
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
-    p.add_argument("--out", type=run_location, default=Path("runs/vectorfind"), help="run directory")
-    p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: the one recorded in the run directory's run.json, else the "
+    p.add_argument("--out", type=location_arg, default=Path("runs/vectorfind"), help="run directory")
+    p.add_argument("--bundle", type=location_arg, default=None, help="model bundle (default: the one recorded in the run directory's run.json, else the "
                         "built-in synthetic model)")
     p.add_argument("--n", type=int, default=80000, help="training samples (the reference v7 used 80,000)")
     p.add_argument("--cases", type=int, default=500, help="test cases (the seeds used 500)")

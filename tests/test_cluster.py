@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 import yaml
 
@@ -77,7 +78,7 @@ def _stop_cluster(temp_dir: str) -> None:
             time.sleep(0.2)
 
 
-def test_ray_job_submit_runs_the_main_job_on_a_local_cluster(ray_session, bundle_dir, tmp_path):
+def test_ray_job_submit_runs_the_main_job_on_a_local_cluster(ray_session, bundle_dir, tmp_path, s3_server):
     temp_dir = tempfile.mkdtemp(prefix="vfray", dir="/tmp")  # short: Ray's socket paths have a length limit
     names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
              "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")
@@ -106,6 +107,17 @@ def test_ray_job_submit_runs_the_main_job_on_a_local_cluster(ray_session, bundle
         assert result.returncode == 0 and "succeeded" in result.stdout + result.stderr, result.stdout[-3000:]
         for name in ("samples.parquet", "vectors.parquet", "cases.parquet", "summary.json", "report.md"):
             assert (out / name).is_file() or name == "samples.parquet" and (out / name).is_dir(), name
+        # The same job writing to an object store (docs/storage.md): the cluster's processes
+        # have the store's AWS variables from the environment `ray start` ran in.
+        bucket = f"s3://{s3_server.bucket}/runs/submitted"
+        stored = subprocess.run(cmd[:cmd.index("--out") + 1] + [bucket, "--n", "1200", "--cases", "6",
+                                                                "--bundle", str(bundle_dir)],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert stored.returncode == 0 and "succeeded" in stored.stdout + stored.stderr, stored.stdout[-3000:]
+        keys = {i.path.rsplit("runs/submitted/", 1)[1] for i in s3_server.fs.get_file_info(
+            pafs.FileSelector(f"{s3_server.bucket}/runs/submitted", recursive=True)) if i.type == pafs.FileType.File}
+        assert {"samples.parquet/_commit.json", "samples.parquet/000000.parquet", "vectors.parquet",
+                "cases.parquet", "report.md"} <= keys, keys
     finally:
         _stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -141,24 +153,42 @@ table = cs.sample_table(b, 300, 4, None, batch_size=64, resources=cs.Resources(2
 single = Plain({s: b.graph_bytes(s) for s in ("mapping", "synthesis", "scorer")}, seed=4,
                spec=cs.engine_spec(b, cs.Resources(1, 1.0, 0.0, 1)), score_names=b.score_names)({"id": np.arange(300)})
 diff = max(float(np.abs(np.asarray(table[c].to_pylist()) - single[c]).max()) for c in ("z", "w", *b.score_names))
+
+# Into an object store: the actors (all on the second node) write every chunk themselves;
+# the driver's records carry no bytes.
+from compute import samples_store
+from compute.remote_runs import staged
+sent, consume = [], cs._consume
+def spy(records, *args):
+    for record in records:
+        sent.extend(len(d) for d in record["data"].tolist())
+        consume([record], *args)
+cs._consume = spy
+with staged(sys.argv[3]) as run:
+    cs.sample_table(b, 300, 4, run, batch_size=64, chunk_size=100, resources=cs.Resources(2, 0.5, 0.5, 1),
+                    actor_class=Where, progress=False, read_back=False)
+    stored = samples_store.read_samples(run / "samples.parquet")
 print("RESULT " + json.dumps({"gpu_node": gpu_node.node_id, "actor_nodes": sorted(os.listdir(marker_dir)),
-                              "max_diff": diff}))
+                              "max_diff": diff, "sent": sent, "stored_equal": stored.equals(table)}))
 ray.shutdown()
 cluster.shutdown()
 """
 
 
-def test_gpu_actors_run_only_on_the_gpu_node_and_fall_back_to_cpu(bundle_dir, tmp_path):
+def test_gpu_actors_run_only_on_the_gpu_node_and_fall_back_to_cpu(bundle_dir, tmp_path, s3_server):
+    """And on that node they write the chunks of a run in an object store themselves."""
     markers = tmp_path / "nodes"
     markers.mkdir()
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
-    result = subprocess.run([sys.executable, "-c", MULTINODE, str(bundle_dir), str(markers)], cwd=REPO, env=env,
+    result = subprocess.run([sys.executable, "-c", MULTINODE, str(bundle_dir), str(markers),
+                             f"s3://{s3_server.bucket}/runs/two-nodes"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1]
     found = json.loads(line[len("RESULT "):])
     assert found["actor_nodes"] and set(found["actor_nodes"]) == {found["gpu_node"]}
     assert found["max_diff"] <= 1e-5
+    assert found["sent"] == [0, 0, 0] and found["stored_equal"]  # 3 chunks, written on the second node
     output = result.stdout + result.stderr
     assert "CUDA was requested but ONNX Runtime runs this session on the CPU" in output

@@ -19,6 +19,8 @@ import pytest
 from conftest import REPO, call_job, run_job
 from test_reliability import _group_ends
 
+from vectors.errors import InputError
+
 N, CASES = 3000, 12  # three chunks of the default 1,024
 
 
@@ -112,10 +114,11 @@ def test_main_job_on_s3_reruns_and_resumes_to_the_same_bytes(bundle_dir, s3_serv
     assert report.returncode == 0, report.stderr
 
 
-def test_grid_on_s3(bundle_dir, s3_server):
+def test_grid_on_s3_with_a_bundle_from_the_store(bundle_dir, s3_server):
     s3 = s3_server
     out = f"s3://{s3.bucket}/runs/grid"
-    result = run_job("jobs.grid", "--out", out, "--bundle", str(bundle_dir), "--n", "1000,2000", "--ratio", "0.2",
+    stored_bundle = _upload(s3, bundle_dir, "bundles/for-grid")  # a bundle in the store too
+    result = run_job("jobs.grid", "--out", out, "--bundle", stored_bundle, "--n", "1000,2000", "--ratio", "0.2",
                      "--cases", "8")
     assert result.returncode == 0, result.stderr[-3000:]
     keys = _keys(s3, "runs/grid")
@@ -168,3 +171,30 @@ def test_publish_sends_changes_and_removals_and_keeps_samples_in_the_store(s3_se
     assert keys == {"sub/b.parquet": b"3", "samples.parquet/000000.parquet": b"not pulled"}
     with staged(location) as run:
         assert (run / "sub" / "b.parquet").read_bytes() == b"3" and not (run / "a.json").exists()
+
+
+def _upload(s3, directory: Path, prefix: str) -> str:
+    for path in directory.iterdir():
+        with s3.fs.open_output_stream(f"{s3.bucket}/{prefix}/{path.name}") as f:
+            f.write(path.read_bytes())
+    return f"s3://{s3.bucket}/{prefix}"
+
+
+def test_a_bundle_in_the_store_is_fetched_once_and_checked(s3_server, bundle_dir, bundle):
+    from jobs.cli import UsageError
+    from jobs.cli.bundles import resolve_bundle
+
+    s3 = s3_server
+    fetched = resolve_bundle(_upload(s3, bundle_dir, "bundles/synthetic"))
+    assert fetched.manifest_sha256 == bundle.manifest_sha256 and fetched.path != bundle_dir
+    stamp = (fetched.path / "synthesis.onnx").stat().st_mtime_ns
+    assert resolve_bundle(f"s3://{s3.bucket}/bundles/synthetic").path == fetched.path
+    assert (fetched.path / "synthesis.onnx").stat().st_mtime_ns == stamp  # the same manifest: not fetched again
+
+    location = _upload(s3, bundle_dir, "bundles/tampered")
+    with s3.fs.open_output_stream(f"{s3.bucket}/bundles/tampered/scorer.onnx") as f:
+        f.write((bundle_dir / "scorer.onnx").read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(UsageError, match="sha256"):
+        resolve_bundle(location)
+    with pytest.raises(InputError, match="no manifest.json"):
+        resolve_bundle(f"s3://{s3.bucket}/bundles/nothing-here")

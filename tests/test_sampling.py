@@ -78,7 +78,7 @@ def test_samples_parquet_schema_and_metadata(reference, bundle):
     # A dataset directory of the chunks, in id order, each part carrying the run's metadata.
     parts = samples_store.parts(run / "samples.parquet")
     assert [p.name for p in parts] == [f"{c:06d}.parquet" for c in range(len(parts))] and len(parts) == -(-N // 300)
-    assert all(read_metadata(p) == read_metadata(parts[0]) for p in parts)
+    assert all(read_metadata(p.path) == read_metadata(parts[0].path) for p in parts)
     config = samples_store.metadata(run / "samples.parquet")["sampling"]
     assert (config["n"], config["seed"]) == (N, SEED)
     assert config["bundle_manifest_sha256"] == bundle.manifest_sha256
@@ -253,4 +253,4 @@ def test_actors_write_their_own_chunks(reference, bundle, tmp_path):
     ours, theirs = samples_store.parts(tmp_path / "run" / "samples.parquet"), samples_store.parts(ref_run / "samples.parquet")
     assert [p.name for p in ours] == [p.name for p in theirs]
     for a, b in zip(ours, theirs):
-        assert pq.read_table(a).equals(pq.read_table(b))
+        assert pq.read_table(a.path).equals(pq.read_table(b.path))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from compute.fitting import fit_directions
 from compute.generation import run_cases
 from compute.sampling import plan_resources, sample_table

@@ -9,8 +9,8 @@ import argparse
 import os
 import sys
 import threading
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from vectors.errors import InputError
 
@@ -178,9 +178,10 @@ def parse_list(text: str, name: str, kind) -> list:
     return sorted(values)
 
 
-def run_location(text: str) -> Path | str:
-    """argparse type of a run's location: a local directory, or an object store URI kept as
-    text; jobs open it with compute.remote_runs.staged, which checks it (one line, exit 2)."""
+def location_arg(text: str) -> Path | str:
+    """argparse type of a run's or a bundle's location: a local path, or an object store URI
+    kept as text (a Path would fold its `//`); compute.storage checks it when the job opens it
+    (one line, exit 2)."""
     from compute.storage import is_remote
 
     return text if is_remote(text) else Path(text)

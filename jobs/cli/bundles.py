@@ -29,10 +29,14 @@ def resolve_bundle(path: str | Path | None, resolution: int = DEFAULT_RESOLUTION
     """Open `path`, or the built-in synthetic bundle (exported into the cache if absent)."""
     try:
         if path is not None:
-            return load_bundle(path)
+            return load_bundle(local_bundle(path))
         target = builtin_bundle_path(resolution)
         if not (target / "manifest.json").is_file():
-            from export.models import ExportOptions, ModelError, export_model  # torch only when exporting
+            from export.models import (  # torch only when exporting
+                ExportOptions,
+                ModelError,
+                export_model,
+            )
 
             print(f"exporting the built-in synthetic model to {target} (first use) ...", flush=True)
             try:
@@ -47,6 +51,14 @@ def resolve_bundle(path: str | Path | None, resolution: int = DEFAULT_RESOLUTION
                              f"to rebuild it") from exc
     except BundleError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def local_bundle(path: str | Path) -> Path:
+    """A bundle's local directory: itself, or the local copy of one in an object store
+    (compute.storage.fetch_directory, cached by URI)."""
+    from compute.storage import fetch_directory, is_remote
+
+    return fetch_directory(path, cache_root() / "remote-bundles") if is_remote(path) else Path(path)
 
 
 def cached_bundle(sha256: str) -> Bundle | None:
@@ -72,8 +84,14 @@ def run_bundle(run: Path, given: str | Path | None, resolution: int = DEFAULT_RE
     hash the run's own files recorded; without it, a cached built-in bundle of that hash, else
     the built-in model as before (default=False: None, for callers with their own lookup), and
     a run of another model is asked for --bundle at once."""
-    from compute.run_record import (BundleMismatch, BundleMoved, describe, files_bundle, manifest_sha256,
-                                    read_record)
+    from compute.run_record import (
+        BundleMismatch,
+        BundleMoved,
+        describe,
+        files_bundle,
+        manifest_sha256,
+        read_record,
+    )
 
     record = read_record(run)
     if record is not None:
@@ -82,6 +100,7 @@ def run_bundle(run: Path, given: str | Path | None, resolution: int = DEFAULT_RE
     else:
         (sha, model), path = files_bundle(run), None
     if given is not None:
+        given = local_bundle(given)
         given_sha = manifest_sha256(given)
         if sha is not None and given_sha is not None and given_sha != sha:
             raise BundleMismatch(f"--bundle {given} is another bundle ({describe(given_sha, None)}) than the one "

@@ -73,7 +73,6 @@ def start(args):
     """Connect to Ray as the job's flags say and plan the actor resources. On a local
     instance the plan is checked before Ray starts (its CPUs are known in advance)."""
     from compute.sampling import plan_resources
-
     from jobs.cli import UsageError
 
     if args.num_cpus is not None and not args.num_cpus > 0:
