@@ -93,7 +93,7 @@ def node_id() -> str | None:
 class ChunkWriter:
     """Callable class for `map_batches` over {"chunk": int64[B]}: computes each chunk with an
     `actor_class` (SampleActor or a subclass) in calls of `batch_size` ids and returns
-    {"chunk", "rows", "sha256", "data"}: where it can reach `chunk_dir` (an object store, or
+    {"chunk", "rows", "sha256", "size", "data"}: where it can reach `chunk_dir` (an object store, or
     a local directory on `driver_node`) it writes the file there itself and `data` is empty;
     elsewhere `data` holds the file's bytes for the driver."""
 
@@ -105,7 +105,7 @@ class ChunkWriter:
         self.writes_here = chunk_dir.remote or (driver_node is not None and node_id() == driver_node)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        chunks, rows, hashes, data = [], [], [], []
+        chunks, rows, hashes, sizes, data = [], [], [], [], []
         for chunk in np.asarray(batch["chunk"], dtype=np.int64):
             ids = chunk_ids(int(chunk), self.n, self.chunk_size)
             parts = [self.actor({"id": ids[lo:lo + self.batch_size]}) for lo in range(0, len(ids), self.batch_size)]
@@ -115,9 +115,10 @@ class ChunkWriter:
             chunks.append(int(chunk))
             rows.append(len(ids))
             hashes.append(hashlib.sha256(encoded).hexdigest())
+            sizes.append(len(encoded))
             data.append(b"" if self.writes_here else encoded)
         return {"chunk": np.array(chunks, np.int64), "rows": np.array(rows, np.int64), "sha256": np.array(hashes),
-                "data": np.array(data, dtype=object)}
+                "size": np.array(sizes, np.int64), "data": np.array(data, dtype=object)}
 
 
 def chunk_config(path: Place) -> dict | None:

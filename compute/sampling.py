@@ -292,14 +292,21 @@ def _consume(records, chunk_dir: Place, written: dict, report: _ChunkProgress, c
     """Take the actors' chunk records: write the bytes of chunks computed on other nodes,
     confirm the files of chunks written on this one, and count each."""
     for record in records:
-        for c, rows, sha256, data in zip(record["chunk"].tolist(), record["rows"].tolist(),
-                                         record["sha256"].tolist(), record["data"].tolist()):
+        for c, rows, sha256, size, data in zip(record["chunk"].tolist(), record["rows"].tolist(),
+                                               record["sha256"].tolist(), record["size"].tolist(),
+                                               record["data"].tolist()):
+            part = chunk_dir / chunk_name(c)
             if len(data):  # computed on another node: the driver writes the bytes it was sent
                 if hashlib.sha256(data).hexdigest() != sha256:
                     raise RuntimeError(f"chunk {c} arrived damaged (its sha256 does not match)")
-                (chunk_dir / chunk_name(c)).write_bytes(data)
-            elif not (chunk_dir / chunk_name(c)).is_file():
-                raise RuntimeError(f"chunk {c} was written by an actor but is not in {chunk_dir}")
+                part.write_bytes(data)
+            # Written by the actor: the driver does not read it back, but its size must be what
+            # was written (a store that kept something else, e.g. an upload's chunk framing
+            # from a client without credentials, would otherwise be committed).
+            stored = part.size()
+            if stored != size:
+                raise RuntimeError(f"chunk {c} in {chunk_dir} is {'missing' if stored is None else f'{stored:,} bytes'}"
+                                   f", but {size:,} bytes were written; check the workers' storage settings")
             written[c] = rows
             report.chunk_done(rows)
             check(c)

@@ -64,6 +64,11 @@ class Place:
     def _type(self) -> pafs.FileType:
         return self.fs.get_file_info(self.path).type
 
+    def size(self) -> int | None:
+        """The file's size in bytes, None if there is no such file."""
+        info = self.fs.get_file_info(self.path)
+        return info.size if info.type == pafs.FileType.File else None
+
     def is_file(self) -> bool:
         return self._type() == pafs.FileType.File
 

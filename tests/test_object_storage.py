@@ -82,6 +82,8 @@ def test_main_job_on_s3_reruns_and_resumes_to_the_same_bytes(bundle_dir, s3_serv
     assert "_commit.json" not in left and len(left) == 3  # chunks, but no table
     s3.fs.delete_file(f"{s3.bucket}/runs/killed/samples.parquet/000001.parquet")  # as if killed before it
 
+    # Each job starts its own Ray instance, whose workers have the store's variables (the test
+    # session's instance started before they were set, as a cluster started without them).
     resumed = run_job("jobs.vectorfind", "--out", f"s3://{s3.bucket}/runs/killed", *flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(1,024 computed, 1,976 reused)" in resumed.stdout, resumed.stdout
@@ -198,3 +200,25 @@ def test_a_bundle_in_the_store_is_fetched_once_and_checked(s3_server, bundle_dir
         resolve_bundle(location)
     with pytest.raises(InputError, match="no manifest.json"):
         resolve_bundle(f"s3://{s3.bucket}/bundles/nothing-here")
+
+
+def test_a_chunk_the_store_did_not_keep_as_written_is_not_committed(tmp_path):
+    """The driver never reads an actor's chunk back, but checks its size against the record:
+    a store that kept something else (seen: an upload's chunk framing, from a worker without
+    credentials) stops the job instead of being committed as the samples table."""
+    import numpy as np
+
+    from compute.sampling import _ChunkProgress, _consume
+    from compute.storage import place
+
+    chunks = place(tmp_path)
+    (tmp_path / "000000.parquet").write_bytes(b"x" * 4051)
+    record = {"chunk": np.array([0]), "rows": np.array([10]), "sha256": np.array(["-"]), "size": np.array([4000]),
+              "data": np.array([b""], dtype=object)}
+    written = {}
+    with pytest.raises(RuntimeError, match="is 4,051 bytes, but 4,000 bytes were written"):
+        _consume([record], chunks, written, _ChunkProgress(1, 10, False), lambda c: None)
+    assert written == {}
+    record["size"] = np.array([4051])
+    _consume([record], chunks, written, _ChunkProgress(1, 10, False), lambda c: None)
+    assert written == {0: 10}
