@@ -14,8 +14,9 @@ RUN/samples.parquet/ in the store and a commit object marks the table complete
 (compute.sampling); readers read it there (compute.samples_store), a batch at a time.
 
 The local copy lives under $VECTORFIND_STAGING (default ~/.cache/vectorfind/runs), one
-directory per URI. Its lock (compute.runlock) keeps two jobs on one machine apart; an object
-store has no locks, so two machines must not work on one run at the same time.
+directory per URI. Its lock (compute.runlock), held from before the pull to after the last
+publish, keeps two jobs on one machine apart; an object store has no locks, so two machines
+must not work on one run at the same time.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from compute.files import is_leftover, write_text_atomic
+from compute.runlock import LOCK_FILE, run_lock
 from compute.storage import Place, check_reachable, is_remote, place
 from vectors.errors import InputError
 
@@ -65,13 +67,16 @@ def staged(location: str | os.PathLike | None) -> Iterator[Path | None]:
     where = place(location)
     check_reachable(where)
     local = staging_root() / f"{hashlib.sha256(where.uri.encode()).hexdigest()[:16]}-{_safe(where.name)}"
-    _pull(where, local)
-    print(f"{where}: working through a local copy in {local}; each finished stage goes up to the store",
-          flush=True)
-    try:
-        yield local
-    finally:
-        publish(local)
+    # The copy's lock, held throughout: a second job on this machine is refused before the
+    # pull could replace the copy under the first one.
+    with run_lock(local):
+        _pull(where, local)
+        print(f"{where}: working through a local copy in {local}; each finished stage goes up to the store",
+              flush=True)
+        try:
+            yield local
+        finally:
+            publish(local)
 
 
 def _safe(name: str) -> str:
@@ -90,9 +95,13 @@ def _relative_key(where: Place, info: pafs.FileInfo) -> str:
 
 def _pull(where: Place, local: Path) -> None:
     """Make `local` a copy of the run's objects outside the sample datasets."""
-    if local.exists():
-        shutil.rmtree(local)
-    local.mkdir(parents=True)
+    for entry in list(local.iterdir()):  # everything but the lock we hold
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     pulled = {}
     infos = where.fs.get_file_info(pafs.FileSelector(where.path, allow_not_found=True, recursive=True))
     for info in infos:

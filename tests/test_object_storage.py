@@ -222,3 +222,16 @@ def test_a_chunk_the_store_did_not_keep_as_written_is_not_committed(tmp_path):
     record["size"] = np.array([4051])
     _consume([record], chunks, written, _ChunkProgress(1, 10, False), lambda c: None)
     assert written == {0: 10}
+
+
+def test_a_second_job_on_the_same_store_run_is_refused_before_it_touches_the_copy(s3_server):
+    from compute.remote_runs import staged
+    from compute.runlock import RunLocked
+
+    location = f"s3://{s3_server.bucket}/runs/locked"
+    with staged(location) as run:
+        (run / "work.txt").write_text("in progress")
+        child = subprocess.run([sys.executable, "-c", f"from compute.remote_runs import staged\n"
+                                f"with staged({location!r}): pass"], cwd=REPO, capture_output=True, text=True)
+        assert child.returncode != 0 and RunLocked.__name__ in child.stderr, child.stderr[-2000:]
+        assert (run / "work.txt").read_text() == "in progress"
