@@ -1,6 +1,6 @@
 """Where a run lives: a local directory or an object store (`s3://bucket/prefix`).
 
-Every location a job takes (`--out`, `--run`, `--bundle`) goes through `place()`,
+Every location a job takes (`--out`, `--run`, `--bundle`, `--picks`) goes through `place()`,
 which parses it once and gives one line for what it cannot use. A `Place` is a path on a
 pyarrow filesystem: local paths as they are, `s3://` (and S3-compatible stores) through
 pyarrow's S3FileSystem, which reads the endpoint (`AWS_ENDPOINT_URL`), the region and the
@@ -20,6 +20,8 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,3 +200,20 @@ def fetch_directory(location: str, cache: Path) -> Path:
 
 def _plain(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80] or "bundle"
+
+
+@contextmanager
+def fetched_file(location: str | os.PathLike, limit: int = 1 << 26) -> Iterator[Path]:
+    """A file given as a location (a picks file: small) as a local path: itself, or for an
+    object store a temporary copy under the same name, removed when the block ends."""
+    if not is_remote(location):
+        yield Path(location)
+        return
+    where = place(location)
+    if not where.is_file():
+        raise InputError(f"no file {where}; check the location")
+    data = where.read_bytes(limit=limit)
+    with tempfile.TemporaryDirectory(prefix="vectorfind-fetched-") as tmp:
+        local = Path(tmp) / _plain(where.name)
+        local.write_bytes(data)
+        yield local

@@ -26,7 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.cli import UsageError, parser, run_main
+from compute.remote_runs import staged
+from jobs.cli import UsageError, location_arg, parser, run_main
 
 MODEL_FLAGS = ("model", "resolution", "weights", "generator", "scorer", "score_names", "scorer_size",
                "scorer_range", "scorer_mean", "scorer_std", "truncation", "median_samples", "mapping", "synthesis")
@@ -61,9 +62,9 @@ def main(argv=None) -> None:
                    help="stylegan2, onnx: seeded samples the default group medians are measured on (default 256)")
     p.add_argument("--mapping", type=Path, default=None, help="onnx: mapping graph z -> w")
     p.add_argument("--synthesis", type=Path, default=None, help="onnx: synthesis graph w (or ws) -> image")
-    p.add_argument("--editor", type=Path, default=None, metavar="RUN",
+    p.add_argument("--editor", type=location_arg, default=None, metavar="RUN",
                    help="write the editor of this tested run instead of a model bundle")
-    p.add_argument("--bundle", type=Path, default=None,
+    p.add_argument("--bundle", type=location_arg, default=None,
                    help="--editor: the run's model bundle (default: the one the run recorded, else the built-in "
                         "bundle whose hash the run recorded)")
     args = p.parse_args(argv)
@@ -132,8 +133,9 @@ def export_editor(args) -> None:
 
     # The run's recorded bundle (or --bundle, which must have its hash); runs without a record:
     # None, and the editor looks for the run's hash among the built-in bundles.
-    bundle = run_bundle(args.editor, args.bundle, default=False)
-    manifest = write_editor(args.editor, args.out, bundle, args.overwrite)
+    with staged(args.editor) as run:  # a run in an object store: read through a local copy
+        bundle = run_bundle(run, args.bundle, default=False)
+        manifest = write_editor(run, args.out, bundle, args.overwrite)
     parity = manifest["parity"]
     print(f"wrote editor {args.out} (editor.onnx, editor_fp16.onnx, manifest.json) of run {args.editor} in "
           f"{time.perf_counter() - started:.0f}s: space {manifest['space']}, properties "

@@ -19,12 +19,13 @@ from pathlib import Path
 from compute.editor import load_editor
 from compute.picks import read_picks
 from compute.render_picks import check_picks, parse_weights, render_picks
-from jobs.cli import UsageError, parser, run_main
+from compute.storage import fetched_file
+from jobs.cli import UsageError, location_arg, parser, run_main
 
 
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
-    p.add_argument("--picks", type=Path, required=True,
+    p.add_argument("--picks", type=location_arg, required=True,
                    help="picks.csv from the gallery (or its older picks.json), or the reference's z-vectors CSV")
     p.add_argument("--groups", type=Path, default=None,
                    help="the reference's group names CSV beside its z-vectors CSV (without it the editor "
@@ -43,7 +44,8 @@ def main(argv=None) -> None:
         raise UsageError(f"--steps must be at least 2, got {args.steps}")
     editor = load_editor(args.bundle)
     weights, warnings = parse_weights(args.weights, editor)
-    picks = read_picks(args.picks, args.groups)
+    with fetched_file(args.picks) as picks_path:  # a picks file in an object store: read from a local copy
+        picks = read_picks(picks_path, args.groups)
     warnings += check_picks(picks, editor)
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)

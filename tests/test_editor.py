@@ -456,3 +456,31 @@ def test_export_editor_refusals(runs, editors, bundle_dir, tmp_path):
         done = call_job("jobs.export", *args, *out)
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, (args, done.stderr)
     assert not (tmp_path / "editor").exists() and (runs["w"] / "cases.parquet").is_file()
+
+
+def test_export_editor_and_render_take_locations_in_an_object_store(runs, editors, bundle, bundle_dir, tmp_path,
+                                                                    s3_server):
+    """`jobs.export --editor s3://...` on a run in the store gives the editor of the same run on
+    disk; `jobs.render --picks s3://...` renders what the local picks file renders."""
+    s3 = s3_server
+    for path in runs["w"].rglob("*"):  # the run as a store holds it (its samples are not read)
+        if path.is_file() and "samples.parquet" not in path.parts:
+            with s3.fs.open_output_stream(f"{s3.bucket}/editor-run/{path.relative_to(runs['w']).as_posix()}") as f:
+                f.write(path.read_bytes())
+    done = call_job("jobs.export", "--editor", f"s3://{s3.bucket}/editor-run", "--out", str(tmp_path / "editor"),
+                    "--bundle", str(bundle_dir))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "editor" / "editor.onnx").read_bytes() == (editors["w"] / "editor.onnx").read_bytes()
+
+    picks = _write_picks(runs["w"], tmp_path / "picks.csv", [2, 5], bundle.manifest_sha256)
+    with s3.fs.open_output_stream(f"{s3.bucket}/picks/picks.csv") as f:
+        f.write(picks.read_bytes())
+    for where, source in (("local", str(picks)), ("store", f"s3://{s3.bucket}/picks/picks.csv")):
+        done = call_job("jobs.render", "--picks", source, "--bundle", str(editors["w"]), "--set", "eyes=0.5",
+                        "--out", str(tmp_path / where))
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+    for name in ("case_2.png", "case_5.png"):
+        assert (tmp_path / "store" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    missing = call_job("jobs.render", "--picks", f"s3://{s3.bucket}/picks/none.csv", "--bundle", str(editors["w"]),
+                       "--out", str(tmp_path / "none"))
+    assert missing.returncode == 2 and "no file s3://" in missing.stderr, missing.stderr
