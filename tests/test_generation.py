@@ -187,17 +187,17 @@ def test_test_job_bad_input(fitted, bundle_dir, tmp_path):
     assert result.returncode == 2 and "another bundle" in result.stderr
 
 
-def test_main_job_end_to_end_and_reuse(bundle_dir, tmp_path):
+def test_main_job_end_to_end_and_reuse(bundle_dir, tmp_path, ray_session):
     out = tmp_path / "vf"
     args = ["jobs.vectorfind", "--bundle", str(bundle_dir), "--out", str(out), "--n", "2400", "--cases", "12",
             "--ratio", "0.25"]
-    first = run_job(*args)
+    first = run_job(*args)  # as a user runs it; the rerun and the refusal in-process (no new Ray instance)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "sum of mean |corr|" in first.stdout and "passed:" in first.stdout
     for name in ("samples.parquet", "vectors.parquet", "cases.parquet", "summary.json", "passed.csv",
                  "report.md", "edits.png"):
         assert (out / name).is_file() or name == "samples.parquet" and (out / name).is_dir(), name
-    again = run_job(*args)
+    again = call_job(*args)
     assert again.returncode == 0 and again.stdout.count("reusing") == 3, again.stdout
-    bad = run_job("jobs.vectorfind", "--out", str(tmp_path / "x"), "--cases", "0")
+    bad = call_job("jobs.vectorfind", "--out", str(tmp_path / "x"), "--cases", "0")
     assert bad.returncode == 2 and "at least 1 case" in bad.stderr and not (tmp_path / "x").exists()

@@ -73,46 +73,50 @@ def _kill_with_chunks_written(s3, bundle_dir, prefix: str) -> None:
     assert _group_ends(proc.pid, within=30)
 
 
-def test_main_job_on_s3_reruns_and_resumes_to_the_same_bytes(bundle_dir, s3_server):
+def test_main_job_on_s3_reruns_and_resumes_to_the_same_bytes(bundle_dir, s3_server, ray_session, tmp_path):
     s3 = s3_server
     flags = ["--bundle", str(bundle_dir), "--n", str(N), "--cases", str(CASES), "--seed", "3"]
+    where = f"s3://{s3.bucket}/runs/killed"
 
     _kill_with_chunks_written(s3, bundle_dir, "runs/killed")
     left = _keys(s3, "runs/killed/samples.parquet")
     assert "_commit.json" not in left and len(left) == 3  # chunks, but no table
     s3.fs.delete_file(f"{s3.bucket}/runs/killed/samples.parquet/000001.parquet")  # as if killed before it
 
-    # Each job starts its own Ray instance, whose workers have the store's variables (the test
-    # session's instance started before they were set, as a cluster started without them).
-    resumed = run_job("jobs.vectorfind", "--out", f"s3://{s3.bucket}/runs/killed", *flags)
+    # A job of its own, whose Ray instance's workers have the store's variables (the test
+    # session's instance started before they were set, like a cluster started without them).
+    resumed = run_job("jobs.vectorfind", "--out", where, *flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(1,024 computed, 1,976 reused)" in resumed.stdout, resumed.stdout
+    assert f"{where}/report.md" in resumed.stdout
 
-    clean = run_job("jobs.vectorfind", "--out", f"s3://{s3.bucket}/runs/clean", *flags)
-    assert clean.returncode == 0, clean.stderr[-3000:]
-    assert f"s3://{s3.bucket}/runs/clean/report.md" in clean.stdout
-
-    a, b = _keys(s3, "runs/killed"), _keys(s3, "runs/clean")
-    samples = sorted(k for k in b if k.startswith("samples.parquet/"))
-    assert samples == ["samples.parquet/000000.parquet", "samples.parquet/000001.parquet",
-                       "samples.parquet/000002.parquet", "samples.parquet/_commit.json"]
-    assert all(a[k] == b[k] for k in samples)  # byte-identical samples table
+    # The same run made on disk in one go: a chunk's bytes do not depend on where it is written.
+    clean = tmp_path / "clean"
+    made = call_job("jobs.vectorfind", "--out", str(clean), *flags)
+    assert made.returncode == 0, made.stderr[-3000:]
+    stored = _keys(s3, "runs/killed")
+    parts = sorted(p.name for p in (clean / "samples.parquet").iterdir())
+    assert parts == ["000000.parquet", "000001.parquet", "000002.parquet"]
+    assert all(stored[f"samples.parquet/{p}"] == (clean / "samples.parquet" / p).read_bytes() for p in parts)
+    assert sorted(k for k in stored if k.startswith("samples.parquet/")) == \
+        [f"samples.parquet/{p}" for p in [*parts, "_commit.json"]]
     for name in ("vectors.parquet", "cases.parquet"):  # the same results (a fit's own seconds aside)
-        killed, fresh = (_table(s3, f"runs/{run}/{name}") for run in ("killed", "clean"))
+        resumed_table, fresh = _table(s3, f"runs/killed/{name}"), pq.read_table(clean / name)
         columns = [c for c in fresh.column_names if c != "fit_seconds"]
-        assert killed.select(columns).equals(fresh.select(columns)), name
-    assert {"run.json", "summary.json", "report.md", "gallery.html", "passed.csv"} <= set(b)
-    assert not any(k.startswith("sample_chunks/") or ".partial" in k or "lock" in k for k in b)
+        assert resumed_table.select(columns).equals(fresh.select(columns)), name
+    assert {"run.json", "summary.json", "report.md", "gallery.html", "passed.csv"} <= set(stored)
+    assert not any(k.startswith("sample_chunks/") or ".partial" in k or "lock" in k for k in stored)
 
-    again = run_job("jobs.vectorfind", "--out", f"s3://{s3.bucket}/runs/clean", *flags)
+    # A rerun reuses every stage (it reads the samples in the store; no actor is needed).
+    again = call_job("jobs.vectorfind", "--out", where, *flags)
     assert again.returncode == 0, again.stderr[-3000:]
     for name in ("samples.parquet", "vectors.parquet", "cases.parquet"):
         assert any(line.startswith("reusing") and name in line for line in again.stdout.splitlines()), name
     assert "computed" not in again.stdout and "fitting" in again.stdout  # the stages ran, and reused
-    assert _keys(s3, "runs/clean")["vectors.parquet"] == b["vectors.parquet"]
+    assert _keys(s3, "runs/killed")["vectors.parquet"] == stored["vectors.parquet"]
 
     # The later jobs take the store's run as they take a directory.
-    report = call_job("jobs.report", "--run", f"s3://{s3.bucket}/runs/clean")
+    report = call_job("jobs.report", "--run", where)
     assert report.returncode == 0, report.stderr
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, call_job, run_job
+from conftest import REPO, call_job
 
 from compute.sampling import Resources, sample_table
 from vectors.interop import reference_csv_name, write_reference_csv
@@ -157,7 +157,7 @@ def _live_members(pgid: int) -> list[str]:
     return members
 
 
-def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(bundle_dir, tmp_path):
+def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(bundle_dir, tmp_path, ray_session):
     """Deterministic, whatever the machine's speed: the job's stdout is a full pipe, so its first
     progress line, printed once chunk 0 is on disk, blocks the driver there until Ctrl-C arrives,
     and the table is never committed. (Sending the signal when a chunk file appeared raced the
@@ -166,7 +166,7 @@ def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(bundle_dir, tmp_path)
     written, when Ray Data's threads are winding down: stopping Ray then once ended the job
     with status 1 from Ray's C++ core instead of 130."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jobs.sample", "--bundle", str(bundle_dir), "--out", str(run), "--n", "20000",
+    cmd = [sys.executable, "-m", "jobs.sample", "--bundle", str(bundle_dir), "--out", str(run), "--n", "10000",
            "--seed", "3", "--chunk-size", "500"]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     read_end, write_end = _full_pipe()
@@ -179,9 +179,9 @@ def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(bundle_dir, tmp_path)
     assert proc.poll() is None, "the job ended before writing its first chunk"
     assert any((run / "sample_chunks").glob("*.parquet")), "no chunk written within 240 s"
     # The actors write their own chunks and go on while the driver is blocked: wait until they
-    # have written all 40, the state a fast machine reaches before any signal could (then Ray
+    # have written all 20, the state a fast machine reaches before any signal could (then Ray
     # Data's executor has finished, and stopping Ray must not trip over it).
-    while time.time() < deadline and len(list((run / "sample_chunks").glob("0*.parquet"))) < 40:
+    while time.time() < deadline and len(list((run / "sample_chunks").glob("0*.parquet"))) < 20:
         time.sleep(0.2)
     time.sleep(1.0)
     assert proc.poll() is None and not (run / "samples.parquet").exists()
@@ -196,11 +196,11 @@ def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(bundle_dir, tmp_path)
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted"), err[-2000:]
     assert not (run / "samples.parquet").exists()
     assert _group_ends(proc.pid, within=30), "the job's local Ray instance outlived the interrupted job"
-    again = run_job("jobs.sample", "--bundle", str(bundle_dir), "--out", str(run), "--n", "20000", "--seed", "3",
-                    "--chunk-size", "500", timeout=600)
+    again = call_job("jobs.sample", "--bundle", str(bundle_dir), "--out", str(run), "--n", "10000", "--seed", "3",
+                     "--chunk-size", "500")  # in-process: the session's Ray, no new instance to start
     assert again.returncode == 0, again.stderr[-2000:]
     reused = int(again.stdout.split(" reused)")[0].rsplit(", ", 1)[1].replace(",", ""))
-    assert reused >= 500 and pq.read_table(run / "samples.parquet").num_rows == 20000, again.stdout
+    assert reused >= 500 and pq.read_table(run / "samples.parquet").num_rows == 10000, again.stdout
 
 
 # ---- fitting, testing, report, recheck: damaged or mismatched results ---------------------
