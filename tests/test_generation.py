@@ -8,18 +8,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
+from conftest import call_job, run_job
 
 from compute.fitting import fit_directions
 from compute.generation import CaseActor, DirectionSet, run_cases
+from compute.report import write_report
 from compute.sampling import Resources, sample_table
 from compute.seeding import CASES, draw_codes
 from compute.sessions import make_session, run_single
 from compute.tables import read_metadata, with_metadata, write_parquet_atomic
-from compute.vectors_table import read_vectors
-from conftest import call_job, run_job
-from compute.report import write_report
 from compute.testing import load_direction_set, run_test
+from compute.vectors_table import read_vectors
 from vectors.edits import direction_matrices
 from vectors.method import Method
 from vectors.stats import case_statistics, passes, pearson
