@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from compute.fitting import direction_rows, load_samples, plan_fit, read_selected, selected_rows, submit_fits
 from compute.generation import run_cases
+from compute.remote_runs import publish
 from compute.runs import CASES_FILE, GRID_DIR, GRID_FILE, SUMMARY_FILE, VECTORS_FILE, reusable
 from compute.sampling import sample_table
 from compute.tables import with_metadata, write_parquet_atomic
@@ -180,9 +181,11 @@ def run_grid(run: Path, bundle, method: Method, ns: list[int], ratios: list[floa
         print(f"[2/3] fitting {len(cells)} cells x {len(method.group_names) * len(method.properties)} directions",
               flush=True)
     fit_cells(run, cells, method, seed, progress)
+    publish(run)  # a grid in an object store: its cells go up as each phase ends (compute.remote_runs)
     if progress:
         print(f"[3/3] testing {len(cells)} cells on {cases} cases", flush=True)
     test_cells(run, bundle, cells, method, cases, case_seed, resources, rate, progress)
+    publish(run)
     table = with_metadata(grid_table(run, cells, method), {"grid": {
         "n": ns, "ratio": ratios, "space": spaces, "estimator": estimators, "cases": cases, "seed": seed,
         "case_seed": case_seed, "method": method.to_dict()}})

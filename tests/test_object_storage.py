@@ -120,13 +120,28 @@ def test_main_job_on_s3_reruns_and_resumes_to_the_same_bytes(bundle_dir, s3_serv
     assert report.returncode == 0, report.stderr
 
 
-def test_grid_on_s3_with_a_bundle_from_the_store(bundle_dir, s3_server):
+def test_grid_on_s3_with_a_bundle_from_the_store_killed_after_its_fits(bundle_dir, s3_server):
+    """Each phase's results go up when it ends: a grid killed (SIGKILL) once it has started
+    testing has its fitted cells in the store, and the rerun reuses them."""
     s3 = s3_server
     out = f"s3://{s3.bucket}/runs/grid"
     stored_bundle = _upload(s3, bundle_dir, "bundles/for-grid")  # a bundle in the store too
-    result = run_job("jobs.grid", "--out", out, "--bundle", stored_bundle, "--n", "1000,2000", "--ratio", "0.2",
-                     "--cases", "8")
+    args = ["jobs.grid", "--out", out, "--bundle", stored_bundle, "--n", "1000,2000", "--ratio", "0.2", "--cases", "8"]
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("[3/3] testing"):
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stdout.close()
+    keys = _keys(s3, "runs/grid")
+    assert {"grid/w-n1000-r0.2/vectors.parquet", "grid/w-n2000-r0.2/vectors.parquet"} <= set(keys), sorted(keys)
+    assert "grid.parquet" not in keys
+
+    result = run_job(*args)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("vectors.parquet (same settings)") == 2, result.stdout
     keys = _keys(s3, "runs/grid")
     assert {"grid.parquet", "grid.md", "samples.parquet/_commit.json"} <= set(keys)
     assert {"grid/w-n1000-r0.2/vectors.parquet", "grid/w-n2000-r0.2/cases.parquet"} <= set(keys)
