@@ -20,7 +20,6 @@ must not work on one run at the same time.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -31,16 +30,16 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from compute.files import is_leftover, write_text_atomic
+from compute.files import is_leftover, sha256_file, write_text_atomic
 from compute.runlock import LOCK_FILE, run_lock
-from compute.storage import Place, check_reachable, is_remote, place
+from compute.storage import Place, check_reachable, is_remote, local_name, place
 from vectors.errors import InputError
 
 MARKER = ".vectorfind-remote.json"  # in the local copy: the run's URI and what was pulled or pushed
 SAMPLE_DIRS = ("samples.parquet", "sample_chunks")  # datasets that stay in the store
 LARGEST_OBJECT = 1 << 30  # a run's other files are tables of directions and cases, pages, plots
 # Files of this machine's copy that are not results: the marker, the run lock and its temp files.
-_LOCAL_ONLY = re.compile(r"^(\.vectorfind-remote\.json|\.vectorfind\.lock.*)$")
+_LOCAL_ONLY = re.compile(f"^({re.escape(MARKER)}|{re.escape(LOCK_FILE)}.*)$")
 
 
 def staging_root() -> Path:
@@ -49,11 +48,20 @@ def staging_root() -> Path:
 
 def remote_of(run: str | os.PathLike) -> Place | None:
     """The store location of a local copy made by `staged`, or None for an ordinary run."""
+    return _marker(run)[0]
+
+
+def _marker(run: str | os.PathLike) -> tuple[Place | None, dict]:
+    """(store location, {file: sha256} as last pulled or published) of a local copy;
+    (None, {}) for an ordinary run or an unreadable marker."""
     try:
         record = json.loads((Path(run) / MARKER).read_text(encoding="utf-8"))
-        return place(record["uri"]) if isinstance(record, dict) and isinstance(record.get("uri"), str) else None
+        if not isinstance(record, dict) or not isinstance(record.get("uri"), str):
+            return None, {}
+        files = record.get("files")
+        return place(record["uri"]), files if isinstance(files, dict) else {}
     except (OSError, ValueError, InputError):
-        return None
+        return None, {}
 
 
 @contextmanager
@@ -66,7 +74,7 @@ def staged(location: str | os.PathLike | None) -> Iterator[Path | None]:
         return
     where = place(location)
     check_reachable(where)
-    local = staging_root() / f"{hashlib.sha256(where.uri.encode()).hexdigest()[:16]}-{_safe(where.name)}"
+    local = staging_root() / local_name(where)
     # The copy's lock, held throughout: a second job on this machine is refused before the
     # pull could replace the copy under the first one.
     with run_lock(local):
@@ -77,10 +85,6 @@ def staged(location: str | os.PathLike | None) -> Iterator[Path | None]:
             yield local
         finally:
             publish(local)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:60] or "run"
 
 
 def _relative_key(where: Place, info: pafs.FileInfo) -> str:
@@ -116,7 +120,7 @@ def _pull(where: Place, local: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         with where.fs.open_input_stream(info.path) as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
-        pulled[rel] = _digest(target)
+        pulled[rel] = sha256_file(target)
     _write_marker(local, where, pulled)
 
 
@@ -125,17 +129,15 @@ def publish(run: str | os.PathLike) -> list[str]:
     tables first, pages last) and delete the objects of files removed here. A no-op for an
     ordinary run. Returns the keys written or deleted."""
     run = Path(run)
-    where = remote_of(run)
+    where, known = _marker(run)
     if where is None:
         return []
-    record = json.loads((run / MARKER).read_text(encoding="utf-8"))
-    known = record.get("files", {})
     now = {}
     for path in run.rglob("*"):
         rel = path.relative_to(run).as_posix()
         if path.is_file() and not path.is_symlink() and not _LOCAL_ONLY.match(path.name) \
                 and not is_leftover(path.name) and rel.split("/", 1)[0] not in SAMPLE_DIRS:
-            now[rel] = _digest(path)
+            now[rel] = sha256_file(path)
     changed = sorted((rel for rel in now if known.get(rel) != now[rel]), key=_upload_order)
     for rel in changed:
         pafs.copy_files(str(run / rel), _key(where, rel), source_filesystem=pafs.LocalFileSystem(),
@@ -158,14 +160,6 @@ def _upload_order(rel: str) -> tuple[int, str]:
     """Tables before the summaries and pages drawn from them, so a reader that finds a page
     finds what it shows."""
     return (0 if rel.endswith(".parquet") else 1 if rel.endswith((".json", ".csv")) else 2, rel)
-
-
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_marker(local: Path, where: Place, files: dict) -> None:

@@ -12,7 +12,6 @@ way the driver holds at most a chunk's bytes at a time: its memory does not grow
 from __future__ import annotations
 
 import hashlib
-import json
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +22,7 @@ from compute.engine import EngineSpec, NullEngine, SampleEngine
 from compute.seeding import draw_codes
 from compute.sessions import resolve
 from compute.storage import Place
-from compute.tables import METADATA_KEY, vector_column, with_metadata
+from compute.tables import read_metadata, vector_column, with_metadata
 
 CHUNK_DIR = "sample_chunks"
 
@@ -123,8 +122,7 @@ class ChunkWriter:
 
 def chunk_config(path: Place) -> dict | None:
     try:
-        stored = pq.read_schema(path.path, filesystem=path.fs).metadata or {}
-        return json.loads(stored[METADATA_KEY]).get("sampling") if METADATA_KEY in stored else None
+        return read_metadata(path.path, path.fs).get("sampling")
     except Exception:  # a damaged chunk is recomputed, not trusted
         return None
 

@@ -24,8 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from compute.runs import SAMPLES_FILE
 from compute.storage import Place, place
-from compute.tables import METADATA_KEY, vector_matrix
+from compute.tables import read_metadata, vector_matrix
 
 # Rows per streamed batch. Decoding a batch of a list column holds about six times its codes
 # (levels, offsets, values): 12 MB for 1,024 rows of 512-dim float32 codes, measured with a
@@ -35,7 +36,6 @@ BATCH_ROWS = 1024
 # On an object store the table is complete once this object, listing its parts, is written
 # (there is no rename to make a directory appear whole; compute.storage).
 COMMIT = "_commit.json"
-SAMPLES_NAME = "samples.parquet"
 
 
 def where(path: Path | Place) -> Place:
@@ -44,12 +44,12 @@ def where(path: Path | Place) -> Place:
     if isinstance(path, Place):
         return path
     path = Path(path)
-    if path.name == SAMPLES_NAME:
+    if path.name == SAMPLES_FILE:
         from compute.remote_runs import remote_of
 
         remote = remote_of(path.parent)
         if remote is not None:
-            return remote / SAMPLES_NAME
+            return remote / SAMPLES_FILE
     return place(path)
 
 
@@ -115,8 +115,8 @@ def schema(path: Path | Place) -> pa.Schema:
 
 def metadata(path: Path | Place) -> dict:
     """The project's metadata of the table (every part carries the same)."""
-    stored = schema(path).metadata or {}
-    return json.loads(stored[METADATA_KEY]) if METADATA_KEY in stored else {}
+    first = _first(path)
+    return read_metadata(first.path, first.fs)
 
 
 def num_rows(path: Path | Place) -> int:

@@ -170,7 +170,7 @@ def fetch_directory(location: str, cache: Path) -> Path:
     files hold is checked by whoever opens the copy (compute.bundle.load_bundle)."""
     where = place(location)
     check_reachable(where, write=False)
-    local = cache / f"{hashlib.sha256(where.uri.encode()).hexdigest()[:16]}-{_plain(where.name)}"
+    local = cache / local_name(where)
     manifest = where / "manifest.json"
     if not manifest.is_file():
         raise InputError(f"no manifest.json in {where}; pass the bundle's directory")
@@ -199,7 +199,12 @@ def fetch_directory(location: str, cache: Path) -> Path:
 
 
 def _plain(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80] or "bundle"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80] or "_"
+
+
+def local_name(where: Place) -> str:
+    """The directory name of a local copy of `where`: one per URI, readable, a plain name."""
+    return f"{hashlib.sha256(where.uri.encode()).hexdigest()[:16]}-{_plain(where.name)}"
 
 
 @contextmanager

@@ -38,8 +38,10 @@ def with_metadata(table: pa.Table, info: dict) -> pa.Table:
     return table.replace_schema_metadata(metadata)
 
 
-def read_metadata(path: Path) -> dict:
-    metadata = pq.read_schema(path).metadata or {}
+def read_metadata(path: Path | str, filesystem=None) -> dict:
+    """The project's metadata of a Parquet file (`filesystem`: a pyarrow filesystem for a path
+    on it, e.g. an object store's; None for a local path)."""
+    metadata = pq.read_schema(path, filesystem=filesystem).metadata or {}
     return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}
 
 

@@ -116,26 +116,22 @@ def s3_server(tmp_path_factory):
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
            "VECTORFIND_STAGING": str(tmp_path_factory.mktemp("staging"))}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # in-process callers (call_job, pyarrow) reach it too
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"the S3 test server did not start: {log.read_text()[-2000:]}") from None
-                time.sleep(0.2)
-        fs = pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], allow_bucket_creation=True)
-        fs.create_dir("vectorfind-test")
-        yield SimpleNamespace(bucket="vectorfind-test", fs=fs, env=env)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.terminate()
-        server.wait(timeout=30)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():  # in-process callers (call_job, pyarrow) reach it too
+            patch.setenv(name, value)
+        try:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    if time.time() > deadline or server.poll() is not None:
+                        raise RuntimeError(f"the S3 test server did not start: {log.read_text()[-2000:]}") from None
+                    time.sleep(0.2)
+            fs = pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], allow_bucket_creation=True)
+            fs.create_dir("vectorfind-test")
+            yield SimpleNamespace(bucket="vectorfind-test", fs=fs, env=env)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)

@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, call_job, run_job
-from test_reliability import _group_ends
+from test_reliability import _group_ends, fill_pipe
 
 from vectors.errors import InputError
 
@@ -40,18 +40,6 @@ def _table(s3, key: str):
     return pq.read_table(f"{s3.bucket}/{key}", filesystem=s3.fs)
 
 
-def _fill(pipe) -> None:
-    """Fill a pipe's buffer through a non-blocking writer of our own: the job's next write to
-    it blocks until we read."""
-    filler = os.open(f"/proc/self/fd/{pipe.fileno()}", os.O_WRONLY | os.O_NONBLOCK)
-    try:
-        while True:
-            os.write(filler, b"#" * 4096)
-    except BlockingIOError:
-        pass
-    os.close(filler)
-
-
 def _kill_with_chunks_written(s3, bundle_dir, prefix: str) -> None:
     """jobs.sample into the store, killed (SIGKILL: no handler runs) once its actors have written
     every chunk but before the driver could commit the table: once its first line (the local
@@ -61,7 +49,7 @@ def _kill_with_chunks_written(s3, bundle_dir, prefix: str) -> None:
                              f"s3://{s3.bucket}/{prefix}", "--n", str(N), "--seed", "3"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     assert "working through a local copy" in proc.stdout.readline().decode()
-    _fill(proc.stdout)
+    fill_pipe(proc.stdout.fileno())
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and \
             sum(k.endswith(".parquet") for k in _keys(s3, f"{prefix}/samples.parquet")) < 3:

@@ -117,10 +117,10 @@ def test_a_damaged_chunk_is_recomputed_not_trusted(sampled, bundle, tmp_path, ra
     assert table["z"].equals(reference["z"])
 
 
-def _full_pipe() -> tuple[int, int]:
-    """A pipe whose buffer is already full: the first write to it blocks until the reader reads.
-    The filler writes through its own non-blocking open of the pipe, so the job's end stays blocking."""
-    read_end, write_end = os.pipe()
+def fill_pipe(read_end: int) -> None:
+    """Fill the buffer of the pipe whose read end is `read_end`: the next write to it blocks until
+    the reader reads. The filler writes through its own non-blocking open of the pipe, so the
+    writer's end stays blocking."""
     filler = os.open(f"/proc/self/fd/{read_end}", os.O_WRONLY | os.O_NONBLOCK)
     try:
         while True:
@@ -128,6 +128,12 @@ def _full_pipe() -> tuple[int, int]:
     except BlockingIOError:
         pass
     os.close(filler)
+
+
+def _full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is already full: the first write to it blocks until the reader reads."""
+    read_end, write_end = os.pipe()
+    fill_pipe(read_end)
     return read_end, write_end
 
 
