@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from compute import samples_store
+from compute.storage import Place, as_place
 from compute.tables import vector_matrix
 
 BATCH_ROWS = 16_384  # rows per read: 32 MB of float32 codes at 512 dims
@@ -30,7 +31,7 @@ class CodeSpread:
 
     std: dict[tuple[str, str], float]
     rows: int
-    source: Path | None
+    source: Place | None
     note: str = ""
 
 
@@ -57,7 +58,7 @@ class _Moments:
         return np.sqrt(self.m2 / self.count) if self.count else np.full(len(self.mean), np.nan)
 
 
-def projected_std(path: Path, latent: str, directions: dict[tuple[str, str], np.ndarray]) -> tuple[dict, int]:
+def projected_std(path: Place, latent: str, directions: dict[tuple[str, str], np.ndarray]) -> tuple[dict, int]:
     """({(group, property): std of code . n}, rows used) over the finite codes of the samples
     table at `path`, column `latent`. Raises ValueError for a table whose column does not hold
     codes of the directions' dimension."""
@@ -76,12 +77,12 @@ def projected_std(path: Path, latent: str, directions: dict[tuple[str, str], np.
     return dict(zip(keys, moments.std().tolist())), moments.count
 
 
-def code_spread(candidates: list[Path], bundle_sha256: str | None, latent: str,
+def code_spread(candidates: list[Place | Path], bundle_sha256: str | None, latent: str,
                 directions: dict[tuple[str, str], np.ndarray]) -> CodeSpread:
     """The spread over the first candidate samples table drawn from the same bundle (its
     manifest hash) as the tested directions; codes of another model say nothing about these."""
     seen = []
-    for path in dict.fromkeys(Path(p) for p in candidates):
+    for path in {p.key(): p for p in map(as_place, candidates)}.values():  # each table once
         if not samples_store.exists(path):
             continue
         try:

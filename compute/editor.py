@@ -13,13 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from compute.bundle import Bundle, cache_root, checked_graph, load_bundle, write_directory
+from compute.bundle import (
+    Bundle,
+    cache_root,
+    checked_graph,
+    load_bundle,
+    write_directory,
+)
 from compute.editor_graph import EditorError, build_editor
 from compute.runs import CASES_FILE, recorded_path
 from compute.sessions import images_per_call, make_session, run_single, synthesize
-from compute.tables import read_metadata, vector_matrix
+from compute.storage import Place, as_place
+from compute.tables import read_metadata, read_table, vector_matrix
 from compute.vectors_table import read_vectors
 from vectors.edits import apply_edits, case_directions, direction_matrices, layer_codes
 from vectors.method import Method
@@ -32,7 +38,7 @@ PARITY_CASES, PARITY_TOLERANCE = 8, 1e-4
 class RunEdits:
     """What an editor bakes in from a run: its method, directions, medians and test cases."""
 
-    run: Path
+    run: Place
     bundle: Bundle
     method: Method
     matrices: dict[str, np.ndarray]   # {group: (P, D)}
@@ -40,10 +46,10 @@ class RunEdits:
     test: dict
 
 
-def read_run(run: Path, bundle: Bundle | None = None) -> RunEdits:
+def read_run(run: Place | Path, bundle: Bundle | None = None) -> RunEdits:
     """The run's tested directions; refuses a run without test results or of another bundle.
     bundle None: the built-in bundle whose manifest hash the run recorded."""
-    run = Path(run)
+    run = as_place(run)
     cases_file = run / CASES_FILE
     if not cases_file.is_file():
         raise EditorError(f"{run} has no {CASES_FILE}: an editor needs a tested run (python -m jobs.vectorfind "
@@ -65,7 +71,7 @@ def read_run(run: Path, bundle: Bundle | None = None) -> RunEdits:
     vectors_path = recorded_path(test["vectors"], run)
     if not vectors_path.is_file():
         raise EditorError(f"the vectors {run} was tested with are gone ({vectors_path}); fit and test again")
-    if hashlib.sha256(vectors_path.read_bytes()).hexdigest() != test.get("vectors_sha256"):
+    if vectors_path.sha256() != test.get("vectors_sha256"):
         raise EditorError(f"{vectors_path} changed after the test (sha256 differs); test the run again "
                           f"(python -m jobs.test) so the editor matches its results")
     _, directions, _ = read_vectors(vectors_path)
@@ -114,7 +120,7 @@ def _run_editor(session, codes: np.ndarray, weights: np.ndarray, groups: np.ndar
 def check_parity(bundle: Bundle, edits: RunEdits, editor: bytes, editor_fp16: bytes) -> dict:
     """Editor images vs the test stage's edit code (apply_edits, layer_codes, run_single
     through the bundle's graphs) on some of the run's cases; groups found vs stored."""
-    method, cases = edits.method, pq.read_table(edits.run / CASES_FILE)
+    method, cases = edits.method, read_table(edits.run / CASES_FILE)
     rows, weights = _parity_rows(edits, cases)
     stored = [cases["group"][int(i)].as_py() for i in rows]
     latents = vector_matrix(cases[method.latent])[rows]
@@ -155,19 +161,19 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def export_editor(run: Path, out: Path, bundle=None, overwrite: bool = False) -> dict:
+def export_editor(run: Place | Path, out: Path, bundle=None, overwrite: bool = False) -> dict:
     """Write the editor of RUN to the directory `out`; returns its manifest.
 
     bundle: a Bundle or bundle directory; None looks for the run's among the built-in ones."""
-    run, out = Path(run), Path(out)
+    run, out = as_place(run), Path(out)
     if not run.is_dir():
         raise EditorError(f"no run directory {run}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise EditorError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
     edits = read_run(run, bundle if bundle is None or isinstance(bundle, Bundle) else load_bundle(bundle))
     bundle = edits.bundle
-    for source, what in ((run, "the run"), (Path(bundle.path), "the model bundle")):
-        if out.resolve() in [source.resolve(), *source.resolve().parents]:
+    for source, what in ((run, "the run"), (as_place(bundle.path), "the model bundle")):
+        if not source.remote and out.resolve() in [Path(source.key()), *Path(source.key()).parents]:
             raise EditorError(f"--out {out} would replace {what} ({source}) itself; choose another directory")
     from compute.fp16 import to_fp16
 
@@ -189,7 +195,7 @@ def export_editor(run: Path, out: Path, bundle=None, overwrite: bool = False) ->
         "code_dim": bundle.z_dim if method.latent == "z" else bundle.w_dim,
         "z_dim": bundle.z_dim, "w_dim": bundle.w_dim, "num_ws": bundle.num_ws, "resolution": bundle.resolution,
         "score_names": bundle.score_names,
-        "source_run": str(run.resolve()), "cases_file": str((run / CASES_FILE).resolve()),
+        "source_run": run.key(), "cases_file": (run / CASES_FILE).key(),
         "vectors_sha256": edits.test["vectors_sha256"], "method": method.to_dict(),
         "source_bundle": {"manifest_sha256": bundle.manifest_sha256, "model": bundle.manifest.get("model"),
                           "path": str(Path(bundle.path).resolve())},

@@ -20,11 +20,23 @@ from compute import samples_store
 from compute.run_record import write_record
 from compute.runlock import holding_run_lock
 from compute.runs import SAMPLES_FILE, VECTORS_FILE, reusable
+from compute.storage import Place, as_place
 from compute.vectors_table import write_vectors
 from vectors.errors import InputError
 from vectors.estimators import fit_and_measure
-from vectors.groups import Selection, assign_groups, group_medians, group_sizes, plan_selections
-from vectors.interop import boundary_name, reference_csv_name, write_boundary, write_reference_csv
+from vectors.groups import (
+    Selection,
+    assign_groups,
+    group_medians,
+    group_sizes,
+    plan_selections,
+)
+from vectors.interop import (
+    boundary_name,
+    reference_csv_name,
+    write_boundary,
+    write_reference_csv,
+)
 from vectors.method import Method
 from vectors.summary import mean_by_property
 from vectors.svm import SvmConfig, orthogonalize
@@ -42,7 +54,7 @@ class Samples:
     scores: dict[str, np.ndarray]  # score name -> (N,) float64, kept rows only
     sampling: dict               # the sampling stage's recorded configuration
     dropped: int                 # rows dropped for NaN or inf values
-    path: Path                   # the samples table
+    path: Place                  # the samples table
     latent: str                  # its column of the method's space
     dim: int                     # that column's code width
     kept: np.ndarray | None = None  # the table row of each kept row; None: every row kept
@@ -52,10 +64,10 @@ class Samples:
         return len(next(iter(self.scores.values())))
 
 
-def load_samples(run: Path, method: Method, drop_nonfinite: bool = False) -> Samples:
+def load_samples(run: Place | Path, method: Method, drop_nonfinite: bool = False) -> Samples:
     """The scores the method uses, and which rows have finite codes in its space, from
     RUN/samples.parquet: the codes are streamed for the check, never held."""
-    path = Path(run) / SAMPLES_FILE
+    path = as_place(run) / SAMPLES_FILE
     if not samples_store.exists(path):
         raise FitError(f"no samples at {path}: sample them first (python -m jobs.sample --out {run})")
     needed = [*method.property_names, *method.group_by]
@@ -88,7 +100,7 @@ def load_samples(run: Path, method: Method, drop_nonfinite: bool = False) -> Sam
     return Samples(scores, sampling, dropped, path, method.latent, dim, kept)
 
 
-def _unreadable(path: Path, exc: Exception) -> FitError:
+def _unreadable(path: Place, exc: Exception) -> FitError:
     return FitError(f"{path} is not a readable samples table ({(str(exc).splitlines() or [type(exc).__name__])[0]}); "
                     f"delete it and sample again")
 
@@ -209,15 +221,16 @@ def gather_fits(pending: dict, progress: bool = True, show_c: bool = False) -> d
 
 
 @holding_run_lock("run", create=False)  # one job at a time in RUN
-def fit_directions(run: Path, method: Method = Method(), seed: int = 0, drop_nonfinite: bool = False,
-                   out: Path | None = None, progress: bool = True, start_ray=None) -> Path:
+def fit_directions(run: Place | Path, method: Method = Method(), seed: int = 0, drop_nonfinite: bool = False,
+                   out: Place | Path | None = None, progress: bool = True, start_ray=None) -> Place:
     """Fit (or reuse, if `out` holds a fit made with the same settings) the directions of RUN.
     start_ray: called only when there is a fit to run (jobs.fit starts Ray with it)."""
     import ray
 
     samples = load_samples(run, method, drop_nonfinite)
     plan = plan_fit(samples, method, seed)
-    out = Path(out or Path(run) / VECTORS_FILE)
+    run = as_place(run)
+    out = as_place(out or run / VECTORS_FILE)
     if reusable(out, "fit", plan.config, progress):
         return out
     if start_ray is not None:
@@ -234,7 +247,7 @@ def fit_directions(run: Path, method: Method = Method(), seed: int = 0, drop_non
     results = gather_fits(pending, progress, show_c=method.estimator == "svm_cv")
     rows = direction_rows(results, method)
     write_vectors(rows, {"fit": plan.config, "method": method.to_dict()}, out)
-    if out.resolve() == (Path(run) / VECTORS_FILE).resolve():
+    if out.key() == (run / VECTORS_FILE).key():
         write_record(run, method=method)  # the run's method is now this one (a run with a record only)
     if progress:
         print(fit_summary(rows, method))

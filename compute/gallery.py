@@ -22,15 +22,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from compute.files import write_text_atomic
 from compute.picks import PICKS_FILE, picks_lines
 from compute.plots import to_rgb
 from compute.runlock import holding_run_lock
 from compute.runs import CASES_FILE, VECTORS_FILE, recorded_path
 from compute.sessions import CALL_PIXELS, make_session, num_ws, run_single, synthesize
-from compute.tables import read_metadata, vector_matrix
+from compute.storage import Place, as_place
+from compute.tables import read_metadata, read_table, vector_matrix
 from compute.vectors_table import VectorsError, read_vectors
 from vectors.edits import apply_edits, case_directions, direction_matrices, layer_codes
 from vectors.errors import InputError
@@ -78,14 +77,14 @@ def edit_strips(bundle, latents: np.ndarray, groups, matrices: dict, method: Met
     return strips
 
 
-def _load(run: Path, bundle):
+def _load(run: Place, bundle):
     """The cases table, the method, the direction matrices and the grouping medians the run's test used."""
     if not run.is_dir():
         raise InputError(f"no run directory {run}")
     if not (run / CASES_FILE).is_file():
         raise VectorsError(f"{run} has no {CASES_FILE}: run the generation test first (python -m jobs.test)")
     try:
-        cases = pq.read_table(run / CASES_FILE)
+        cases = read_table(run / CASES_FILE)
         test = read_metadata(run / CASES_FILE).get("test", {})
     except Exception as exc:  # truncated or edited files: pyarrow and json raise several types
         raise VectorsError(f"the test results in {run} are damaged ({str(exc).splitlines()[0]}); "
@@ -105,9 +104,9 @@ def _weights(schedule) -> str:
     return " ".join("0" if v == 0 else f"{v:+g}" for v in schedule)
 
 
-def count_passed(run: Path) -> tuple[int, int]:
+def count_passed(run: Place | Path) -> tuple[int, int]:
     """(passed, tested) cases of RUN's generation test."""
-    passed = pq.read_table(Path(run) / CASES_FILE, columns=["passed"])["passed"].to_numpy()
+    passed = read_table(as_place(run) / CASES_FILE, columns=["passed"])["passed"].to_numpy()
     return int(passed.sum()), len(passed)
 
 
@@ -178,10 +177,10 @@ def _legend(method: Method, medians: dict) -> str:
 
 
 @holding_run_lock("run", create=False)
-def write_gallery(run: Path, bundle, top: int = 100, out: Path | None = None) -> Path:
+def write_gallery(run: Place | Path, bundle, top: int = 100, out: Place | Path | None = None) -> Place:
     """Write the picking page for RUN's passed cases (the best `top` by sum of |corr|) to
     `out` (default RUN/gallery.html); returns its path. `bundle` must be the run's own."""
-    run = Path(run)
+    run = as_place(run)
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise InputError(f"top must be a whole number >= 1, got {top!r}")
     cases, method, matrices, medians = _load(run, bundle)
@@ -205,11 +204,11 @@ def write_gallery(run: Path, bundle, top: int = 100, out: Path | None = None) ->
     page = PAGE.format(
         title=html.escape(f"vectorfind gallery: {run.name}"), intro=intro, legend=_legend(method, medians),
         about=html.escape(f"space {method.space}, model {bundle.manifest.get('model', '?')}, bundle "
-                          f"{bundle.manifest_sha256[:16]}, run {run.resolve()}"),
+                          f"{bundle.manifest_sha256[:16]}, run {run.key()}"),
         picks=PICKS_FILE, code=method.latent, head=_header(method), rows="\n".join(_rows(shown, strips, method)),
         data=json.dumps(data).replace("</", "<\\/"), script=SCRIPT)
-    out = Path(out) if out is not None else run / GALLERY_FILE
-    write_text_atomic(out, page)
+    out = as_place(out) if out is not None else run / GALLERY_FILE
+    out.write_text(page)
     return out
 
 

@@ -19,13 +19,32 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from compute.fitting import direction_rows, load_samples, plan_fit, read_selected, selected_rows, submit_fits
+from compute.fitting import (
+    direction_rows,
+    load_samples,
+    plan_fit,
+    read_selected,
+    selected_rows,
+    submit_fits,
+)
 from compute.generation import run_cases
-from compute.remote_runs import publish
-from compute.runs import CASES_FILE, GRID_DIR, GRID_FILE, SUMMARY_FILE, VECTORS_FILE, reusable
+from compute.runs import (
+    CASES_FILE,
+    GRID_DIR,
+    GRID_FILE,
+    SUMMARY_FILE,
+    VECTORS_FILE,
+    reusable,
+)
 from compute.sampling import sample_table
+from compute.storage import Place, as_place
 from compute.tables import with_metadata, write_parquet_atomic
-from compute.testing import evaluate, load_direction_set, test_config, write_test_outputs
+from compute.testing import (
+    evaluate,
+    load_direction_set,
+    test_config,
+    write_test_outputs,
+)
 from compute.vectors_table import read_vectors, write_vectors
 from vectors.method import Method
 from vectors.summary import mean_by_property
@@ -48,11 +67,11 @@ class Cell:
         return replace(base, space=self.space, ratio=self.ratio, estimator=self.estimator)
 
 
-def cell_dir(run: Path, cell: Cell) -> Path:
-    return Path(run) / GRID_DIR / cell.name
+def cell_dir(run: Place | Path, cell: Cell) -> Place:
+    return as_place(run) / GRID_DIR / cell.name
 
 
-def fit_cells(run: Path, cells: list[Cell], method: Method, seed: int, progress: bool = True) -> None:
+def fit_cells(run: Place | Path, cells: list[Cell], method: Method, seed: int, progress: bool = True) -> None:
     """Fit every cell whose vectors are missing or stale, all cells' tasks submitted at once."""
     import ray
 
@@ -88,7 +107,7 @@ def fit_cells(run: Path, cells: list[Cell], method: Method, seed: int, progress:
             print(f"  fits {total - len(pending)}/{total} ({time.perf_counter() - started:.0f}s)", flush=True)
 
 
-def test_cells(run: Path, bundle, cells: list[Cell], method: Method, cases: int, seed: int, resources,
+def test_cells(run: Place | Path, bundle, cells: list[Cell], method: Method, cases: int, seed: int, resources,
                rate: float | None = None, progress: bool = True) -> None:
     """Test every cell whose results are missing or stale, all on the same cases (drawn from
     `seed`) in one pipeline."""
@@ -129,7 +148,7 @@ def test_cells(run: Path, bundle, cells: list[Cell], method: Method, cases: int,
         write_test_outputs(cell_dir(run, cell), table, summary, configs[cell])
 
 
-def grid_table(run: Path, cells: list[Cell], method: Method) -> pa.Table:
+def grid_table(run: Place | Path, cells: list[Cell], method: Method) -> pa.Table:
     """One row per cell: k per group; per property SVM accuracy, stability, the mean of |corr|
     (`mean_abs_corr_<p>`), the signed mean corr (`mean_corr_<p>`) and the cases with a negative
     corr (`negative_corr_<p>`); passes, consistency, the fits that did not converge, fit seconds
@@ -139,7 +158,7 @@ def grid_table(run: Path, cells: list[Cell], method: Method) -> pa.Table:
     for cell in cells:
         directory = cell_dir(run, cell)
         vectors, _, _ = read_vectors(directory / VECTORS_FILE)
-        summary = json.loads((directory / SUMMARY_FILE).read_text())
+        summary = json.loads((directory / SUMMARY_FILE).read_text(limit=1 << 26))
         props = vectors["property"].to_pylist()
         acc = mean_by_property(props, vectors["val_accuracy"].to_pylist(), method.property_names)
         stability = mean_by_property(props, vectors["stability"].to_pylist(), method.property_names)
@@ -160,13 +179,13 @@ def grid_table(run: Path, cells: list[Cell], method: Method) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-def run_grid(run: Path, bundle, method: Method, ns: list[int], ratios: list[float], spaces: list[str],
+def run_grid(run: Place | Path, bundle, method: Method, ns: list[int], ratios: list[float], spaces: list[str],
              cases: int, seed: int, resources, batch_size: int | None = None, rate: float | None = None,
              progress: bool = True, estimators: list[str] | None = None, case_seed: int | None = None) -> pa.Table:
     """Sample, fit and test every cell (space x n x ratio x estimator; default the method's
     estimator) with `seed`; test cases are drawn from `case_seed` (default `seed`), so grids
     of several seeds can share them. Writes RUN/grid.parquet and returns it."""
-    run = Path(run)
+    run = as_place(run)
     method.check_scores(bundle.score_names)
     estimators = estimators or [method.estimator]
     case_seed = seed if case_seed is None else case_seed
@@ -181,11 +200,9 @@ def run_grid(run: Path, bundle, method: Method, ns: list[int], ratios: list[floa
         print(f"[2/3] fitting {len(cells)} cells x {len(method.group_names) * len(method.properties)} directions",
               flush=True)
     fit_cells(run, cells, method, seed, progress)
-    publish(run)  # a grid in an object store: its cells go up as each phase ends (compute.remote_runs)
     if progress:
         print(f"[3/3] testing {len(cells)} cells on {cases} cases", flush=True)
     test_cells(run, bundle, cells, method, cases, case_seed, resources, rate, progress)
-    publish(run)
     table = with_metadata(grid_table(run, cells, method), {"grid": {
         "n": ns, "ratio": ratios, "space": spaces, "estimator": estimators, "cases": cases, "seed": seed,
         "case_seed": case_seed, "method": method.to_dict()}})

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from compute.files import atomic_file, write_text_atomic
 from compute.plots import fig_text, md_text, pyplot
+from compute.storage import Place, as_place
 from vectors.errors import InputError
 
 
@@ -26,7 +26,8 @@ def check_grid_columns(table: pa.Table, properties) -> None:
                          f"its finished cells are reused")
 
 
-def write_grid_md(table: pa.Table, run: Path, properties) -> Path:
+def write_grid_md(table: pa.Table, run: Place | Path, properties) -> Place:
+    run = as_place(run)
     check_grid_columns(table, properties)
     plt = pyplot()
     rows = table.to_pylist()
@@ -69,7 +70,7 @@ def write_grid_md(table: pa.Table, run: Path, properties) -> Path:
             ax.set_xlabel("ratio")
             ax.legend(fontsize=7)
         fig.tight_layout()
-        with atomic_file(run / f"grid_{tag}_sum_and_passed.png", "wb") as f:
+        with (run / f"grid_{tag}_sum_and_passed.png").open_write() as f:
             fig.savefig(f, format="png", dpi=90)
         plt.close(fig)
         fig, axes = plt.subplots(1, len(properties), figsize=(4 * len(properties), 3.3), squeeze=False)
@@ -80,14 +81,14 @@ def write_grid_md(table: pa.Table, run: Path, properties) -> Path:
             ax.set_xlabel("ratio")
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
-        with atomic_file(run / f"grid_{tag}_per_property.png", "wb") as f:
+        with (run / f"grid_{tag}_per_property.png").open_write() as f:
             fig.savefig(f, format="png", dpi=90)
         plt.close(fig)
         lines += ["", f"![sum and passed](grid_{tag}_sum_and_passed.png)", "",
                   f"![per property](grid_{tag}_per_property.png)", ""]
     lines += grid_notes(rows, properties)
-    path = Path(run) / "grid.md"
-    write_text_atomic(path, "\n".join(lines) + "\n")
+    path = run / "grid.md"
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 

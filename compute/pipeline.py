@@ -10,18 +10,18 @@ from pathlib import Path
 
 from compute.fitting import fit_directions
 from compute.gallery import write_gallery
-from compute.remote_runs import publish, remote_of
 from compute.report import write_report
 from compute.run_record import write_record
 from compute.runlock import holding_run_lock
 from compute.sampling import check_sampling_input, sample_table
+from compute.storage import Place, as_place
 from compute.testing import run_test
 from vectors.errors import InputError
 from vectors.groups import check_fixed_medians
 from vectors.method import Method
 
 
-def check_run_input(bundle, method: Method, n: int, cases: int, seed: int, run: Path | None = None) -> None:
+def check_run_input(bundle, method: Method, n: int, cases: int, seed: int, run: Place | Path | None = None) -> None:
     """Every check that needs no cluster, so bad input fails before Ray starts."""
     method.check_scores(bundle.score_names)
     method.check_layers(bundle.num_ws)
@@ -31,7 +31,7 @@ def check_run_input(bundle, method: Method, n: int, cases: int, seed: int, run: 
 
 
 @holding_run_lock("run")  # the whole method holds RUN's lock; the stages take it again
-def run_method(run: Path, bundle, method: Method = Method(), n: int = 80000, cases: int = 500, seed: int = 0,
+def run_method(run: Place | Path, bundle, method: Method = Method(), n: int = 80000, cases: int = 500, seed: int = 0,
                resources=None, batch_size: int | None = None, drop_nonfinite: bool = False,
                progress: bool = True) -> dict:
     """Sample n faces, fit the method's directions, test them on `cases` fresh faces and write
@@ -40,23 +40,19 @@ def run_method(run: Path, bundle, method: Method = Method(), n: int = 80000, cas
 
     check_run_input(bundle, method, n, cases, seed, run)
     resources = resources or plan_resources()
-    run = Path(run)
+    run = as_place(run)
     write_record(run, bundle, method)  # RUN/run.json: later jobs on the run find its bundle and method
     fits = len(method.group_names) * len(method.properties)
     say = print if progress else (lambda *a, **k: None)
-    where = remote_of(run) or run  # a run in an object store: its stages go up as each ends
-    say(f"[1/4] sampling {n:,} faces into {where}", flush=True)
+    say(f"[1/4] sampling {n:,} faces into {run}", flush=True)
     sample_table(bundle, n, seed, run, batch_size=batch_size, resources=resources, progress=progress,
                  read_back=False,
                  first_chunk_check=lambda scores: check_fixed_medians(method, bundle.manifest.get("group_medians", {}),
                                                                       scores, n))
     say(f"[2/4] fitting {fits} directions in {method.space} (ratio {method.ratio})", flush=True)
-    publish(run)
     vectors = fit_directions(run, method, seed, drop_nonfinite, progress=progress)
-    publish(run)
     say(f"[3/4] testing {cases} cases x {method.edits_per_case} edits", flush=True)
     summary = run_test(run, bundle, method, cases, seed, resources, vectors, progress=progress)
-    publish(run)
     say("[4/4] writing the report", flush=True)
     write_report(run, bundle)
     say(f"      picking page of the passed cases: {write_gallery(run, bundle)}", flush=True)

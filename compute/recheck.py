@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from compute.runs import CASES_FILE, SUMMARY_FILE
-from compute.tables import read_metadata
+from compute.storage import Place, as_place
+from compute.tables import read_metadata, read_table
 from vectors.errors import InputError
 from vectors.method import Method
 from vectors.stats import passes
@@ -35,12 +35,13 @@ class StoredCases:
     stability: dict | None = None  # mean direction stability per property, where measured
 
 
-def stored_cases(run: Path) -> StoredCases:
-    path = Path(run) / CASES_FILE
+def stored_cases(run: Place | Path) -> StoredCases:
+    run = as_place(run)
+    path = run / CASES_FILE
     if not path.is_file():
         raise RecheckError(f"no test results at {path}: run the generation test first (python -m jobs.test)")
     try:
-        table = pq.read_table(path)
+        table = read_table(path)
         test = read_metadata(path).get("test", {})
     except Exception as exc:  # truncated or foreign files
         raise RecheckError(f"{path} is not a readable cases table ({str(exc).splitlines()[0]}); "
@@ -51,7 +52,7 @@ def stored_cases(run: Path) -> StoredCases:
     if missing:
         raise RecheckError(f"{path} lacks columns {', '.join(missing)}")
     stats = {c: table[c].to_numpy(zero_copy_only=False) for c in columns}
-    summary_path = Path(run) / SUMMARY_FILE
+    summary_path = run / SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     return StoredCases(method, np.array(table["group"].to_pylist()), stats, summary.get("svm_val_accuracy"),
                        stability=summary.get("stability"))

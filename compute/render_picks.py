@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from compute.editor import Editor
-from compute.files import atomic_file, write_text_atomic
 from compute.picks import Picks, PicksError, csv_line
 from compute.plots import to_rgb
-from compute.tables import vector_matrix
+from compute.storage import Place, as_place, place
+from compute.tables import read_table, vector_matrix
 from vectors.names import file_name
 
 GAP = 2      # white pixels between the frames of a sweep
@@ -44,10 +43,10 @@ def check_picks(picks: Picks, editor: Editor) -> list[str]:
         raise PicksError(f"{name} names groups {', '.join(unknown)}, the editor has {', '.join(editor.groups)}")
     if not picks.ours:
         return []
-    cases_file = Path(m["cases_file"])
+    cases_file = place(m["cases_file"])  # where the editor's export found the run: a path or a store URI
     if not cases_file.is_file():
         return [f"the editor's run {m['source_run']} is gone: case ids and codes of {name} are not checked"]
-    cases = pq.read_table(cases_file, columns=["case_id", m["latent"]])
+    cases = read_table(cases_file, columns=["case_id", m["latent"]])
     row = {c: i for i, c in enumerate(cases["case_id"].to_pylist())}
     # The picks carry their own codes, so a face from another run of the same bundle still
     # renders faithfully; it only cannot be traced back to this run's test results.
@@ -103,8 +102,8 @@ def _frame_weights(editor: Editor, weights: dict[str, float], sweep: str | None,
     return frames
 
 
-def render_picks(editor: Editor, picks: Picks, weights: dict[str, float], out: Path, sweep: str | None = None,
-                 steps: int = 7, threads: int = 2) -> list[Path]:
+def render_picks(editor: Editor, picks: Picks, weights: dict[str, float], out: Place | Path, sweep: str | None = None,
+                 steps: int = 7, threads: int = 2) -> list[Place]:
     """One PNG per face (case_{id}.png), or with `sweep` one strip per face over that
     property's tested range (case_{id}_{sweep}.png, each frame labelled with its weights)
     and sweep_{sweep}.csv (every frame's weights and the scores the bundle's scorer gives
@@ -118,11 +117,11 @@ def render_picks(editor: Editor, picks: Picks, weights: dict[str, float], out: P
     suffix = f"_{sweep}" if sweep else ""
     names = [file_name(f"case_{c}{suffix}.png", "picture file name") for c in picks.case_ids]
     if sweep is None:
-        return _write(Path(out), {n: to_rgb(face[0]) for n, face in zip(names, images)}, {})
+        return _write(as_place(out), {n: to_rgb(face[0]) for n, face in zip(names, images)}, {})
     labels = [frame_label(editor.property_names, f, sweep) for f in frames]
     pictures = {n: labelled_strip([to_rgb(f) for f in face], labels) for n, face in zip(names, images)}
     table = sweep_table(editor, names, picks.case_ids, frames, scores, used)
-    return _write(Path(out), pictures, {file_name(f"sweep_{sweep}.csv", "sweep table file name"): table})
+    return _write(as_place(out), pictures, {file_name(f"sweep_{sweep}.csv", "sweep table file name"): table})
 
 
 def frame_label(properties: list[str], weights: np.ndarray, sweep: str) -> list[str]:
@@ -176,16 +175,17 @@ def sweep_table(editor: Editor, files: list[str], case_ids, frames: np.ndarray, 
     return "\n".join(lines) + "\n"
 
 
-def _write(out: Path, pictures: dict[str, np.ndarray], tables: dict[str, str]) -> list[Path]:
+def _write(out: Place, pictures: dict[str, np.ndarray], tables: dict[str, str]) -> list[Place]:
+    """Each file whole (compute.storage): in a local directory or under an object store prefix."""
     from PIL import Image
 
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir()
     written = []
     for name, pixels in pictures.items():
-        with atomic_file(out / name, "wb") as f:
+        with (out / name).open_write() as f:
             Image.fromarray(pixels).save(f, format="png")
         written.append(out / name)
     for name, text in tables.items():
-        write_text_atomic(out / name, text)
+        (out / name).write_text(text)
         written.append(out / name)
     return written

@@ -12,15 +12,21 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from compute.code_spread import CodeSpread, code_spread
-from compute.files import atomic_file, write_text_atomic
 from compute.plots import fig_text, md_code_fence, md_text, pyplot, to_rgb
 from compute.runlock import holding_run_lock
-from compute.runs import CASES_FILE, REPORT_FILE, SAMPLES_FILE, SUMMARY_FILE, VECTORS_FILE, recorded_path
+from compute.runs import (
+    CASES_FILE,
+    REPORT_FILE,
+    SAMPLES_FILE,
+    SUMMARY_FILE,
+    VECTORS_FILE,
+    recorded_path,
+)
 from compute.sessions import make_session, num_ws, run_single, synthesize
-from compute.tables import read_metadata, vector_matrix
+from compute.storage import Place, as_place
+from compute.tables import read_metadata, read_table, vector_matrix
 from compute.vectors_table import VectorsError, read_vectors
 from vectors.edits import apply_edits, case_directions, direction_matrices, layer_codes
 from vectors.method import Method
@@ -30,7 +36,7 @@ GRID_CASES = 3
 NEGATIVE_LISTED = 20  # cases with a negative correlation listed by id (all are counted)
 
 
-def correlation_histograms(cases, properties, out: Path) -> None:
+def correlation_histograms(cases, properties, out: Place | Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, len(properties), figsize=(3.7 * len(properties), 3.2), squeeze=False)
     for ax, prop in zip(axes[0], properties):
@@ -40,12 +46,12 @@ def correlation_histograms(cases, properties, out: Path) -> None:
         ax.set_xlabel("Pearson corr, intended vs measured")
     axes[0][0].set_ylabel("cases")
     fig.tight_layout()
-    with atomic_file(out, "wb") as f:
+    with as_place(out).open_write() as f:
         fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
 
 
-def passes_per_group(summary: dict, group_names, group_by, out: Path) -> None:
+def passes_per_group(summary: dict, group_names, group_by, out: Place | Path) -> None:
     plt = pyplot()
     names = list(group_names)
     per = summary["per_group"]
@@ -57,12 +63,12 @@ def passes_per_group(summary: dict, group_names, group_by, out: Path) -> None:
     ax.set_xlabel(fig_text(f"group ({', '.join(group_by) or 'no grouping'}: h/l)"))
     ax.legend()
     fig.tight_layout()
-    with atomic_file(out, "wb") as f:
+    with as_place(out).open_write() as f:
         fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
 
 
-def edit_grid(bundle, cases, matrices: dict, method: Method, out: Path) -> list[int]:
+def edit_grid(bundle, cases, matrices: dict, method: Method, out: Place | Path) -> list[int]:
     """Rows: the best cases (passed first, by sum of |corr|); columns: each property over its
     schedule, the other properties' weights at 0. Returns the rows of `cases` shown."""
     plt = pyplot()
@@ -93,7 +99,7 @@ def edit_grid(bundle, cases, matrices: dict, method: Method, out: Path) -> list[
                 ax.set_title(f"{fig_text(prop)} {weight:+g}", fontsize=7)
         axes[row, 0].set_ylabel(f"case {int(cases['case_id'][i])}\n{fig_text(groups[row])}", fontsize=7)
     fig.tight_layout()
-    with atomic_file(out, "wb") as f:
+    with as_place(out).open_write() as f:
         fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
     return [int(i) for i in chosen]
@@ -227,15 +233,15 @@ def _estimator_note(fit: dict) -> list[str]:
 
 
 @holding_run_lock("run", create=False)
-def write_report(run: Path, bundle) -> Path:
+def write_report(run: Place | Path, bundle) -> Place:
     """Write RUN/report.md from the test's stored results and the vectors it tested."""
-    run = Path(run)
+    run = as_place(run)
     for needed in (CASES_FILE, SUMMARY_FILE):
         if not (run / needed).is_file():
             raise VectorsError(f"{run} has no {needed}: run the generation test first (python -m jobs.test)")
     try:
-        cases = pq.read_table(run / CASES_FILE)
-        summary = json.loads((run / SUMMARY_FILE).read_text())
+        cases = read_table(run / CASES_FILE)
+        summary = json.loads((run / SUMMARY_FILE).read_text(limit=1 << 26))
         test = read_metadata(run / CASES_FILE).get("test", {})
     except Exception as exc:  # truncated or edited files: pyarrow and json raise several types
         raise VectorsError(f"the test results in {run} are damaged ({str(exc).splitlines()[0]}); "
@@ -281,5 +287,5 @@ def write_report(run: Path, bundle) -> Path:
               "Each row is one test face; columns move one property along its group's direction, "
               "the other weights at 0.", "", "![edits](edits.png)", "", *case_rows(cases, shown, props), "",
               "## Configuration", "", fence + "json", config, fence, ""]
-    write_text_atomic(run / REPORT_FILE, "\n".join(lines))
+    (run / REPORT_FILE).write_text("\n".join(lines))
     return run / REPORT_FILE

@@ -23,7 +23,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from compute.files import write_text_atomic
+from compute.storage import Place, as_place
 from vectors.errors import InputError
 
 RECORD_FILE = "run.json"
@@ -42,13 +42,13 @@ class BundleMoved(InputError):
     """The run's recorded bundle is no longer where the record says."""
 
 
-def read_record(run: Path) -> dict | None:
+def read_record(run: Place | Path) -> dict | None:
     """RUN/run.json as a dict, None where the run has none (made before it existed)."""
-    path = Path(run) / RECORD_FILE
+    path = as_place(run) / RECORD_FILE
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(limit=1 << 24))
         ok = (isinstance(record, dict) and record.get("format") == FORMAT
               and isinstance(record.get("bundle"), dict)
               and isinstance(record["bundle"].get("manifest_sha256"), str)
@@ -63,11 +63,11 @@ def read_record(run: Path) -> dict | None:
     return record
 
 
-def write_record(run: Path, bundle=None, method=None) -> Path | None:
+def write_record(run: Place | Path, bundle=None, method=None) -> Place | None:
     """Record `bundle` (its absolute path and manifest hash) and/or `method` in RUN/run.json,
     keeping what is not given. A run without a record gets one only when a bundle is given.
     Call it holding the run's lock (the stages that call it do)."""
-    run = Path(run)
+    run = as_place(run)
     try:
         record = read_record(run)
     except RunRecordError:
@@ -84,15 +84,15 @@ def write_record(run: Path, bundle=None, method=None) -> Path | None:
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     path = run / RECORD_FILE
     try:
-        if path.read_text(encoding="utf-8") == text:
+        if path.read_text() == text:
             return path  # unchanged: not rewritten
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         pass
-    write_text_atomic(path, text)
+    path.write_text(text)
     return path
 
 
-def recorded_method(run: Path):
+def recorded_method(run: Place | Path):
     """The method RUN recorded (vectors.method.Method), None if it recorded none."""
     record = read_record(run)
     if record is None or record.get("method") is None:
@@ -102,7 +102,7 @@ def recorded_method(run: Path):
     try:
         return Method.from_dict(record["method"])
     except InputError as exc:
-        raise RunRecordError(f"{Path(run) / RECORD_FILE} records a method that is no longer valid ({exc}); "
+        raise RunRecordError(f"{as_place(run) / RECORD_FILE} records a method that is no longer valid ({exc}); "
                              f"give the method with --method FILE or flags") from exc
 
 
@@ -114,14 +114,14 @@ def manifest_sha256(bundle_dir: Path) -> str | None:
         return None
 
 
-def files_bundle(run: Path) -> tuple[str | None, str | None]:
+def files_bundle(run: Place | Path) -> tuple[str | None, str | None]:
     """(manifest sha256, model) that a run's own result files recorded, for runs without a
     record: the samples', else the test's, else the fit's; (None, None) if none does."""
     from compute import samples_store
     from compute.runs import CASES_FILE, SAMPLES_FILE, VECTORS_FILE
     from compute.tables import read_metadata
 
-    run = Path(run)
+    run = as_place(run)
     sources = ((run / SAMPLES_FILE, lambda p: samples_store.metadata(p).get("sampling", {})),
                (run / CASES_FILE, lambda p: read_metadata(p).get("test", {})),
                (run / VECTORS_FILE, lambda p: read_metadata(p).get("fit", {})))

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from compute.files import remove_leftovers
+from compute.storage import Place, as_place
 from vectors.errors import InputError
 
 LOCK_FILE = ".vectorfind.lock"
@@ -61,19 +62,26 @@ def _job_name() -> str:
     return getattr(spec, "name", None) or Path(sys.argv[0] or "python").name
 
 
-def _read(lock: Path) -> dict | None:
+def _read(lock: Place) -> dict | None:
     try:
-        holder = json.loads(lock.read_text())
+        holder = json.loads(lock.read_text(limit=1 << 16))
         return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, InputError):
         return None
 
 
-def _create(lock: Path, record: dict) -> bool | None:
+def _create(lock: Place, record: dict) -> bool | None:
     """Make the lock file with `record` in it, whole, if no lock exists; False if one does;
-    None if the directory cannot be written (read-only: no job of ours can write there)."""
+    None if the directory cannot be written (read-only: no job of ours can write there).
+    In an object store, which has no exclusive create, the lock object is written when none
+    is there and read back: two jobs starting in the same instant could both pass (docs/storage.md)."""
+    if lock.remote:
+        if lock.is_file():
+            return False
+        lock.write_text(json.dumps(record))
+        return _read(lock) == json.loads(json.dumps(record))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{LOCK_FILE}-", suffix=".new", dir=lock.parent)  # not a leftover name
+        fd, tmp = tempfile.mkstemp(prefix=f"{LOCK_FILE}-", suffix=".new", dir=lock.parent.path)  # not a leftover name
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return None
@@ -83,7 +91,7 @@ def _create(lock: Path, record: dict) -> bool | None:
             json.dump(record, f)
         os.chmod(tmp, 0o644)
         try:
-            os.link(tmp, lock)  # atomic and exclusive: fails if the name exists (even as a symlink)
+            os.link(tmp, lock.path)  # atomic and exclusive: fails if the name exists (even as a symlink)
         except FileExistsError:
             return False
         return True
@@ -97,10 +105,10 @@ def _describe(holder: dict) -> str:
     return f"pid {holder['pid']} on {holder.get('host', '?')} ({holder.get('job', '?')}{since})"
 
 
-def acquire(run: Path) -> dict | None:
+def acquire(run: Place | Path) -> dict | None:
     """Take RUN's lock; returns the record written (None for a directory this process cannot
     write: it orders nothing there). Raises RunLocked naming the holder if a live job has it."""
-    run = Path(run)
+    run = as_place(run)
     lock = run / LOCK_FILE
     record = {"pid": os.getpid(), "host": socket.gethostname(), "job": _job_name(), "started": time.time()}
     for _ in range(5):
@@ -111,9 +119,9 @@ def acquire(run: Path) -> dict | None:
             return record
         holder = _read(lock)
         if holder is None:
-            if lock.is_symlink() or not lock.is_file():
+            if not lock.is_regular():
                 raise RunLocked(f"{lock} is not a lock file of ours (a link or a directory); remove it and rerun")
-            age = time.time() - lock.stat().st_mtime
+            age = time.time() - lock.fs.get_file_info(lock.path).mtime.timestamp()
             raise RunLocked(f"{run} holds an unreadable lock file {lock.name} ({age:.0f} s old); if no "
                             f"vectorfind job is running on this directory, delete {lock} and rerun")
         if holder.get("host") != record["host"]:
@@ -124,38 +132,38 @@ def acquire(run: Path) -> dict | None:
                             f"(or stop it), then rerun")
         # Stale: its holder is gone. Remove it only if it is still the record we judged.
         if _read(lock) == holder:
-            lock.unlink(missing_ok=True)
+            lock.delete()
             print(f"taking over the lock of {run}: its holder ({_describe(holder)}) is no longer running",
                   flush=True)
     raise RunLocked(f"could not take the lock of {run}: other jobs keep taking it; rerun when they are done")
 
 
-def release(run: Path, record: dict | None) -> None:
-    lock = Path(run) / LOCK_FILE
+def release(run: Place | Path, record: dict | None) -> None:
+    lock = as_place(run) / LOCK_FILE
     if record is not None and _read(lock) == json.loads(json.dumps(record)):  # never remove a lock not ours
-        lock.unlink(missing_ok=True)
+        lock.delete()
 
 
 @contextmanager
-def run_lock(run: str | os.PathLike, create: bool = True) -> Iterator[None]:
+def run_lock(run: Place | str | os.PathLike, create: bool = True) -> Iterator[None]:
     """Hold RUN's lock for the block (re-entrant in this process). The outermost holder
     clears stale temporary files of ours in RUN and RUN/sample_chunks. With create=False a
     missing RUN is not made (the stage reports it) and the block runs without a lock."""
-    run = Path(run)
+    run = as_place(run)
     if not create and not run.is_dir():
         yield
         return
-    run.mkdir(parents=True, exist_ok=True)
-    key = str(run.resolve())
+    run.mkdir()
+    key = run.key()
     with _guard:
         depth = _held.get(key, 0)
         if depth == 0:
             record = acquire(run)
         _held[key] = depth + 1
     try:
-        if depth == 0 and record is not None:
+        if depth == 0 and record is not None and not run.remote:  # a store holds no temporary files
             for sub in LEFTOVER_DIRS:
-                remove_leftovers(run / sub if sub else run)
+                remove_leftovers(os.path.join(run.path, sub))
         yield
     finally:
         with _guard:
@@ -165,12 +173,12 @@ def run_lock(run: str | os.PathLike, create: bool = True) -> Iterator[None]:
                 release(run, record)
 
 
-def check_unlocked(run: str | os.PathLike) -> None:
+def check_unlocked(run: Place | str | os.PathLike) -> None:
     """Refuse, without taking it, a run directory a live job holds (jobs call it before Ray
     starts, so the second job fails in a second rather than after starting a cluster)."""
-    run = Path(run)
+    run = as_place(run)
     lock = run / LOCK_FILE
-    if str(run.resolve()) in _held or not (lock.exists() or lock.is_symlink()):
+    if run.key() in _held or lock.identity() is None:
         return
     holder = _read(lock)
     if holder is None or holder.get("host") != socket.gethostname() or _alive(holder["pid"]):

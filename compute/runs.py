@@ -8,12 +8,10 @@ settings differ. Sampling, whose output is expensive, refuses instead (compute.s
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from compute.storage import Place, as_place, check_reachable, is_remote, place
 from compute.tables import read_metadata
-from vectors.errors import InputError
 
 SAMPLES_FILE = "samples.parquet"
 VECTORS_FILE = "vectors.parquet"
@@ -29,17 +27,17 @@ def normalized(config: dict) -> dict:
     return json.loads(json.dumps(config, sort_keys=True))
 
 
-def stored_config(path: Path, key: str) -> dict | None:
+def stored_config(path: Place | Path, key: str) -> dict | None:
     """The `key` configuration recorded in a Parquet file, or None if absent or unreadable."""
     try:
-        return read_metadata(Path(path)).get(key)
+        return read_metadata(path).get(key)
     except Exception:  # a truncated or foreign file is simply not a reusable result
         return None
 
 
-def reusable(path: Path, key: str, config: dict, progress: bool = True) -> bool:
+def reusable(path: Place | Path, key: str, config: dict, progress: bool = True) -> bool:
     """True if `path` holds a result made with exactly `config`; says why not when it exists."""
-    path = Path(path)
+    path = as_place(path)
     if not path.is_file():
         return False
     stored, wanted = stored_config(path, key), normalized(config)
@@ -57,29 +55,25 @@ def reusable(path: Path, key: str, config: dict, progress: bool = True) -> bool:
     return False
 
 
-def relative_to_run(path: Path, run: Path) -> str:
+def relative_to_run(path: Place | Path, run: Place | Path) -> str:
     """A path as recorded in a run's metadata: relative to the run when inside it, so a copied
-    run still points at its own files; absolute otherwise."""
-    path, run = Path(path).resolve(), Path(run).resolve()
-    try:
-        return str(path.relative_to(run))
-    except ValueError:
-        return str(path)
+    run still points at its own files; absolute (a URI in a store) otherwise."""
+    path, run = as_place(path), as_place(run)
+    inside, base = path.key(), run.key().rstrip("/") + "/"
+    if path.fs.type_name == run.fs.type_name and inside.startswith(base):
+        return inside[len(base):]
+    return path.key()
 
 
-def recorded_path(recorded: str, run: Path) -> Path:
-    path = Path(recorded)
-    return path if path.is_absolute() else Path(run) / path
+def recorded_path(recorded: str, run: Place | Path) -> Place:
+    """A path a run's metadata recorded (relative_to_run), as a Place."""
+    if recorded.startswith("/") or is_remote(recorded):
+        return place(recorded)
+    return as_place(run).joinpath(recorded)
 
 
-def check_writable(directory: Path) -> None:
+def check_writable(directory: Place | Path) -> None:
     """Refuse, before any work, a run directory that cannot be created or written (read-only
-    or special file systems, a file in the way), instead of failing after the work is done."""
-    directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=directory)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise InputError(f"cannot write to {directory}: {exc.strerror or exc}; choose a writable directory") from exc
+    or special file systems, a file in the way; no bucket or no permission in a store),
+    instead of failing after the work is done."""
+    check_reachable(as_place(directory), write=True, create=True)

@@ -22,7 +22,7 @@ from compute.engine import EngineSpec, NullEngine, SampleEngine
 from compute.seeding import draw_codes
 from compute.sessions import resolve
 from compute.storage import Place
-from compute.tables import read_metadata, vector_column, with_metadata
+from compute.tables import read_metadata, read_table, vector_column, with_metadata
 
 CHUNK_DIR = "sample_chunks"
 
@@ -122,7 +122,7 @@ class ChunkWriter:
 
 def chunk_config(path: Place) -> dict | None:
     try:
-        return read_metadata(path.path, path.fs).get("sampling")
+        return read_metadata(path).get("sampling")
     except Exception:  # a damaged chunk is recomputed, not trusted
         return None
 
@@ -132,7 +132,7 @@ def valid_chunk(path: Place, config: dict, first_id: int, rows: int) -> bool:
     if chunk_config(path) != config:
         return False
     try:
-        ids = pq.read_table(path.path, filesystem=path.fs, columns=["sample_id"])["sample_id"].to_numpy()
+        ids = read_table(path, columns=["sample_id"])["sample_id"].to_numpy()
     except Exception:
         return False
     return len(ids) == rows and np.array_equal(ids, np.arange(first_id, first_id + rows))

@@ -24,8 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from compute.runs import SAMPLES_FILE
-from compute.storage import Place, place
+from compute.storage import Place, as_place
 from compute.tables import read_metadata, vector_matrix
 
 # Rows per streamed batch. Decoding a batch of a list column holds about six times its codes
@@ -38,19 +37,9 @@ BATCH_ROWS = 1024
 COMMIT = "_commit.json"
 
 
-def where(path: Path | Place) -> Place:
-    """The samples table a path names: RUN/samples.parquet of a run kept in an object store
-    (compute.remote_runs) is the table in the store, not the local copy's absent file."""
-    if isinstance(path, Place):
-        return path
-    path = Path(path)
-    if path.name == SAMPLES_FILE:
-        from compute.remote_runs import remote_of
-
-        remote = remote_of(path.parent)
-        if remote is not None:
-            return remote / SAMPLES_FILE
-    return place(path)
+def where(path: Place | Path | str) -> Place:
+    """The samples table a path names, as a Place (local or in an object store)."""
+    return as_place(path)
 
 
 def parts(path: Path | Place) -> list[Place]:
@@ -77,9 +66,15 @@ def _commit(table: Place) -> dict | None:
     return record
 
 
-def write_commit(table: Place, names: list[str], n: int) -> None:
-    """Make the chunks under `table` (in an object store) one table: written last, one object."""
-    (table / COMMIT).write_bytes(json.dumps({"parts": sorted(names), "rows": n}).encode())
+def commit(chunks: Place, table: Place, names: list[str], n: int) -> None:
+    """Every chunk is written and valid: make them the samples table, visible whole or not at
+    all, nothing encoded twice. On disk the chunk directory is renamed to the table's name; in
+    an object store, where the chunks were written under the table's own prefix, the commit
+    object listing them is written, last (one object)."""
+    if table.remote:
+        (table / COMMIT).write_bytes(json.dumps({"parts": sorted(names), "rows": n}).encode())
+        return
+    chunks.replace_directory(table)
 
 
 def exists(path: Path | Place) -> bool:
@@ -116,7 +111,7 @@ def schema(path: Path | Place) -> pa.Schema:
 def metadata(path: Path | Place) -> dict:
     """The project's metadata of the table (every part carries the same)."""
     first = _first(path)
-    return read_metadata(first.path, first.fs)
+    return read_metadata(first)
 
 
 def num_rows(path: Path | Place) -> int:

@@ -16,20 +16,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from compute import samples_store
 from compute.bundle import Bundle
 from compute.engine import EngineSpec, prepare_graphs
-from compute.files import remove_leftovers
-from compute.remote_runs import remote_of
 from compute.runlock import check_unlocked, holding_run_lock
 from compute.runs import SAMPLES_FILE, check_writable, normalized
 from compute.sample_chunks import (
@@ -42,7 +38,8 @@ from compute.sample_chunks import (
     valid_chunk,
 )
 from compute.seeding import check_seed
-from compute.storage import Place, place
+from compute.storage import Place, as_place, place
+from compute.tables import read_table
 from vectors.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -144,12 +141,13 @@ def _differences(stored: dict, config: dict) -> str:
                      if k not in ("group_medians", "score_names")) or ", ".join(keys)
 
 
-def check_run_dir(run_dir: Path, config: dict) -> bool:
+def check_run_dir(run_dir: Place | Path, config: dict) -> bool:
     """Whether RUN already holds exactly these samples (True), or holds none (False). A run
     directory with another run's samples or chunks, or a damaged table, is refused. The
     files' own metadata is the authority: nothing beside them can vouch for them. Needs no
     cluster, so jobs call it before Ray starts."""
-    samples = samples_store.where(Path(run_dir) / SAMPLES_FILE)
+    run_dir = as_place(run_dir)
+    samples = run_dir / SAMPLES_FILE
     if samples_store.exists(samples):
         try:
             stored = samples_store.metadata(samples).get("sampling", {})
@@ -165,7 +163,7 @@ def check_run_dir(run_dir: Path, config: dict) -> bool:
             raise SamplingError(f"{samples} is damaged ({rows} rows, its metadata says {config['n']}); "
                                 f"delete it and rerun to sample again")
         return True
-    chunks = chunk_place(Path(run_dir))
+    chunks = chunk_place(run_dir)
     for name in chunks.files(".parquet"):
         stored = chunk_config(chunks / name)
         if stored is not None and stored != config:
@@ -200,7 +198,7 @@ def check_memory(n: int, bundle: Bundle) -> None:
                             f"{available / 2**30:.1f} GiB available; use a smaller n or a bigger head node")
 
 
-def check_sampling_input(bundle: Bundle, n, seed, run_dir: Path | None = None, chunk_size: int | None = None) -> int:
+def check_sampling_input(bundle: Bundle, n, seed, run_dir: Place | Path | None = None, chunk_size: int | None = None) -> int:
     """Every check that needs no cluster (jobs call it before Ray starts); returns the seed."""
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
         raise SamplingError(f"n must be a positive integer, got {n!r}")
@@ -213,9 +211,10 @@ def check_sampling_input(bundle: Bundle, n, seed, run_dir: Path | None = None, c
     except ValueError as exc:
         raise SamplingError(str(exc)) from exc
     if run_dir is not None:
-        check_unlocked(Path(run_dir))  # another job at work there: refused before Ray starts
-        check_run_dir(Path(run_dir), sampling_config(bundle, n, seed, chunk_size))
-        check_writable(Path(run_dir))
+        run_dir = as_place(run_dir)
+        check_writable(run_dir)  # a store that cannot be reached or written: refused before anything else
+        check_unlocked(run_dir)  # another job at work there: refused before Ray starts
+        check_run_dir(run_dir, sampling_config(bundle, n, seed, chunk_size))
     return seed
 
 
@@ -253,39 +252,18 @@ class _ChunkProgress:
               f"{rate:,.0f} images/s", flush=True)
 
 
-def chunk_place(run_dir: Path) -> Place:
+def chunk_place(run_dir: Place | Path) -> Place:
     """Where a run's chunks are written: RUN/sample_chunks/ on disk; in an object store
     straight into RUN/samples.parquet/, which its commit object makes a table."""
-    remote = remote_of(run_dir)
-    return remote / SAMPLES_FILE if remote is not None else place(Path(run_dir).absolute() / CHUNK_DIR)
+    run_dir = as_place(run_dir)
+    return run_dir / (SAMPLES_FILE if run_dir.remote else CHUNK_DIR)
 
 
 def _discard(part: Place) -> bool:
     """Remove a chunk that is not to be reused (a file, a planted link); whether one was there."""
-    if part.remote:
-        if part.is_file():
-            part.delete()
-            return True
-        return False
-    path = Path(part.path)
-    if path.exists() or path.is_symlink():
-        path.unlink()
-        return True
-    return False
-
-
-def _commit(chunk_dir: Place, run_dir: Path, names: list[str], n: int) -> None:
-    """Every chunk is written and valid: make them the samples table, visible whole or not at
-    all, nothing encoded twice. On disk the chunk directory is renamed to samples.parquet; in
-    an object store the commit object listing the chunks is written, last."""
-    if chunk_dir.remote:
-        samples_store.write_commit(chunk_dir, names, n)
-        return
-    local = Path(chunk_dir.path)
-    remove_leftovers(local)  # temp files of writes that never finished (files and links, never a directory)
-    if (run_dir / SAMPLES_FILE).is_symlink():  # a (dangling) link planted at the name: replaced, not followed
-        (run_dir / SAMPLES_FILE).unlink()
-    os.replace(local, run_dir / SAMPLES_FILE)
+    there = part.identity() is not None
+    part.delete()
+    return there
 
 
 def _consume(records, chunk_dir: Place, written: dict, report: _ChunkProgress, check) -> None:
@@ -313,7 +291,7 @@ def _consume(records, chunk_dir: Place, written: dict, report: _ChunkProgress, c
 
 
 @holding_run_lock("run_dir")  # one job at a time; clears our stale temp files
-def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size: int | None,
+def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Place, *, batch_size: int | None,
                  resources: Resources | None, chunk_size: int, actor_class: type, progress: bool,
                  null: bool, first_chunk_check=None) -> None:
     """Compute the missing chunks of RUN/samples.parquet on the cluster and commit the table."""
@@ -323,12 +301,11 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
     batch_size = batch_size or min(BATCH_IDS, chunk_size)
     if batch_size < 1 or chunk_size < 1:
         raise SamplingError("the batch size and the chunk size must be >= 1")
-    run_dir = run_dir.absolute()  # actors on this node write here: their working directory is not ours
     config = sampling_config(bundle, n, seed, chunk_size)
     n_chunks = math.ceil(n / chunk_size)
     chunk_len = [min(chunk_size, n - c * chunk_size) for c in range(n_chunks)]
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir()
     except OSError as exc:
         raise SamplingError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from exc
     if check_run_dir(run_dir, config):  # the stage is complete: reuse it
@@ -336,8 +313,7 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
             print(f"reusing {run_dir / SAMPLES_FILE} (n={n:,}, seed={seed})", flush=True)
         return
     chunk_dir = chunk_place(run_dir)
-    if not chunk_dir.remote:
-        Path(chunk_dir.path).mkdir(exist_ok=True)
+    chunk_dir.mkdir()
     missing = []
     for c in range(n_chunks):
         part = chunk_dir / chunk_name(c)
@@ -351,7 +327,7 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
         nonlocal first_chunk_check
         if first_chunk_check is not None:
             part = chunk_dir / chunk_name(chunk)
-            table = pq.read_table(part.path, filesystem=part.fs, columns=list(bundle.score_names))
+            table = read_table(part, columns=list(bundle.score_names))
             first_chunk_check({name: table[name].to_numpy() for name in bundle.score_names})
             first_chunk_check = None
 
@@ -391,7 +367,7 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
             raise RuntimeError(f"sampling lost chunks {lost[:5]} ({len(lost)} of {len(missing)})")
     elapsed = time.perf_counter() - started
 
-    _commit(chunk_dir, run_dir, [chunk_name(c) for c in range(n_chunks)], n)
+    samples_store.commit(chunk_dir, run_dir / SAMPLES_FILE, [chunk_name(c) for c in range(n_chunks)], n)
     computed = sum(chunk_len[c] for c in missing)
     if progress:
         import resource
@@ -406,7 +382,7 @@ def _sample_into(bundle: Bundle, n: int, seed: int, run_dir: Path, *, batch_size
               flush=True)
 
 
-def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None = None, *,
+def sample_table(bundle: Bundle, n: int, seed: int, run_dir: Place | str | Path | None = None, *,
                  batch_size: int | None = None, resources: Resources | None = None,
                  chunk_size: int | None = None, actor_class: type = SampleActor,
                  progress: bool = True, null: bool = False, read_back: bool = True,
@@ -428,7 +404,8 @@ def sample_table(bundle: Bundle, n: int, seed: int, run_dir: str | Path | None =
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="vectorfind-samples-") as tmp:
-            _sample_into(bundle, n, seed, Path(tmp), **kwargs)
-            return samples_store.read_samples(Path(tmp) / SAMPLES_FILE)
-    _sample_into(bundle, n, seed, Path(run_dir), **kwargs)
-    return samples_store.read_samples(Path(run_dir) / SAMPLES_FILE) if read_back else None
+            _sample_into(bundle, n, seed, place(tmp), **kwargs)
+            return samples_store.read_samples(place(tmp) / SAMPLES_FILE)
+    run_dir = as_place(run_dir)
+    _sample_into(bundle, n, seed, run_dir, **kwargs)
+    return samples_store.read_samples(run_dir / SAMPLES_FILE) if read_back else None

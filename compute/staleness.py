@@ -17,21 +17,26 @@ without any tool. An output that is a link or not a regular file is named but no
 """
 from __future__ import annotations
 
-import hashlib
 import html
-import os
 import re
 import shlex
-import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from compute.files import write_text_atomic
 from compute.plots import md_text
 from compute.runlock import run_lock
-from compute.runs import CASES_FILE, REPORT_FILE, SUMMARY_FILE, VECTORS_FILE, recorded_path, stored_config
+from compute.runs import (
+    CASES_FILE,
+    REPORT_FILE,
+    SUMMARY_FILE,
+    VECTORS_FILE,
+    recorded_path,
+    stored_config,
+)
+from compute.storage import Place, as_place
+from vectors.errors import InputError
 
 GALLERY_FILE = "gallery.html"  # compute.gallery's name, kept here so the check imports no drawing code
 RUN_FILES = (CASES_FILE, SUMMARY_FILE, VECTORS_FILE, REPORT_FILE, GALLERY_FILE, "samples.parquet", "run.json")
@@ -42,64 +47,54 @@ REFRESH = {REPORT_FILE: "jobs.report", GALLERY_FILE: "jobs.gallery"}  # output -
 MAX_BYTES = 256 << 20  # a larger file is no output of ours: named, not read
 
 
-def _sha256(path: Path) -> str | None:
+def _sha256(path: Place) -> str | None:
     """The file's sha256, read in blocks; None if absent or unreadable. A path recorded in a
-    run's metadata may name anything: what is not a regular file (a FIFO, /dev/zero) is not read."""
+    run's metadata may name anything: what is not a file (a FIFO, /dev/zero) is not read."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # before opening: opening a FIFO would wait
-            return "not a regular file"
-        with open(path, "rb") as f:
-            digest = hashlib.sha256()
-            while block := f.read(1 << 20):
-                digest.update(block)
-            return digest.hexdigest()
+        if not path.is_file():  # before opening: opening a FIFO would wait
+            return None if path.identity() is None else "not a regular file"
+        return path.sha256()
     except OSError:
         return None
 
 
-def tested_vectors(run: Path) -> Path | None:
-    """The vectors file the run's test recorded (its cases.parquet metadata), None if none."""
-    recorded = (stored_config(Path(run) / CASES_FILE, "test") or {}).get("vectors")
-    return recorded_path(recorded, run) if isinstance(recorded, str) else None
+def tested_vectors(run: Place | Path) -> Place | None:
+    """The vectors file the run's test recorded (its cases.parquet metadata), None if none
+    (or a recorded name that is no plain path)."""
+    recorded = (stored_config(as_place(run) / CASES_FILE, "test") or {}).get("vectors")
+    try:
+        return recorded_path(recorded, run) if isinstance(recorded, str) else None
+    except InputError:
+        return None
 
 
-def fingerprint(run: Path) -> dict[str, str | None]:
+def fingerprint(run: Place | Path) -> dict[str, str | None]:
     """sha256 of each file report.md and gallery.html are drawn from (None: absent)."""
-    run = Path(run)
+    run = as_place(run)
     paths = [run / CASES_FILE, run / SUMMARY_FILE, run / VECTORS_FILE]
     tested = tested_vectors(run)
-    if tested is not None and tested.resolve() != (run / VECTORS_FILE).resolve():
+    if tested is not None and tested.key() != (run / VECTORS_FILE).key():
         paths.append(tested)
     return {str(p): _sha256(p) for p in paths}
 
 
-def _identity(path: Path) -> tuple | None:
-    """What changes when a writer replaces the file (compute.files renames a new inode in)."""
-    try:
-        s = os.lstat(path)
-    except OSError:
-        return None
-    return s.st_ino, s.st_mtime_ns, s.st_size
-
-
-def test_is_stale(run: Path) -> bool:
+def test_is_stale(run: Place) -> bool:
     """True if the run's test recorded vectors whose hash is no longer that of the file."""
-    run = Path(run)
     test = stored_config(run / CASES_FILE, "test") or {}
     tested = tested_vectors(run)
     return tested is not None and isinstance(test.get("vectors_sha256"), str) and \
         _sha256(tested) != test["vectors_sha256"]
 
 
-def test_command(run: Path) -> str:
+def test_command(run: Place) -> str:
     """The jobs.test command that remakes the run's test with its recorded cases and seed."""
-    config = stored_config(Path(run) / CASES_FILE, "test") or {}
+    config = stored_config(run / CASES_FILE, "test") or {}
     extra = "".join(f" --{k} {config[k]}" for k in ("cases", "seed")
                     if isinstance(config.get(k), int) and not isinstance(config.get(k), bool))
     return f"python -m jobs.test --run {shlex.quote(str(run))}{extra}"
 
 
-def refresh_command(run: Path, output: str) -> str:
+def refresh_command(run: Place, output: str) -> str:
     return f"python -m {REFRESH[output]} --run {shlex.quote(str(run))}"
 
 
@@ -132,28 +127,27 @@ def with_banner(text: str, banner: str, page: bool) -> str:
     return text[:at] + banner + text[at:]
 
 
-def mark_stale(path: Path, banner: str) -> bool:
+def mark_stale(path: Place | Path, banner: str) -> bool:
     """Put `banner` at the top of the output `path`; False where it is not ours to rewrite."""
+    path = as_place(path)
     try:
-        s = os.lstat(path)
-        if not stat.S_ISREG(s.st_mode) or s.st_size > MAX_BYTES:
+        if not path.is_regular() or (path.size() or 0) > MAX_BYTES:
             return False
-        text = path.read_text(encoding="utf-8")
-        write_text_atomic(path, with_banner(text, banner, path.suffix == ".html"))
+        text = path.read_text()
+        path.write_text(with_banner(text, banner, path.suffix == ".html"))
         return True
     except (OSError, UnicodeDecodeError):
         return False
 
 
-def stale_after(run: Path, job: str, before: tuple[dict, dict]) -> str | None:
+def stale_after(run: Place, job: str, before: tuple[dict, dict]) -> str | None:
     """Compare the run with its state `before` the job; mark what went stale and return the
     line that says so (None if nothing did)."""
-    run = Path(run)
     results, outputs = before
     if fingerprint(run) == results:
         return None
     stale = [name for name, identity in outputs.items()
-             if identity is not None and _identity(run / name) == identity]  # there before, not redrawn since
+             if identity is not None and (run / name).identity() == identity]  # there before, not redrawn since
     test = test_is_stale(run)
     if not stale and not test:
         return None
@@ -176,22 +170,23 @@ def stale_after(run: Path, job: str, before: tuple[dict, dict]) -> str | None:
             f"{note}; refresh with: {' && '.join(commands)}")
 
 
-def is_run(directory: Path) -> bool:
+def is_run(directory: Place | Path) -> bool:
     """True for a directory holding a run's files (where a vectors file may feed a report)."""
-    return Path(directory).is_dir() and any((Path(directory) / name).exists() for name in RUN_FILES)
+    directory = as_place(directory)
+    return directory.is_dir() and any((directory / name).exists() for name in RUN_FILES)
 
 
 @contextmanager
-def watching_results(run: Path | None, job: str) -> Iterator[None]:
+def watching_results(run: Place | Path | None, job: str) -> Iterator[None]:
     """Run the block holding RUN's lock; at its end (also on an error) mark the outputs it made
     stale and print the one line that names them. A run None, or a directory that does not
     exist yet, has nothing to go stale: the block just runs."""
-    if run is None or not Path(run).is_dir():
+    if run is None or not as_place(run).is_dir():
         yield
         return
-    run = Path(run)
+    run = as_place(run)
     with run_lock(run, create=False):
-        before = (fingerprint(run), {name: _identity(run / name) for name in REFRESH})
+        before = (fingerprint(run), {name: (run / name).identity() for name in REFRESH})
         try:
             yield
         finally:

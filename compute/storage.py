@@ -1,10 +1,16 @@
-"""Where a run lives: a local directory or an object store (`s3://bucket/prefix`).
+"""Where a run lives, and the one way to its files: a local directory or an object store (`s3://bucket/prefix`).
 
 Every location a job takes (`--out`, `--run`, `--bundle`, `--picks`) goes through `place()`,
 which parses it once and gives one line for what it cannot use. A `Place` is a path on a
 pyarrow filesystem: local paths as they are, `s3://` (and S3-compatible stores) through
 pyarrow's S3FileSystem, which reads the endpoint (`AWS_ENDPOINT_URL`), the region and the
 credentials from the standard AWS environment variables and config files.
+
+The stages never open a run's files themselves: they hold the run as a Place and read,
+list and write through its methods (and compute.tables' Parquet readers and writers, which
+take a Place), so the same code serves a directory and a bucket. Beneath them sit only the
+local atomic writer (compute.files), the run lock (compute.runlock) and the samples
+dataset's layout (compute.samples_store).
 
 The commit rule on an object store, where there is no rename: an object becomes visible
 whole, by one PUT, or not at all. So each output is written as one object under its final
@@ -15,9 +21,9 @@ same calls write a temporary file beside the target and rename it (compute.files
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import re
-import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -27,7 +33,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from compute.files import write_bytes_atomic
+from compute.files import atomic_file, remove_leftovers, write_bytes_atomic
 from vectors.errors import InputError
 
 SCHEMES = ("s3",)  # object stores this project tests (tests/test_object_storage.py) and supports
@@ -52,6 +58,15 @@ class Place:
         sep = "" if self.uri.endswith("/") else "/"
         return Place(self.fs, f"{self.path.rstrip('/')}/{name}", f"{self.uri}{sep}{name}")
 
+    def joinpath(self, relative: str) -> Place:
+        """The place `relative` ("a/b/c", plain names only) names below this one."""
+        here = self
+        for name in relative.split("/"):
+            if not name or name in (".", ".."):
+                raise InputError(f"{relative!r} is not a plain path below {self}")
+            here = here / name
+        return here
+
     def __str__(self) -> str:
         return self.uri
 
@@ -63,25 +78,60 @@ class Place:
     def name(self) -> str:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
 
-    def _type(self) -> pafs.FileType:
-        return self.fs.get_file_info(self.path).type
+    @property
+    def suffix(self) -> str:
+        return os.path.splitext(self.name)[1]
+
+    @property
+    def parent(self) -> Place:
+        path, uri = self.path.rstrip("/"), self.uri.rstrip("/")
+        return Place(self.fs, path.rsplit("/", 1)[0] or "/", uri.rsplit("/", 1)[0] or "/")
+
+    def key(self) -> str:
+        """One name per file or directory, whatever way it was reached (locally: links resolved)."""
+        return self.uri if self.remote else os.path.realpath(self.path)
+
+    def _info(self) -> pafs.FileInfo:
+        return self.fs.get_file_info(self.path)
 
     def size(self) -> int | None:
         """The file's size in bytes, None if there is no such file."""
-        info = self.fs.get_file_info(self.path)
+        info = self._info()
         return info.size if info.type == pafs.FileType.File else None
 
     def is_file(self) -> bool:
-        return self._type() == pafs.FileType.File
+        """A file (locally: a link to one counts, a FIFO or device does not)."""
+        return self._info().type == pafs.FileType.File
 
     def is_dir(self) -> bool:
         """A directory; on an object store, a prefix with at least one object under it."""
         if not self.remote:
-            return self._type() == pafs.FileType.Directory
+            return self._info().type == pafs.FileType.Directory
         return bool(self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=False)))
 
     def exists(self) -> bool:
         return self.is_file() or self.is_dir()
+
+    def is_regular(self) -> bool:
+        """A regular file in its own right: locally not a link and not a FIFO or device (what a
+        run's metadata names may be anything, and opening a FIFO would wait forever)."""
+        if self.remote:
+            return self.is_file()
+        try:
+            return stat.S_ISREG(os.lstat(self.path).st_mode)
+        except OSError:
+            return False
+
+    def identity(self) -> tuple | None:
+        """What changes when a writer replaces the file (locally a new inode, in a store new
+        bytes); None if there is none."""
+        if self.remote:  # a store's times have whole seconds: its bytes tell a rewrite apart
+            return (self.size(), self.sha256()) if self.is_file() else None
+        try:
+            s = os.lstat(self.path)
+        except OSError:
+            return None
+        return s.st_ino, s.st_mtime_ns, s.st_size
 
     def files(self, suffix: str = "") -> list[str]:
         """Names of the files directly under this directory ending in `suffix`, sorted; hidden
@@ -94,11 +144,47 @@ class Place:
         """The file's bytes; with `limit`, refused when larger (a size read from the store, checked
         before a byte is read)."""
         if limit is not None:
-            size = self.fs.get_file_info(self.path).size
+            size = self._info().size
             if size is not None and size > limit:
                 raise InputError(f"{self} is {size:,} bytes, more than the {limit:,} allowed; is it the right file?")
         with self.fs.open_input_stream(self.path) as f:
             return f.read()
+
+    def read_text(self, encoding: str = "utf-8", limit: int | None = None) -> str:
+        return self.read_bytes(limit).decode(encoding)
+
+    def sha256(self) -> str:
+        """The sha256 of the file's bytes, read in 1 MiB blocks."""
+        digest = hashlib.sha256()
+        with self.fs.open_input_stream(self.path) as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def open_input(self):
+        """The file open for reading, seekable (CSV and Parquet readers)."""
+        return self.fs.open_input_file(self.path)
+
+    @contextmanager
+    def open_write(self, text: bool = False, **text_args) -> Iterator:
+        """A file object for the whole new file, made visible when the block ends without an
+        error and not at all otherwise: locally a temp file renamed over the target
+        (compute.files: never written through a link planted there), in a store one PUT."""
+        if not self.remote:
+            with atomic_file(self.path, "w" if text else "wb", **text_args) as f:
+                yield f
+            return
+        buffer = io.BytesIO()
+        if text:
+            wrapper = io.TextIOWrapper(buffer, encoding=text_args.get("encoding", "utf-8"),
+                                       newline=text_args.get("newline"), write_through=True)
+            yield wrapper
+            wrapper.flush()
+            wrapper.detach()
+        else:
+            yield buffer
+        with self.fs.open_output_stream(self.path) as f:
+            f.write(buffer.getbuffer())
 
     def write_bytes(self, data: bytes) -> None:
         """Write the whole file so that readers see the old one or the new one, never a part:
@@ -109,9 +195,38 @@ class Place:
         with self.fs.open_output_stream(self.path) as f:
             f.write(data)
 
+    def write_text(self, text: str, encoding: str = "utf-8") -> None:
+        self.write_bytes(text.encode(encoding))
+
+    def replace_directory(self, target: Place) -> None:
+        """Make this local directory `target`, whole, by one rename (a link planted at the
+        target's name is replaced, not followed); our temp files in it are removed first."""
+        if self.remote or target.remote:
+            raise ValueError("a directory is renamed only on disk; an object store commits by a commit object")
+        remove_leftovers(self.path)  # writes that never finished (files and links, never a directory)
+        if os.path.islink(target.path):
+            os.unlink(target.path)
+        os.replace(self.path, target.path)
+
+    def mkdir(self) -> None:
+        """Make the directory (and its parents) locally; a store has no directories to make."""
+        if not self.remote:
+            os.makedirs(self.path, exist_ok=True)
+
     def delete(self) -> None:
-        if self.is_file():
+        """Remove the file (locally a link itself, never its target); nothing if there is none."""
+        if not self.remote:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        elif self.is_file():
             self.fs.delete_file(self.path)
+
+
+def as_place(location: Place | str | os.PathLike) -> Place:
+    """A Place as it is; a location parsed by `place`."""
+    return location if isinstance(location, Place) else place(location)
 
 
 def place(location: str | os.PathLike) -> Place:
@@ -134,10 +249,21 @@ def place(location: str | os.PathLike) -> Place:
     return Place(fs, path.rstrip("/"), f"{scheme}://{bucket_and_key}")
 
 
-def check_reachable(where: Place, write: bool = True) -> None:
+def check_reachable(where: Place, write: bool = True, create: bool = False) -> None:
     """Refuse, before any work, a store location that cannot be listed or written (no such
-    bucket, no endpoint, no credentials): one line instead of an error after minutes of work."""
+    bucket, no endpoint, no credentials): one line instead of an error after minutes of work.
+    A local directory is checked only with `create` (made, and a probe file written: read-only
+    or special file systems, a file in the way)."""
     if not where.remote:
+        if create:
+            try:
+                where.mkdir()
+                fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=where.path)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as exc:
+                raise InputError(f"cannot write to {where}: {exc.strerror or exc}; choose a writable directory") \
+                    from exc
         return
     bucket = where.path.split("/", 1)[0]
     try:
@@ -158,67 +284,3 @@ def check_reachable(where: Place, write: bool = True) -> None:
     except Exception as exc:
         raise InputError(f"cannot write to {where}: {str(exc).splitlines()[0]}; check the credentials' "
                          f"permissions on the bucket") from exc
-
-
-LARGEST_BUNDLE_FILE = 16 << 30  # a 1024-px StyleGAN2 synthesis graph is about 120 MB in float32
-
-
-def fetch_directory(location: str, cache: Path) -> Path:
-    """A flat directory in an object store (a bundle: manifest.json and its graphs) as a local
-    copy under `cache`, one per URI, downloaded again only when the store's manifest.json
-    differs from the copy's. Names are checked as they are listed (plain names only); what the
-    files hold is checked by whoever opens the copy (compute.bundle.load_bundle)."""
-    where = place(location)
-    check_reachable(where, write=False)
-    local = cache / local_name(where)
-    manifest = where / "manifest.json"
-    if not manifest.is_file():
-        raise InputError(f"no manifest.json in {where}; pass the bundle's directory")
-    wanted = manifest.read_bytes(limit=1 << 24)
-    if (local / "manifest.json").is_file() and (local / "manifest.json").read_bytes() == wanted:
-        return local
-    infos = where.fs.get_file_info(pafs.FileSelector(where.path, recursive=False))
-    files = [i for i in infos if i.type == pafs.FileType.File]
-    for info in files:
-        if not _plain(info.base_name) == info.base_name or info.base_name.startswith("."):
-            raise InputError(f"{where} holds an object with an unusable name {info.base_name!r}; remove it")
-        if info.size is not None and info.size > LARGEST_BUNDLE_FILE:
-            raise InputError(f"{where}/{info.base_name} is {info.size:,} bytes, more than a bundle's graph can be")
-    cache.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{local.name}.", dir=cache))
-    try:
-        for info in files:
-            with where.fs.open_input_stream(info.path) as src, open(temp / info.base_name, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        if local.exists():
-            shutil.rmtree(local)
-        os.replace(temp, local)  # the copy appears whole
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    return local
-
-
-def _plain(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80] or "_"
-
-
-def local_name(where: Place) -> str:
-    """The directory name of a local copy of `where`: one per URI, readable, a plain name."""
-    return f"{hashlib.sha256(where.uri.encode()).hexdigest()[:16]}-{_plain(where.name)}"
-
-
-@contextmanager
-def fetched_file(location: str | os.PathLike, limit: int = 1 << 26) -> Iterator[Path]:
-    """A file given as a location (a picks file: small) as a local path: itself, or for an
-    object store a temporary copy under the same name, removed when the block ends."""
-    if not is_remote(location):
-        yield Path(location)
-        return
-    where = place(location)
-    if not where.is_file():
-        raise InputError(f"no file {where}; check the location")
-    data = where.read_bytes(limit=limit)
-    with tempfile.TemporaryDirectory(prefix="vectorfind-fetched-") as tmp:
-        local = Path(tmp) / _plain(where.name)
-        local.write_bytes(data)
-        yield local

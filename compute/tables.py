@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from compute.files import atomic_path, write_text_atomic
+from compute.storage import Place, as_place
 
 METADATA_KEY = b"vectorfind"
 # DICTIONARY_NOTE: Parquet's default dictionary encoding tries, for every column, to build a
@@ -38,19 +38,25 @@ def with_metadata(table: pa.Table, info: dict) -> pa.Table:
     return table.replace_schema_metadata(metadata)
 
 
-def read_metadata(path: Path | str, filesystem=None) -> dict:
-    """The project's metadata of a Parquet file (`filesystem`: a pyarrow filesystem for a path
-    on it, e.g. an object store's; None for a local path)."""
-    metadata = pq.read_schema(path, filesystem=filesystem).metadata or {}
+def read_metadata(path: Place | Path | str) -> dict:
+    """The project's metadata of a Parquet file, local or in a store (compute.storage)."""
+    file = as_place(path)
+    metadata = pq.read_schema(file.path, filesystem=file.fs).metadata or {}
     return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Write to a fresh temporary file beside `path`, then rename (compute.files): never a
-    half-written result, never written through a symlink or file planted at `path`."""
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, use_dictionary=False)  # see DICTIONARY_NOTE
+def read_table(path: Place | Path | str, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet file (or the columns asked for), local or in a store (compute.storage)."""
+    file = as_place(path)
+    return pq.read_table(file.path, filesystem=file.fs, columns=columns)
 
 
-def write_json_atomic(data: dict, path: Path) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def write_parquet_atomic(table: pa.Table, path: Place | Path | str) -> None:
+    """Write the whole file, visible only once complete (compute.storage's commit rule): never
+    a half-written result, never written through a symlink or file planted at `path`."""
+    with as_place(path).open_write() as f:
+        pq.write_table(table, f, use_dictionary=False)  # see DICTIONARY_NOTE
+
+
+def write_json_atomic(data: dict, path: Place | Path | str) -> None:
+    as_place(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

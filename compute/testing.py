@@ -7,7 +7,6 @@ their cell keys).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import replace
@@ -17,13 +16,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from compute.files import atomic_file
 from compute.generation import CaseResults, DirectionSet, run_cases
 from compute.run_record import write_record
 from compute.runlock import holding_run_lock
-from compute.runs import (CASES_FILE, PASSED_CSV, PASSED_PARQUET, SUMMARY_FILE, VECTORS_FILE, relative_to_run,
-                          reusable)
-from compute.tables import vector_column, vector_matrix, with_metadata, write_json_atomic, write_parquet_atomic
+from compute.runs import (
+    CASES_FILE,
+    PASSED_CSV,
+    PASSED_PARQUET,
+    SUMMARY_FILE,
+    VECTORS_FILE,
+    relative_to_run,
+    reusable,
+)
+from compute.storage import Place, as_place
+from compute.tables import (
+    vector_column,
+    vector_matrix,
+    with_metadata,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from compute.vectors_table import VectorsError, read_vectors
 from vectors.edits import direction_matrices
 from vectors.groups import group_medians
@@ -36,11 +48,11 @@ from vectors.summary import mean_accuracy_by_property, mean_by_property, summari
 IDENTITY = ("face_width", "skin_tone", "eye_spacing", "hair_parting")
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def file_sha256(path: Place | Path) -> str:
+    return as_place(path).sha256()
 
 
-def load_direction_set(vectors_path: Path, bundle, method: Method) -> tuple[DirectionSet, pa.Table, dict]:
+def load_direction_set(vectors_path: Place | Path, bundle, method: Method) -> tuple[DirectionSet, pa.Table, dict]:
     """The directions of a vectors file as a DirectionSet, checked against bundle and method."""
     table, directions, meta = read_vectors(vectors_path)
     fit = meta.get("fit", {})
@@ -85,10 +97,10 @@ def evaluate(results: CaseResults, k: int, method: Method, bundle) -> tuple[pa.T
     return pa.table(columns), summary
 
 
-def write_test_outputs(directory: Path, cases: pa.Table, summary: dict, config: dict) -> None:
+def write_test_outputs(directory: Place | Path, cases: pa.Table, summary: dict, config: dict) -> None:
     """cases.parquet (its metadata marks the stage complete, so it goes last), summary.json,
     and the passed cases as Parquet and as CSV (z spelled out, one column per dimension)."""
-    directory = Path(directory)
+    directory = as_place(directory)
     chosen = cases.filter(cases["passed"])
     write_parquet_atomic(chosen, directory / PASSED_PARQUET)
     z = vector_matrix(chosen["z"]) if chosen.num_rows else np.zeros((0, cases.schema.field("z").type.list_size))
@@ -97,13 +109,13 @@ def write_test_outputs(directory: Path, cases: pa.Table, summary: dict, config: 
     flat = chosen.select(keep)
     for i in range(z.shape[1]):
         flat = flat.append_column(f"z_{i}", pa.array(z[:, i], pa.float32()))
-    with atomic_file(directory / PASSED_CSV, "wb") as f:
+    with (directory / PASSED_CSV).open_write() as f:
         pacsv.write_csv(flat, f)
     write_json_atomic(summary, directory / SUMMARY_FILE)
     write_parquet_atomic(with_metadata(cases, {"test": config}), directory / CASES_FILE)
 
 
-def test_config(method: Method, cases: int, seed: int, run: Path, vectors_path: Path, bundle,
+def test_config(method: Method, cases: int, seed: int, run: Place | Path, vectors_path: Place | Path, bundle,
                 direction_set: DirectionSet) -> dict:
     return {"method": method.to_dict(), "cases": cases, "seed": seed,
             "vectors": relative_to_run(vectors_path, run), "vectors_sha256": file_sha256(vectors_path),
@@ -111,21 +123,21 @@ def test_config(method: Method, cases: int, seed: int, run: Path, vectors_path: 
 
 
 @holding_run_lock("run", create=False)
-def run_test(run: Path, bundle, method: Method = Method(), cases: int = 500, seed: int = 0, resources=None,
-             vectors_path: Path | None = None, progress: bool = True) -> dict:
+def run_test(run: Place | Path, bundle, method: Method = Method(), cases: int = 500, seed: int = 0, resources=None,
+             vectors_path: Place | Path | None = None, progress: bool = True) -> dict:
     """Run (or reuse, if RUN holds a test made with the same settings) the generation test."""
     from compute.sampling import plan_resources
 
-    run = Path(run)
-    vectors_path = Path(vectors_path or run / VECTORS_FILE)
+    run = as_place(run)
+    vectors_path = as_place(vectors_path or run / VECTORS_FILE)
     method.check_scores(bundle.score_names)
     method.check_layers(bundle.num_ws)
     direction_set, vectors, meta = load_direction_set(vectors_path, bundle, method)
     config = test_config(method, cases, seed, run, vectors_path, bundle, direction_set)
-    own = vectors_path.resolve() == (run / VECTORS_FILE).resolve()
+    own = vectors_path.key() == (run / VECTORS_FILE).key()
     write_record(run, bundle, method if own else None)  # the run remembers its bundle (where it is now), method
     if reusable(run / CASES_FILE, "test", config, progress) and (run / SUMMARY_FILE).is_file():
-        return json.loads((run / SUMMARY_FILE).read_text())
+        return json.loads((run / SUMMARY_FILE).read_text(limit=1 << 26))
 
     weights = method.edit_weights()
     started = time.perf_counter()
@@ -146,7 +158,7 @@ def run_test(run: Path, bundle, method: Method = Method(), cases: int = 500, see
                         vectors["converged"].to_pylist()) if c is False],
                     "ratio": fit.get("ratio"), "n_samples": fit.get("n"), "seconds": round(elapsed, 2),
                     "images_per_second": round(cases * (len(weights) + 1) / elapsed, 1)})
-    run.mkdir(parents=True, exist_ok=True)
+    run.mkdir()
     write_test_outputs(run, table, summary, config)
     if progress:
         print(f"tested {cases} cases x {len(weights)} edits in {elapsed:.1f}s "

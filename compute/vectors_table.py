@@ -9,9 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from compute.tables import read_metadata, vector_column, vector_matrix, with_metadata, write_parquet_atomic
+from compute.storage import Place, as_place
+from compute.tables import (
+    read_metadata,
+    read_table,
+    vector_column,
+    vector_matrix,
+    with_metadata,
+    write_parquet_atomic,
+)
 from vectors.errors import InputError
 
 COLUMNS = ("space", "group", "property", "direction", "val_accuracy", "group_size", "k", "ratio",
@@ -43,18 +50,18 @@ def vectors_to_table(rows: list[dict]) -> pa.Table:
     })
 
 
-def write_vectors(rows: list[dict], metadata: dict, path: Path) -> Path:
+def write_vectors(rows: list[dict], metadata: dict, path: Place | Path) -> Place:
     write_parquet_atomic(with_metadata(vectors_to_table(rows), metadata), path)
-    return Path(path)
+    return as_place(path)
 
 
-def read_vectors(path: Path) -> tuple[pa.Table, dict[tuple[str, str], np.ndarray], dict]:
+def read_vectors(path: Place | Path) -> tuple[pa.Table, dict[tuple[str, str], np.ndarray], dict]:
     """(table, {(group, property): unit direction}, metadata) of a vectors file."""
-    path = Path(path)
+    path = as_place(path)
     if not path.is_file():
         raise VectorsError(f"no vectors at {path}: fit them first (python -m jobs.fit)")
     try:
-        table = pq.read_table(path)
+        table = read_table(path)
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise VectorsError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]}); "
                            f"fit the vectors again") from exc

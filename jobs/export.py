@@ -26,8 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from compute.remote_runs import staged
-from jobs.cli import UsageError, location_arg, parser, run_main
+from jobs.cli import UsageError, location_arg, parser, run_location, run_main
 
 MODEL_FLAGS = ("model", "resolution", "weights", "generator", "scorer", "score_names", "scorer_size",
                "scorer_range", "scorer_mean", "scorer_std", "truncation", "median_samples", "mapping", "synthesis")
@@ -133,9 +132,9 @@ def export_editor(args) -> None:
 
     # The run's recorded bundle (or --bundle, which must have its hash); runs without a record:
     # None, and the editor looks for the run's hash among the built-in bundles.
-    with staged(args.editor) as run:  # a run in an object store: read through a local copy
-        bundle = run_bundle(run, args.bundle, default=False)
-        manifest = write_editor(run, args.out, bundle, args.overwrite)
+    run = run_location(args.editor)
+    bundle = run_bundle(run, args.bundle, default=False)
+    manifest = write_editor(run, args.out, bundle, args.overwrite)
     parity = manifest["parity"]
     print(f"wrote editor {args.out} (editor.onnx, editor_fp16.onnx, manifest.json) of run {args.editor} in "
           f"{time.perf_counter() - started:.0f}s: space {manifest['space']}, properties "

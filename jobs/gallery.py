@@ -12,8 +12,7 @@ from __future__ import annotations
 import sys
 
 from compute.gallery import count_passed, write_gallery
-from compute.remote_runs import staged
-from jobs.cli import UsageError, location_arg, parser, run_main
+from jobs.cli import UsageError, location_arg, parser, run_location, run_main
 from jobs.cli.bundles import run_bundle
 
 
@@ -25,14 +24,14 @@ def main(argv=None) -> None:
                    help="model bundle the run was made with (default: the one the run recorded, else the "
                         "built-in synthetic model; checked against the bundle hash the run recorded)")
     args = p.parse_args(argv)
-    with staged(args.run) as args.run:  # a run in an object store: worked on through a local copy
-        if args.top < 1:
-            raise UsageError(f"--top must be at least 1, got {args.top}")
-        if not args.run.is_dir():
-            raise UsageError(f"no run directory {args.run}")
-        out = write_gallery(args.run, run_bundle(args.run, args.bundle), args.top)
-        passed, tested = count_passed(args.run)
-        print(f"wrote {out}: {min(passed, args.top)} cases to pick from ({passed} of {tested} passed)")
+    args.run = run_location(args.run)
+    if args.top < 1:
+        raise UsageError(f"--top must be at least 1, got {args.top}")
+    if not args.run.is_dir():
+        raise UsageError(f"no run directory {args.run}")
+    out = write_gallery(args.run, run_bundle(args.run, args.bundle), args.top)
+    passed, tested = count_passed(args.run)
+    print(f"wrote {out}: {min(passed, args.top)} cases to pick from ({passed} of {tested} passed)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import numpy as np
 
 from compute.grid import Cell, run_grid
 from compute.grid_report import write_grid_md
-from compute.remote_runs import staged
 from compute.sampling import check_sampling_input
 from compute.seeding import draw_codes
 from compute.sessions import (
@@ -27,7 +26,14 @@ from compute.sessions import (
     run_single,
     synthesize_and_score,
 )
-from jobs.cli import UsageError, location_arg, parse_list, parser, run_main
+from jobs.cli import (
+    UsageError,
+    location_arg,
+    parse_list,
+    parser,
+    run_location,
+    run_main,
+)
 from jobs.cli.bundles import resolve_bundle
 from jobs.cli.method_args import add_method_arguments, method_from
 from jobs.cli.ray import add_ray_arguments, add_resource_arguments, start
@@ -67,38 +73,38 @@ def main(argv=None) -> None:
     add_resource_arguments(p)
     add_ray_arguments(p)
     args = p.parse_args(argv)
-    with staged(args.out) as args.out:  # a run in an object store: worked on through a local copy
-        ns = parse_list(args.n, "--n", int)
-        ratios = parse_list(args.ratios, "--ratio", float)
-        spaces = parse_list(args.spaces, "--space", str)
-        estimators = parse_list(args.estimators, "--estimator", str)
-        unknown = [e for e in estimators if e not in ESTIMATORS]
-        if unknown:
-            raise UsageError(f"--estimator {', '.join(unknown)}: unknown; choose from {', '.join(ESTIMATORS)}")
-        if ns[0] <= 0:
-            raise UsageError(f"--n values must be positive, got {ns[0]}")
-        if args.cases < 1:
-            raise UsageError(f"--cases must be >= 1, got {args.cases}")
-        method = method_from(args)
-        for space in spaces:
-            for ratio in ratios:
-                Cell(space, ns[0], ratio).method(method)  # a bad ratio or space is refused here
-        bundle = resolve_bundle(args.bundle)
-        method.check_scores(bundle.score_names)
-        check_sampling_input(bundle, ns[-1], args.seed, args.out)
-        cells = len(spaces) * len(ns) * len(ratios) * len(estimators)
-        rate = calibrate(bundle)
-        images = args.cases * (1 + cells * method.edits_per_case)
-        fits = cells * len(method.group_names) * len(method.properties)
-        print(f"plan: {cells} cells ({', '.join(spaces)} x {len(ns)} n x {len(ratios)} ratios x {len(estimators)} "
-              f"estimators), {ns[-1]:,} samples "
-              f"once, {fits} fits, {images:,} test images; calibration {rate:,.0f} images/s in one process, so "
-              f"about {(ns[-1] + images) / (rate * 0.8) / 60:.1f} min of sampling and testing", flush=True)
-        started = time.perf_counter()
-        table = run_grid(args.out, bundle, method, ns, ratios, spaces, args.cases, args.seed, start(args),
-                         args.batch_size, rate, estimators=estimators)
-        write_grid_md(table, args.out, method.property_names)
-        print(f"done in {time.perf_counter() - started:.0f}s: {args.out / 'grid.parquet'}, {args.out / 'grid.md'}")
+    args.out = run_location(args.out)
+    ns = parse_list(args.n, "--n", int)
+    ratios = parse_list(args.ratios, "--ratio", float)
+    spaces = parse_list(args.spaces, "--space", str)
+    estimators = parse_list(args.estimators, "--estimator", str)
+    unknown = [e for e in estimators if e not in ESTIMATORS]
+    if unknown:
+        raise UsageError(f"--estimator {', '.join(unknown)}: unknown; choose from {', '.join(ESTIMATORS)}")
+    if ns[0] <= 0:
+        raise UsageError(f"--n values must be positive, got {ns[0]}")
+    if args.cases < 1:
+        raise UsageError(f"--cases must be >= 1, got {args.cases}")
+    method = method_from(args)
+    for space in spaces:
+        for ratio in ratios:
+            Cell(space, ns[0], ratio).method(method)  # a bad ratio or space is refused here
+    bundle = resolve_bundle(args.bundle)
+    method.check_scores(bundle.score_names)
+    check_sampling_input(bundle, ns[-1], args.seed, args.out)
+    cells = len(spaces) * len(ns) * len(ratios) * len(estimators)
+    rate = calibrate(bundle)
+    images = args.cases * (1 + cells * method.edits_per_case)
+    fits = cells * len(method.group_names) * len(method.properties)
+    print(f"plan: {cells} cells ({', '.join(spaces)} x {len(ns)} n x {len(ratios)} ratios x {len(estimators)} "
+          f"estimators), {ns[-1]:,} samples "
+          f"once, {fits} fits, {images:,} test images; calibration {rate:,.0f} images/s in one process, so "
+          f"about {(ns[-1] + images) / (rate * 0.8) / 60:.1f} min of sampling and testing", flush=True)
+    started = time.perf_counter()
+    table = run_grid(args.out, bundle, method, ns, ratios, spaces, args.cases, args.seed, start(args),
+                     args.batch_size, rate, estimators=estimators)
+    write_grid_md(table, args.out, method.property_names)
+    print(f"done in {time.perf_counter() - started:.0f}s: {args.out / 'grid.parquet'}, {args.out / 'grid.md'}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from compute.recheck import recheck, reference_cases, stored_cases
-from compute.remote_runs import staged
-from jobs.cli import location_arg, parser, run_main
+from jobs.cli import location_arg, parser, run_location, run_main
 from jobs.cli.method_args import parse_cutoffs
 from vectors.method import PASS_RULES
 from vectors.summary import results_table
@@ -33,18 +32,18 @@ def main(argv=None) -> None:
     p.add_argument("--pass-rule", metavar="{" + ",".join(PASS_RULES) + "}", default=None,
                    help="abs: |corr| >= cutoff; signed: corr >= cutoff (default: the test's own)")
     args = p.parse_args(argv)
-    with staged(args.run) as args.run:  # a run in an object store: worked on through a local copy
-        stored = stored_cases(args.run) if args.run else reference_cases(args.reference_csv)
-        method = stored.method
-        if args.cutoffs is not None:
-            method = method.with_cutoffs(parse_cutoffs(args.cutoffs, method.property_names))
-        if args.max_spread is not None:
-            method = replace(method, max_spread=args.max_spread)
-        if args.pass_rule is not None:
-            method = replace(method, pass_rule=args.pass_rule)
-        print(results_table(recheck(stored, method), stored.accuracy))
-        if stored.note:
-            print(f"({stored.note})")
+    args.run = run_location(args.run, write=False)
+    stored = stored_cases(args.run) if args.run else reference_cases(args.reference_csv)
+    method = stored.method
+    if args.cutoffs is not None:
+        method = method.with_cutoffs(parse_cutoffs(args.cutoffs, method.property_names))
+    if args.max_spread is not None:
+        method = replace(method, max_spread=args.max_spread)
+    if args.pass_rule is not None:
+        method = replace(method, pass_rule=args.pass_rule)
+    print(results_table(recheck(stored, method), stored.accuracy))
+    if stored.note:
+        print(f"({stored.note})")
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 from compute.editor import load_editor
+from compute.fetched import fetched_file
 from compute.picks import read_picks
 from compute.render_picks import check_picks, parse_weights, render_picks
-from compute.storage import fetched_file
-from jobs.cli import UsageError, location_arg, parser, run_main
+from jobs.cli import UsageError, location_arg, parser, run_location, run_main
 
 
 def main(argv=None) -> None:
@@ -38,10 +38,12 @@ def main(argv=None) -> None:
                         "their weights; also writes sweep_NAME.csv of every frame's weights and scores")
     p.add_argument("--steps", type=int, default=7, help="frames per --sweep strip")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
-    p.add_argument("--out", type=Path, required=True, help="directory for the PNG files (and the sweep's CSV)")
+    p.add_argument("--out", type=location_arg, required=True,
+                   help="directory (or s3://bucket/prefix) for the PNG files (and the sweep's CSV)")
     args = p.parse_args(argv)
     if args.steps < 2:
         raise UsageError(f"--steps must be at least 2, got {args.steps}")
+    out = run_location(args.out)  # a store that cannot be written: refused before any work
     editor = load_editor(args.bundle)
     weights, warnings = parse_weights(args.weights, editor)
     with fetched_file(args.picks) as picks_path:  # a picks file in an object store: read from a local copy
@@ -49,7 +51,7 @@ def main(argv=None) -> None:
     warnings += check_picks(picks, editor)
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
-    written = render_picks(editor, picks, weights, args.out, args.sweep, args.steps, args.threads)
+    written = render_picks(editor, picks, weights, out, args.sweep, args.steps, args.threads)
     shown = ", ".join(f"{k}={v:g}" for k, v in weights.items() if args.sweep != k)
     pngs = [p for p in written if p.suffix == ".png"]
     print(f"wrote {len(pngs)} PNG files to {args.out} ({shown}"

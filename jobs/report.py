@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from compute.remote_runs import staged
 from compute.report import write_report
-from jobs.cli import location_arg, parser, run_main
+from jobs.cli import location_arg, parser, run_location, run_main
 from jobs.cli.bundles import run_bundle
 
 
@@ -23,8 +22,8 @@ def main(argv=None) -> None:
                    help="model bundle (default: the one the run recorded; runs made before runs recorded it: "
                         "the built-in synthetic model); must have the run's manifest hash")
     args = p.parse_args(argv)
-    with staged(args.run) as args.run:  # a run in an object store: worked on through a local copy
-        print(f"wrote {write_report(args.run, run_bundle(args.run, args.bundle))}")
+    args.run = run_location(args.run)
+    print(f"wrote {write_report(args.run, run_bundle(args.run, args.bundle))}")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import sys
 
-from compute.remote_runs import staged
 from compute.run_record import read_record, write_record
 from compute.runlock import run_lock
 from compute.sampling import check_sampling_input, sample_table
-from jobs.cli import location_arg, parser, run_main
+from jobs.cli import location_arg, parser, run_location, run_main
 from jobs.cli.bundles import resolve_bundle, run_bundle
 from jobs.cli.ray import add_ray_arguments, add_resource_arguments, start
 
@@ -31,15 +30,15 @@ def main(argv=None) -> None:
     add_resource_arguments(p)
     add_ray_arguments(p)
     args = p.parse_args(argv)
-    with staged(args.out) as args.out:  # a run in an object store: worked on through a local copy
-        bundle = run_bundle(args.out, args.bundle) if read_record(args.out) else resolve_bundle(args.bundle)
-        check_sampling_input(bundle, args.n, args.seed, args.out, args.chunk_size)  # before Ray starts
-        with run_lock(args.out):  # sampling takes it again; the record is written holding it
-            resources = start(args)
-            write_record(args.out, bundle)  # before the first chunk: a resumed run finds its bundle too
-            sample_table(bundle, args.n, args.seed, args.out, batch_size=args.batch_size, resources=resources,
-                         chunk_size=args.chunk_size, read_back=False)
-        print(f"wrote {args.out / 'samples.parquet'}")
+    args.out = run_location(args.out)
+    bundle = run_bundle(args.out, args.bundle) if read_record(args.out) else resolve_bundle(args.bundle)
+    check_sampling_input(bundle, args.n, args.seed, args.out, args.chunk_size)  # before Ray starts
+    with run_lock(args.out):  # sampling takes it again; the record is written holding it
+        resources = start(args)
+        write_record(args.out, bundle)  # before the first chunk: a resumed run finds its bundle too
+        sample_table(bundle, args.n, args.seed, args.out, batch_size=args.batch_size, resources=resources,
+                     chunk_size=args.chunk_size, read_back=False)
+    print(f"wrote {args.out / 'samples.parquet'}")
 
 
 if __name__ == "__main__":

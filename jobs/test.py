@@ -12,15 +12,14 @@ run's report and gallery STALE (compute.staleness) until they are drawn again.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from compute.remote_runs import staged
 from compute.run_record import recorded_method
 from compute.runs import CASES_FILE, SUMMARY_FILE, VECTORS_FILE, reusable
 from compute.staleness import watching_results
+from compute.storage import Place, as_place
 from compute.testing import load_direction_set, run_test, test_config
 from compute.vectors_table import read_vectors
-from jobs.cli import UsageError, location_arg, parser, run_main
+from jobs.cli import UsageError, location_arg, parser, run_location, run_main
 from jobs.cli.bundles import run_bundle
 from jobs.cli.method_args import add_method_arguments, method_from
 from jobs.cli.ray import add_ray_arguments, add_resource_arguments, start
@@ -31,7 +30,7 @@ from vectors.summary import results_table
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--run", type=location_arg, required=True, help="run directory")
-    p.add_argument("--vectors", type=Path, default=None, help=f"vectors file (default: RUN/{VECTORS_FILE})")
+    p.add_argument("--vectors", type=location_arg, default=None, help=f"vectors file (default: RUN/{VECTORS_FILE})")
     p.add_argument("--cases", type=int, default=500, help="test cases (fresh faces)")
     p.add_argument("--seed", type=int, default=0, help="test seed; case i's code is a function of (seed, i)")
     p.add_argument("--bundle", type=location_arg, default=None,
@@ -41,35 +40,35 @@ def main(argv=None) -> None:
     add_resource_arguments(p)
     add_ray_arguments(p)
     args = p.parse_args(argv)
-    with staged(args.run) as args.run:  # a run in an object store: worked on through a local copy
-        if args.cases < 1:
-            raise UsageError(f"--cases must be >= 1, got {args.cases}")
-        if args.seed < 0:
-            raise UsageError(f"--seed must be >= 0, got {args.seed}")
-        vectors_path = args.vectors or args.run / VECTORS_FILE
-        method = method_from(args, base_method(args.run, vectors_path))
-        bundle = run_bundle(args.run, args.bundle)  # the run's own; another is refused before any work
-        with watching_results(args.run, "jobs.test"):  # holds RUN's lock: the reuse decided here stands
-            reuse = reused_test(args.run, bundle, method, args.cases, args.seed, vectors_path)  # before Ray starts
-            summary = run_test(args.run, bundle, method, args.cases, args.seed, None if reuse else start(args),
-                               vectors_path)
-            print(results_table(summary, summary.get("svm_val_accuracy")))
-            if not reuse:
-                print(f"wrote {args.run / CASES_FILE}, {SUMMARY_FILE}, passed.parquet, passed.csv")
+    args.run = run_location(args.run)
+    if args.cases < 1:
+        raise UsageError(f"--cases must be >= 1, got {args.cases}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    vectors_path = as_place(args.vectors) if args.vectors is not None else args.run / VECTORS_FILE
+    method = method_from(args, base_method(args.run, vectors_path))
+    bundle = run_bundle(args.run, args.bundle)  # the run's own; another is refused before any work
+    with watching_results(args.run, "jobs.test"):  # holds RUN's lock: the reuse decided here stands
+        reuse = reused_test(args.run, bundle, method, args.cases, args.seed, vectors_path)  # before Ray starts
+        summary = run_test(args.run, bundle, method, args.cases, args.seed, None if reuse else start(args),
+                           vectors_path)
+        print(results_table(summary, summary.get("svm_val_accuracy")))
+        if not reuse:
+            print(f"wrote {args.run / CASES_FILE}, {SUMMARY_FILE}, passed.parquet, passed.csv")
 
 
-def base_method(run: Path, vectors_path: Path) -> Method:
+def base_method(run: Place, vectors_path: Place) -> Method:
     """The run's recorded method where it is the one these vectors were fitted with (its test
     settings, e.g. the cutoffs of the last test, kept), else the vectors' own method."""
     table, _, meta = read_vectors(vectors_path)
     # Older vectors files record only their space.
     fitted = Method.from_dict(meta["method"]) if "method" in meta else Method(space=table["space"][0].as_py())
-    own = Path(vectors_path).resolve() == (Path(run) / VECTORS_FILE).resolve()
+    own = vectors_path.key() == (run / VECTORS_FILE).key()
     recorded = recorded_method(run) if own else None
     return recorded if recorded is not None and recorded.fit_config() == fitted.fit_config() else fitted
 
 
-def reused_test(run: Path, bundle, method: Method, cases: int, seed: int, vectors_path: Path) -> bool:
+def reused_test(run: Place, bundle, method: Method, cases: int, seed: int, vectors_path: Place) -> bool:
     """Check what needs no cluster, and say whether RUN already holds this very test (then
     run_test reuses it and Ray is not started at all)."""
     method.check_scores(bundle.score_names)

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 from compute.pipeline import check_run_input, run_method
-from compute.remote_runs import remote_of, staged
 from compute.run_record import read_record
 from compute.staleness import watching_results
-from jobs.cli import location_arg, parser, run_main
+from jobs.cli import location_arg, parser, run_location, run_main
 from jobs.cli.bundles import resolve_bundle, run_bundle
 from jobs.cli.method_args import add_method_arguments, method_from
 from jobs.cli.ray import add_ray_arguments, add_resource_arguments, start
@@ -37,19 +36,19 @@ def main(argv=None) -> None:
     add_resource_arguments(p)
     add_ray_arguments(p)
     args = p.parse_args(argv)
-    with staged(args.out) as args.out:  # a run in an object store: worked on through a local copy
-        method = method_from(args)
-        started = time.perf_counter()
-        bundle = run_bundle(args.out, args.bundle) if read_record(args.out) else resolve_bundle(args.bundle)
-        check_run_input(bundle, method, args.n, args.cases, args.seed, args.out)  # every check before Ray starts
-        # The method draws report.md and gallery.html again at its end; should it stop before, the
-        # watch marks the ones drawn from results it rewrote as stale.
-        with watching_results(args.out, "jobs.vectorfind"):
-            summary = run_method(args.out, bundle, method, args.n, args.cases, args.seed, start(args),
-                                 args.batch_size, args.drop_nonfinite)
-            print(results_table(summary, summary.get("svm_val_accuracy")))
-            print(f"\ndone in {time.perf_counter() - started:.0f}s: {remote_of(args.out) or args.out}/report.md "
-                  f"(cases.parquet, summary.json, passed.csv beside it)")
+    args.out = run_location(args.out)
+    method = method_from(args)
+    started = time.perf_counter()
+    bundle = run_bundle(args.out, args.bundle) if read_record(args.out) else resolve_bundle(args.bundle)
+    check_run_input(bundle, method, args.n, args.cases, args.seed, args.out)  # every check before Ray starts
+    # The method draws report.md and gallery.html again at its end; should it stop before, the
+    # watch marks the ones drawn from results it rewrote as stale.
+    with watching_results(args.out, "jobs.vectorfind"):
+        summary = run_method(args.out, bundle, method, args.n, args.cases, args.seed, start(args),
+                             args.batch_size, args.drop_nonfinite)
+        print(results_table(summary, summary.get("svm_val_accuracy")))
+        print(f"\ndone in {time.perf_counter() - started:.0f}s: {args.out / 'report.md'} "
+              f"(cases.parquet, summary.json, passed.csv beside it)")
 
 
 if __name__ == "__main__":

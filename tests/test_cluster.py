@@ -157,17 +157,17 @@ diff = max(float(np.abs(np.asarray(table[c].to_pylist()) - single[c]).max()) for
 # Into an object store: the actors (all on the second node) write every chunk themselves;
 # the driver's records carry no bytes.
 from compute import samples_store
-from compute.remote_runs import staged
+from compute.storage import place
 sent, consume = [], cs._consume
 def spy(records, *args):
     for record in records:
         sent.extend(len(d) for d in record["data"].tolist())
         consume([record], *args)
 cs._consume = spy
-with staged(sys.argv[3]) as run:
-    cs.sample_table(b, 300, 4, run, batch_size=64, chunk_size=100, resources=cs.Resources(2, 0.5, 0.5, 1),
-                    actor_class=Where, progress=False, read_back=False)
-    stored = samples_store.read_samples(run / "samples.parquet")
+run = place(sys.argv[3])
+cs.sample_table(b, 300, 4, run, batch_size=64, chunk_size=100, resources=cs.Resources(2, 0.5, 0.5, 1),
+                actor_class=Where, progress=False, read_back=False)
+stored = samples_store.read_samples(run / "samples.parquet")
 print("RESULT " + json.dumps({"gpu_node": gpu_node.node_id, "actor_nodes": sorted(os.listdir(marker_dir)),
                               "max_diff": diff, "sent": sent, "stored_equal": stored.equals(table)}))
 ray.shutdown()

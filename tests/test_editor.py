@@ -481,6 +481,16 @@ def test_export_editor_and_render_take_locations_in_an_object_store(runs, editor
         assert done.returncode == 0 and done.stderr == "", done.stderr
     for name in ("case_2.png", "case_5.png"):
         assert (tmp_path / "store" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    # and writes its images (a sweep's table too) into the store
+    for out in (str(tmp_path / "sweep"), f"s3://{s3.bucket}/renders/sweep"):
+        done = call_job("jobs.render", "--picks", str(picks), "--bundle", str(editors["w"]), "--sweep", "eyes",
+                        "--steps", "3", "--out", out)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+    local = sorted(p.name for p in (tmp_path / "sweep").iterdir())
+    assert local == ["case_2_eyes.png", "case_5_eyes.png", "sweep_eyes.csv"], local
+    for name in local:
+        with s3.fs.open_input_stream(f"{s3.bucket}/renders/sweep/{name}") as f:
+            assert f.read() == (tmp_path / "sweep" / name).read_bytes(), name
     missing = call_job("jobs.render", "--picks", f"s3://{s3.bucket}/picks/none.csv", "--bundle", str(editors["w"]),
                        "--out", str(tmp_path / "none"))
     assert missing.returncode == 2 and "no file s3://" in missing.stderr, missing.stderr

@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, call_job, run_job
-from test_reliability import _group_ends, fill_pipe
+from test_reliability import _full_pipe, _group_ends
 
 from vectors.errors import InputError
 
@@ -42,14 +42,13 @@ def _table(s3, key: str):
 
 def _kill_with_chunks_written(s3, bundle_dir, prefix: str) -> None:
     """jobs.sample into the store, killed (SIGKILL: no handler runs) once its actors have written
-    every chunk but before the driver could commit the table: once its first line (the local
-    copy, printed before Ray starts) is read, its stdout is filled, so its next progress line
-    blocks it."""
+    every chunk but before the driver could commit the table: its stdout is a full pipe, so its
+    first progress line, printed once chunk 0 is written, blocks it (test_reliability's gate)."""
+    read_end, write_end = _full_pipe()
     proc = subprocess.Popen([sys.executable, "-m", "jobs.sample", "--bundle", str(bundle_dir), "--out",
                              f"s3://{s3.bucket}/{prefix}", "--n", str(N), "--seed", "3"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-    assert "working through a local copy" in proc.stdout.readline().decode()
-    fill_pipe(proc.stdout.fileno())
+                            cwd=REPO, stdout=write_end, stderr=subprocess.DEVNULL, start_new_session=True)
+    os.close(write_end)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and \
             sum(k.endswith(".parquet") for k in _keys(s3, f"{prefix}/samples.parquet")) < 3:
@@ -57,7 +56,7 @@ def _kill_with_chunks_written(s3, bundle_dir, prefix: str) -> None:
     assert proc.poll() is None, "the job ended before it was killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    proc.stdout.close()
+    os.close(read_end)
     assert _group_ends(proc.pid, within=30)
 
 
@@ -149,37 +148,42 @@ def test_bad_locations_are_one_line_before_any_work(s3_server, location, message
     assert "Started a local Ray instance" not in result.stdout + result.stderr
 
 
-def test_a_hostile_object_name_is_refused_and_nothing_leaves_the_copy(s3_server):
+def test_a_commit_object_naming_parts_outside_its_table_is_refused_in_one_line(s3_server, bundle_dir):
+    """A commit object is read from the store like any file: part names that leave the table
+    (`..`, another prefix) are not followed; the table counts as damaged, before any work."""
     s3 = s3_server
-    import boto3  # a key as any client may write it (pyarrow would normalise the ..)
+    base = f"{s3.bucket}/runs/hostile/samples.parquet"
+    with s3.fs.open_output_stream(f"{base}/_commit.json") as f:
+        f.write(b'{"parts": ["../../escape.parquet"], "rows": 10}')
+    result = call_job("jobs.sample", "--out", f"s3://{s3.bucket}/runs/hostile", "--bundle", str(bundle_dir),
+                      "--n", "1000")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "is damaged" in lines[0], result.stderr
+    assert "Started a local Ray instance" not in result.stdout + result.stderr
 
-    boto3.client("s3").put_object(Bucket=s3.bucket, Key="runs/hostile/../../escape.txt", Body=b"x")
-    result = call_job("jobs.report", "--run", f"s3://{s3.bucket}/runs/hostile")
-    assert result.returncode == 2 and "unusable name '../../escape.txt'" in result.stderr, result.stderr
-    staging = Path(os.environ["VECTORFIND_STAGING"])
-    assert not (staging.parent / "escape.txt").exists() and not list(staging.rglob("escape.txt"))
 
+def test_an_output_appears_whole_or_not_at_all_in_the_store(s3_server):
+    """The commit rule: a stage's file is one PUT when its writer finishes; a writer that fails
+    leaves no object (and the object it would have replaced is kept)."""
+    import pyarrow as pa
 
-def test_publish_sends_changes_and_removals_and_keeps_samples_in_the_store(s3_server):
-    from compute.remote_runs import publish, staged
+    from compute.storage import place
+    from compute.tables import read_table, write_parquet_atomic
 
     s3 = s3_server
-    location = f"s3://{s3.bucket}/runs/published"
-    with s3.fs.open_output_stream(f"{s3.bucket}/runs/published/samples.parquet/000000.parquet") as f:
-        f.write(b"not pulled")
-    with staged(location) as run:
-        assert not (run / "samples.parquet").exists()  # read in the store, never copied
-        (run / "a.json").write_text("1")
-        (run / "sub").mkdir()
-        (run / "sub" / "b.parquet").write_bytes(b"2")
-        assert publish(run) == ["sub/b.parquet", "a.json"]  # tables first
-        assert publish(run) == []  # nothing changed since
-        (run / "a.json").unlink()
-        (run / "sub" / "b.parquet").write_bytes(b"3")
-    keys = _keys(s3, "runs/published")
-    assert keys == {"sub/b.parquet": b"3", "samples.parquet/000000.parquet": b"not pulled"}
-    with staged(location) as run:
-        assert (run / "sub" / "b.parquet").read_bytes() == b"3" and not (run / "a.json").exists()
+    run = place(f"s3://{s3.bucket}/runs/whole")
+    table = pa.table({"x": list(range(1000))})
+    write_parquet_atomic(table, run / "t.parquet")
+    assert read_table(run / "t.parquet").equals(table)
+    with pytest.raises(RuntimeError), (run / "t.parquet").open_write() as f:
+        f.write(b"half of a table")
+        raise RuntimeError("the writer failed")
+    with pytest.raises(RuntimeError), (run / "new.md").open_write(text=True) as f:
+        f.write("half of a page")
+        raise RuntimeError("the writer failed")
+    assert set(_keys(s3, "runs/whole")) == {"t.parquet"} and read_table(run / "t.parquet").equals(table)
+    (run / "page.md").write_text("é\n")
+    assert (run / "page.md").read_text() == "é\n" and (run / "page.md").size() == 3
 
 
 def _upload(s3, directory: Path, prefix: str) -> str:
@@ -231,14 +235,20 @@ def test_a_chunk_the_store_did_not_keep_as_written_is_not_committed(tmp_path):
     assert written == {0: 10}
 
 
-def test_a_second_job_on_the_same_store_run_is_refused_before_it_touches_the_copy(s3_server):
-    from compute.remote_runs import staged
-    from compute.runlock import RunLocked
+def test_a_second_job_on_the_same_store_run_is_refused_and_a_dead_holders_lock_is_taken_over(s3_server):
+    from compute.runlock import LOCK_FILE, RunLocked, run_lock
+    from compute.storage import place
 
-    location = f"s3://{s3_server.bucket}/runs/locked"
-    with staged(location) as run:
-        (run / "work.txt").write_text("in progress")
-        script = f"from compute.remote_runs import staged\nwith staged({location!r}): pass"
+    run = place(f"s3://{s3_server.bucket}/runs/locked")
+    script = f"from compute.runlock import run_lock\nwith run_lock({run.uri!r}): print('got it')"
+    with run_lock(run):
+        assert (run / LOCK_FILE).is_file()
         child = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=False)
-        assert child.returncode != 0 and RunLocked.__name__ in child.stderr, child.stderr[-2000:]
-        assert (run / "work.txt").read_text() == "in progress"
+        assert child.returncode != 0 and RunLocked.__name__ in child.stderr and f"pid {os.getpid()}" in child.stderr
+    assert not (run / LOCK_FILE).is_file()  # released
+    # A holder killed (SIGKILL) leaves its lock object: on the same host the next job takes it over.
+    (run / LOCK_FILE).write_text('{"pid": 999999999, "host": "%s", "job": "jobs.sample", "started": 0}'
+                                 % __import__("socket").gethostname())
+    child = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=False)
+    assert child.returncode == 0 and "taking over the lock" in child.stdout and "got it" in child.stdout, child.stderr
+    assert not (run / LOCK_FILE).is_file()

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from compute.grid import Cell, cell_dir
+from compute.tables import read_table
 from compute.vectors_table import read_vectors
 from jobs import grid, recheck, vectorfind
 from vectors.method import Method
@@ -69,7 +70,7 @@ def test_grid_cells_share_the_test_schema(two_properties):
     # One name per quantity: mean_abs_corr is the cell's mean of |corr|, mean_corr its signed mean.
     for row in table.to_pylist():
         cell = Cell(row["space"], row["n"], row["ratio"], row["estimator"])
-        corr = pq.read_table(cell_dir(run, cell) / "cases.parquet")["corr_smile"].to_numpy()
+        corr = read_table(cell_dir(run, cell) / "cases.parquet")["corr_smile"].to_numpy()  # a Place
         assert row["mean_abs_corr_smile"] == pytest.approx(np.nanmean(np.abs(corr)))
         assert row["mean_corr_smile"] == pytest.approx(np.nanmean(corr))
         assert row["negative_corr_smile"] == int((corr < 0).sum())

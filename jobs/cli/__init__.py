@@ -185,3 +185,16 @@ def location_arg(text: str) -> Path | str:
     from compute.storage import is_remote
 
     return text if is_remote(text) else Path(text)
+
+
+def run_location(location, write: bool = True):
+    """A run's location (location_arg's value, or None) as a compute.storage.Place, the one
+    way every stage reads and writes it; a store that cannot be reached (or, with `write`,
+    written) is refused here in one line, before any work."""
+    from compute.storage import as_place, check_reachable
+
+    if location is None:
+        return None
+    where = as_place(location)
+    check_reachable(where, write=write)
+    return where
