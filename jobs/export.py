@@ -23,7 +23,10 @@ edits a face along its directions.
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from jobs.cli import UsageError, location_arg, parser, run_location, run_main
@@ -37,7 +40,8 @@ def main(argv=None) -> None:
     p.add_argument("--model", default=None,
                    help="synthetic, synthetic-hard (the harder world), synthetic-attributes, ohlora, stylegan2 (a "
                         "checkpoint file) or onnx (your graphs); default synthetic")
-    p.add_argument("--out", type=Path, required=True, help="bundle (or --editor: editor) directory to create")
+    p.add_argument("--out", type=location_arg, required=True,
+                   help="bundle (or --editor: editor) directory to create, or s3://bucket/prefix")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--resolution", type=int, default=None,
                    help="synthetic models: image size (multiple of 64; default 64)")
@@ -81,13 +85,33 @@ def main(argv=None) -> None:
     from export.onnx_bundle import ExportError
 
     try:
-        manifest = export_model(model, args.out, options, args.overwrite)
+        with out_directory(args.out, args.overwrite) as out:
+            manifest = export_model(model, out, options, args.overwrite)
     except ExportError as exc:
         raise UsageError(str(exc)) from exc
     print(f"wrote bundle {args.out} ({manifest['model']}, {manifest['resolution']} px"
           + (f", {manifest['num_ws']} style layers" if manifest.get("num_ws") else "")
           + f", scores {', '.join(manifest['score_names'])}) in {time.perf_counter() - started:.0f}s")
     print(parity_line(manifest["parity"]))
+
+
+@contextmanager
+def out_directory(location, overwrite: bool) -> Iterator[Path]:
+    """--out as the local directory the export writes: itself, or for an object store a
+    temporary one whose files go up when the export has finished (compute.transfer: the
+    manifest last). A store prefix in use without --overwrite is refused before any work."""
+    from compute.storage import is_remote, place
+    from compute.transfer import upload_directory
+
+    if not is_remote(location):
+        yield Path(location)
+        return
+    where = run_location(location)
+    if where.files() and not overwrite:
+        raise UsageError(f"--out {where} holds objects; pass --overwrite to replace them")
+    with tempfile.TemporaryDirectory(prefix="vectorfind-export-") as tmp:
+        yield Path(tmp) / "out"
+        upload_directory(Path(tmp) / "out", place(location), overwrite)
 
 
 def export_options(args):
@@ -134,7 +158,8 @@ def export_editor(args) -> None:
     # None, and the editor looks for the run's hash among the built-in bundles.
     run = run_location(args.editor)
     bundle = run_bundle(run, args.bundle, default=False)
-    manifest = write_editor(run, args.out, bundle, args.overwrite)
+    with out_directory(args.out, args.overwrite) as out:
+        manifest = write_editor(run, out, bundle, args.overwrite)
     parity = manifest["parity"]
     print(f"wrote editor {args.out} (editor.onnx, editor_fp16.onnx, manifest.json) of run {args.editor} in "
           f"{time.perf_counter() - started:.0f}s: space {manifest['space']}, properties "

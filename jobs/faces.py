@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from compute.files import atomic_file
 from compute.plots import fig_text, pyplot, to_rgb
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single, synthesize
-from jobs.cli import UsageError, parser, run_main
+from compute.storage import Place, as_place, check_reachable
+from jobs.cli import UsageError, location_arg, parser, run_main
 from jobs.cli.bundles import resolve_bundle
 
 
@@ -30,7 +30,7 @@ def render_faces(bundle, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     return images, run_single(scorer, images)
 
 
-def save_grid(images: np.ndarray, scores: np.ndarray, names: list[str], out: Path) -> None:
+def save_grid(images: np.ndarray, scores: np.ndarray, names: list[str], out: Place) -> None:
     plt = pyplot()
     cols = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
@@ -44,28 +44,30 @@ def save_grid(images: np.ndarray, scores: np.ndarray, names: list[str], out: Pat
     fig.suptitle(fig_text("sample faces (scores: " + ", ".join(f"{names[i][:1]}={names[i]}" for i in shown) + ")"),
                  fontsize=9)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out, "wb") as f:  # never through a planted name or symlink
+    out.parent.mkdir()
+    with out.open_write() as f:  # whole or not at all; never through a planted name or symlink
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
-    p.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: built-in model)")
+    p.add_argument("--bundle", type=location_arg, default=None, help="bundle directory (default: built-in model)")
     p.add_argument("--count", type=int, default=16, help="number of faces")
     p.add_argument("--seed", type=int, default=0, help="code seed; face i is code (seed, i)")
-    p.add_argument("--out", type=Path, default=Path("runs/faces.png"), help="PNG to write")
+    p.add_argument("--out", type=location_arg, default=Path("runs/faces.png"), help="PNG to write (or s3://...)")
     args = p.parse_args(argv)
     if not 1 <= args.count <= 1024:
         raise UsageError(f"--count must be in [1, 1024], got {args.count}")
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    if args.out.suffix.lower() != ".png" or args.out.is_dir():
+    out = as_place(args.out)
+    if out.suffix.lower() != ".png" or out.is_dir():
         raise UsageError(f"--out must name a .png file, got {args.out}")
+    check_reachable(out.parent)
     bundle = resolve_bundle(args.bundle)
     images, scores = render_faces(bundle, args.count, args.seed)
-    save_grid(images, scores, bundle.score_names, args.out)
+    save_grid(images, scores, bundle.score_names, out)
     print(f"wrote {args.out}: {args.count} faces from {bundle.path}")
 
 

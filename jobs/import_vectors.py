@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from compute.staleness import is_run, watching_results
+from compute.storage import as_place, check_reachable
 from compute.vectors_table import write_vectors
-from jobs.cli import UsageError, parser, run_main
+from jobs.cli import UsageError, location_arg, parser, run_main
 from jobs.cli.bundles import resolve_bundle
 from jobs.cli.method_args import add_method_arguments, method_from
 from vectors.interop import read_reference_csv, reference_csv_name
@@ -51,19 +52,22 @@ def import_reference_csvs(csv_dir: Path, method, dim: int) -> list[dict]:
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--csv-dir", type=Path, required=True, help="directory with the reference's CSV files")
-    p.add_argument("--out", type=Path, required=True, help="vectors file to write (e.g. RUN/vectors.parquet)")
-    p.add_argument("--bundle", type=Path, default=None,
+    p.add_argument("--out", type=location_arg, required=True,
+                   help="vectors file to write (e.g. RUN/vectors.parquet, or in s3://...)")
+    p.add_argument("--bundle", type=location_arg, default=None,
                    help="the model the vectors are for; their dims are checked against it (default: built-in model)")
     add_method_arguments(p, fit=False)
     args = p.parse_args(argv)
     method = method_from(args)
+    out = as_place(args.out)
+    check_reachable(out.parent)
     bundle = resolve_bundle(args.bundle)
     rows = import_reference_csvs(args.csv_dir, method, bundle.z_dim if method.latent == "z" else bundle.w_dim)
-    run = args.out.parent if is_run(args.out.parent) else None  # vectors written into a run: its results change
+    run = out.parent if is_run(out.parent) else None  # vectors written into a run: its results change
     with watching_results(run, "jobs.import_vectors"):
         write_vectors(rows, {"fit": {"space": method.latent, "imported_from": str(args.csv_dir.resolve()),
                                      "bundle_manifest_sha256": bundle.manifest_sha256},
-                             "method": method.to_dict()}, args.out)
+                             "method": method.to_dict()}, out)
         print(f"imported {len(rows)} {method.latent} directions ({len(rows[0]['direction'])} dims) into {args.out}")
 
 

@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 
 from compute.editor import load_editor
-from compute.fetched import fetched_file
 from compute.picks import read_picks
 from compute.render_picks import check_picks, parse_weights, render_picks
+from compute.transfer import fetched_file
 from jobs.cli import UsageError, location_arg, parser, run_location, run_main
+from jobs.cli.bundles import local_bundle
 
 
 def main(argv=None) -> None:
@@ -30,7 +31,8 @@ def main(argv=None) -> None:
     p.add_argument("--groups", type=Path, default=None,
                    help="the reference's group names CSV beside its z-vectors CSV (without it the editor "
                         "finds each face's group)")
-    p.add_argument("--bundle", type=Path, required=True, help="editor directory (python -m jobs.export --editor RUN)")
+    p.add_argument("--bundle", type=location_arg, required=True,
+                   help="editor directory, or s3://bucket/prefix (python -m jobs.export --editor RUN)")
     p.add_argument("--set", dest="weights", default=None, metavar="NAME=W,...",
                    help="property weights, e.g. eyes=0.8,mouth=-0.5; unset properties are 0")
     p.add_argument("--sweep", default=None, metavar="NAME",
@@ -44,7 +46,7 @@ def main(argv=None) -> None:
     if args.steps < 2:
         raise UsageError(f"--steps must be at least 2, got {args.steps}")
     out = run_location(args.out)  # a store that cannot be written: refused before any work
-    editor = load_editor(args.bundle)
+    editor = load_editor(local_bundle(args.bundle))  # an editor in a store: fetched once per manifest
     weights, warnings = parse_weights(args.weights, editor)
     with fetched_file(args.picks) as picks_path:  # a picks file in an object store: read from a local copy
         picks = read_picks(picks_path, args.groups)

@@ -491,6 +491,32 @@ def test_export_editor_and_render_take_locations_in_an_object_store(runs, editor
     for name in local:
         with s3.fs.open_input_stream(f"{s3.bucket}/renders/sweep/{name}") as f:
             assert f.read() == (tmp_path / "sweep" / name).read_bytes(), name
+    # an editor exported into the store, and rendered from there, is the same editor
+    up = call_job("jobs.export", "--editor", f"s3://{s3.bucket}/editor-run", "--out", f"s3://{s3.bucket}/editors/w",
+                  "--bundle", str(bundle_dir))
+    assert up.returncode == 0, up.stderr
+    stored = _objects(s3, "editors/w")
+    assert sorted(stored) == ["editor.onnx", "editor_fp16.onnx", "manifest.json"]
+    assert stored["editor.onnx"] == (editors["w"] / "editor.onnx").read_bytes()
+    again = call_job("jobs.export", "--editor", f"s3://{s3.bucket}/editor-run", "--out", f"s3://{s3.bucket}/editors/w",
+                     "--bundle", str(bundle_dir))
+    assert again.returncode == 2 and "pass --overwrite" in again.stderr, again.stderr
+    done = call_job("jobs.render", "--picks", str(picks), "--bundle", f"s3://{s3.bucket}/editors/w", "--set",
+                    "eyes=0.5", "--out", str(tmp_path / "from-stored-editor"))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    for name in ("case_2.png", "case_5.png"):
+        assert (tmp_path / "from-stored-editor" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
     missing = call_job("jobs.render", "--picks", f"s3://{s3.bucket}/picks/none.csv", "--bundle", str(editors["w"]),
                        "--out", str(tmp_path / "none"))
     assert missing.returncode == 2 and "no file s3://" in missing.stderr, missing.stderr
+
+
+def _objects(s3, prefix: str) -> dict[str, bytes]:
+    import pyarrow.fs as pafs
+
+    infos = s3.fs.get_file_info(pafs.FileSelector(f"{s3.bucket}/{prefix}", recursive=False))
+    out = {}
+    for info in infos:
+        with s3.fs.open_input_stream(info.path) as f:
+            out[info.base_name] = f.read()
+    return out

@@ -213,6 +213,36 @@ def test_a_bundle_in_the_store_is_fetched_once_and_checked(s3_server, bundle_dir
         resolve_bundle(f"s3://{s3.bucket}/bundles/nothing-here")
 
 
+def test_an_exported_directory_goes_up_manifest_last_and_is_replaced_only_with_overwrite(s3_server, tmp_path):
+    from compute.storage import place
+    from compute.transfer import upload_directory
+
+    s3 = s3_server
+    local = tmp_path / "bundle"
+    local.mkdir()
+    for name, data in (("manifest.json", b"{}"), ("a.onnx", b"A"), ("b.onnx", b"B")):
+        (local / name).write_bytes(data)
+    where = place(f"s3://{s3.bucket}/exports/b")
+    assert upload_directory(local, where) == ["a.onnx", "b.onnx", "manifest.json"]
+    assert _keys(s3, "exports/b") == {"a.onnx": b"A", "b.onnx": b"B", "manifest.json": b"{}"}
+    (local / "b.onnx").unlink()
+    (local / "a.onnx").write_bytes(b"A2")
+    with pytest.raises(InputError, match="pass --overwrite"):
+        upload_directory(local, where)
+    assert _keys(s3, "exports/b")["a.onnx"] == b"A"  # refused before a byte went up
+    upload_directory(local, where, overwrite=True)
+    assert _keys(s3, "exports/b") == {"a.onnx": b"A2", "manifest.json": b"{}"}  # an earlier export's extra removed
+
+
+def test_faces_from_a_bundle_in_the_store_into_the_store(s3_server, bundle_dir, tmp_path):
+    s3 = s3_server
+    stored_bundle = _upload(s3, bundle_dir, "bundles/for-faces")
+    for out in (str(tmp_path / "faces.png"), f"s3://{s3.bucket}/pictures/faces.png"):
+        done = call_job("jobs.faces", "--bundle", stored_bundle, "--count", "2", "--out", out)
+        assert done.returncode == 0, done.stderr
+    assert _keys(s3, "pictures") == {"faces.png": (tmp_path / "faces.png").read_bytes()}
+
+
 def test_a_chunk_the_store_did_not_keep_as_written_is_not_committed(tmp_path):
     """The driver never reads an actor's chunk back, but checks its size against the record:
     a store that kept something else (seen: an upload's chunk framing, from a worker without

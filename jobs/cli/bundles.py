@@ -55,9 +55,9 @@ def resolve_bundle(path: str | Path | None, resolution: int = DEFAULT_RESOLUTION
 
 def local_bundle(path: str | Path) -> Path:
     """A bundle's local directory: itself, or the local copy of one in an object store
-    (compute.fetched.fetch_directory, cached by URI)."""
-    from compute.fetched import fetch_directory
+    (compute.transfer.fetch_directory, cached by URI)."""
     from compute.storage import is_remote
+    from compute.transfer import fetch_directory
 
     return fetch_directory(path, cache_root() / "remote-bundles") if is_remote(path) else Path(path)
 

@@ -1,6 +1,8 @@
-"""Local copies of files kept in an object store that a reader needs on disk: a model bundle
-(`--bundle s3://...`, opened by ONNX Runtime from files) and a picks file (`--picks s3://...`).
-A run is never copied: its stages read and write it where it is (compute.storage)."""
+"""Whole directories and files between this machine and an object store, where a reader or
+writer needs them on disk: a model bundle or an editor (`--bundle s3://...`: ONNX Runtime
+opens graphs from files) and a picks file are fetched; a bundle or an editor that
+jobs.export made is put up. A run is never copied: its stages read and write it where it
+is (compute.storage)."""
 from __future__ import annotations
 
 import hashlib
@@ -79,3 +81,24 @@ def fetched_file(location: str | os.PathLike, limit: int = 1 << 26) -> Iterator[
         local = Path(tmp) / _plain(where.name)
         local.write_bytes(data)
         yield local
+
+
+def upload_directory(local: Path, where: Place, overwrite: bool = False) -> list[str]:
+    """Put a flat directory made on this machine (a bundle or an editor: graphs and
+    manifest.json) under the store prefix `where`: each file one PUT, the manifest last, so a
+    prefix without one is never a bundle, and a reader that finds the new manifest with an old
+    graph refuses it by the manifest's sha256. Objects of an earlier export that the new one
+    lacks are removed after. A prefix that holds objects is replaced only with `overwrite`.
+    Returns the names written."""
+    check_reachable(where)
+    before = where.files()
+    if before and not overwrite:
+        raise InputError(f"--out {where} holds objects; pass --overwrite to replace them")
+    names = sorted(p.name for p in local.iterdir() if p.is_file())
+    for name in sorted(names, key=lambda n: n == "manifest.json"):  # the manifest last
+        with open(local / name, "rb") as src, where.fs.open_output_stream((where / name).path) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    for name in before:
+        if name not in names:
+            (where / name).delete()
+    return names
