@@ -70,6 +70,7 @@ class Bundle:
     path: Path
     manifest: dict
     manifest_sha256: str
+    source: str | None = None  # the object store location `path` is a local copy of (a run records it)
 
     @property
     def score_names(self) -> list[str]:

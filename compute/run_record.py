@@ -77,7 +77,8 @@ def write_record(run: Place | Path, bundle=None, method=None) -> Place | None:
             return None
         record = {"format": FORMAT, "version": VERSION, "method": None}
     if bundle is not None:
-        record["bundle"] = {"path": str(Path(bundle.path).resolve()), "manifest_sha256": bundle.manifest_sha256,
+        where = getattr(bundle, "source", None) or str(Path(bundle.path).resolve())  # a store's: its URI
+        record["bundle"] = {"path": where, "manifest_sha256": bundle.manifest_sha256,
                             "model": bundle.manifest.get("model")}
     if method is not None:
         record["method"] = method.to_dict()

@@ -243,6 +243,29 @@ def test_faces_from_a_bundle_in_the_store_into_the_store(s3_server, bundle_dir, 
     assert _keys(s3, "pictures") == {"faces.png": (tmp_path / "faces.png").read_bytes()}
 
 
+def test_a_run_records_a_stored_bundle_by_its_location_and_finds_it_there(s3_server, bundle_dir, tmp_path,
+                                                                          monkeypatch):
+    """run.json names a bundle from the store by its URI, not by this machine's copy, so a job
+    on another machine (an empty cache) finds it there."""
+    from compute.run_record import read_record, write_record
+    from compute.storage import place
+    from jobs.cli.bundles import resolve_bundle, run_bundle
+
+    s3 = s3_server
+    stored = _upload(s3, bundle_dir, "bundles/recorded")
+    bundle = resolve_bundle(stored)
+    run = place(f"s3://{s3.bucket}/runs/recorded")
+    write_record(run, bundle)
+    assert read_record(run)["bundle"]["path"] == stored
+    monkeypatch.setenv("VECTORFIND_CACHE", str(tmp_path / "another-machine"))
+    found = run_bundle(run, None)
+    assert (found.manifest_sha256, found.source) == (bundle.manifest_sha256, stored) and found.path != bundle.path
+    s3.fs.delete_dir_contents(f"{s3.bucket}/bundles/recorded")
+    monkeypatch.setenv("VECTORFIND_CACHE", str(tmp_path / "a-third-machine"))
+    with pytest.raises(InputError, match="cannot be read now.*pass where it is with --bundle"):
+        run_bundle(run, None)
+
+
 def test_a_chunk_the_store_did_not_keep_as_written_is_not_committed(tmp_path):
     """The driver never reads an actor's chunk back, but checks its size against the record:
     a store that kept something else (seen: an upload's chunk framing, from a worker without

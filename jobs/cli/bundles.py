@@ -7,10 +7,13 @@ an edit to any of them yields a fresh export instead of a stale bundle.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 from compute.bundle import Bundle, BundleError, cache_root, load_bundle
+from compute.storage import is_remote, place
 from jobs.cli import UsageError
+from vectors.errors import InputError
 
 _EXPORT_DIR = Path(__file__).resolve().parents[2] / "export"
 _DEFINING_FILES = ("world.py", "render.py", "scorer.py", "synthetic.py", "onnx_bundle.py",
@@ -29,7 +32,8 @@ def resolve_bundle(path: str | Path | None, resolution: int = DEFAULT_RESOLUTION
     """Open `path`, or the built-in synthetic bundle (exported into the cache if absent)."""
     try:
         if path is not None:
-            return load_bundle(local_bundle(path))
+            bundle = load_bundle(local_bundle(path))
+            return replace(bundle, source=str(place(path))) if is_remote(path) else bundle
         target = builtin_bundle_path(resolution)
         if not (target / "manifest.json").is_file():
             from export.models import (  # torch only when exporting
@@ -56,7 +60,6 @@ def resolve_bundle(path: str | Path | None, resolution: int = DEFAULT_RESOLUTION
 def local_bundle(path: str | Path) -> Path:
     """A bundle's local directory: itself, or the local copy of one in an object store
     (compute.transfer.fetch_directory, cached by URI)."""
-    from compute.storage import is_remote
     from compute.transfer import fetch_directory
 
     return fetch_directory(path, cache_root() / "remote-bundles") if is_remote(path) else Path(path)
@@ -101,8 +104,7 @@ def run_bundle(run: Path, given: str | Path | None, resolution: int = DEFAULT_RE
     else:
         (sha, model), path = files_bundle(run), None
     if given is not None:
-        given = local_bundle(given)
-        given_sha = manifest_sha256(given)
+        given_sha = manifest_sha256(local_bundle(given))  # a store's: fetched once, reused below
         if sha is not None and given_sha is not None and given_sha != sha:
             raise BundleMismatch(f"--bundle {given} is another bundle ({describe(given_sha, None)}) than the one "
                                  f"run {run} was made with ({describe(sha, model)}"
@@ -110,11 +112,18 @@ def run_bundle(run: Path, given: str | Path | None, resolution: int = DEFAULT_RE
                                  + ("leave out --bundle to use the run's own" if path else
                                     "pass the run's own bundle"))
         return resolve_bundle(given, resolution)
-    if path is not None:
+    if path is not None and is_remote(path):  # recorded as the store's location: fetched (once) from there
+        try:
+            bundle = resolve_bundle(path, resolution)
+        except InputError as exc:
+            raise BundleMoved(f"run {run} was made with the bundle at {path} ({describe(sha, model)}), which "
+                              f"cannot be read now ({exc}); pass where it is with --bundle DIR") from exc
+    elif path is not None:
         if manifest_sha256(path) is None:
             raise BundleMoved(f"run {run} was made with the bundle at {path} ({describe(sha, model)}), which is "
                               f"no longer there; pass where it is now with --bundle DIR")
         bundle = resolve_bundle(path, resolution)
+    if path is not None:
         if bundle.manifest_sha256 != sha:
             raise BundleMismatch(f"the bundle at {path} has changed since run {run} was made with it (manifest "
                                  f"sha256 now {bundle.manifest_sha256[:16]}, recorded {sha[:16]}); pass the "
