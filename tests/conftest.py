@@ -50,6 +50,39 @@ def bundle(bundle_dir):
     return load_bundle(bundle_dir)
 
 
+@pytest.fixture(scope="session")
+def finished_run(ray_session, bundle_dir, tmp_path_factory):
+    """finished_run(n=..., cases=..., ratio=..., seed=...): a run the main job finished on the
+    session's bundle with those settings (the rest the defaults), made once per session for
+    every test file that asks for the same settings, and the job's CompletedProcess. Shared:
+    read it, or run jobs that refuse before writing; a test that changes a run works on its own
+    copy (shutil.copytree). At the session's end each run must still hold the bytes it was made
+    with: a test that wrote into one fails there."""
+    import hashlib
+
+    made: dict[tuple, tuple[Path, subprocess.CompletedProcess, dict]] = {}
+
+    def files(run: Path) -> dict[str, str]:
+        return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(run.rglob("*")) if p.is_file()}
+
+    def finished(*, n: int, cases: int, ratio: float | None = None, seed: int = 0):
+        key = (n, cases, ratio, seed)
+        if key not in made:
+            run = tmp_path_factory.mktemp("finished") / "run"
+            flags = ["--n", str(n), "--cases", str(cases), "--seed", str(seed)]
+            flags += [] if ratio is None else ["--ratio", str(ratio)]
+            done = call_job("jobs.vectorfind", "--bundle", str(bundle_dir), "--out", str(run), *flags)
+            assert done.returncode == 0, done.stderr[-3000:]
+            made[key] = run, done, files(run)
+        run, done, _ = made[key]
+        return run, done
+
+    yield finished
+    changed = [str(run) for run, _, before in made.values() if files(run) != before]
+    assert not changed, f"a test wrote into a shared finished run (copy it first): {changed}"
+
+
 def run_job(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 600):
     """Run `python -m <args>` as a user would; returns the CompletedProcess."""
     full_env = dict(os.environ, **(env or {}))
