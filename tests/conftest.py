@@ -50,6 +50,13 @@ def bundle(bundle_dir):
     return load_bundle(bundle_dir)
 
 
+def _file_hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 @pytest.fixture(scope="session")
 def finished_run(ray_session, bundle_dir, tmp_path_factory):
     """finished_run(n=..., cases=..., ratio=..., seed=...): a run the main job finished on the
@@ -58,13 +65,7 @@ def finished_run(ray_session, bundle_dir, tmp_path_factory):
     read it, or run jobs that refuse before writing; a test that changes a run works on its own
     copy (shutil.copytree). At the session's end each run must still hold the bytes it was made
     with: a test that wrote into one fails there."""
-    import hashlib
-
     made: dict[tuple, tuple[Path, subprocess.CompletedProcess, dict]] = {}
-
-    def files(run: Path) -> dict[str, str]:
-        return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(run.rglob("*")) if p.is_file()}
 
     def finished(*, n: int, cases: int, ratio: float | None = None, seed: int = 0):
         key = (n, cases, ratio, seed)
@@ -74,13 +75,37 @@ def finished_run(ray_session, bundle_dir, tmp_path_factory):
             flags += [] if ratio is None else ["--ratio", str(ratio)]
             done = call_job("jobs.vectorfind", "--bundle", str(bundle_dir), "--out", str(run), *flags)
             assert done.returncode == 0, done.stderr[-3000:]
-            made[key] = run, done, files(run)
+            made[key] = run, done, _file_hashes(run)
         run, done, _ = made[key]
         return run, done
 
     yield finished
-    changed = [str(run) for run, _, before in made.values() if files(run) != before]
+    changed = [str(run) for run, _, before in made.values() if _file_hashes(run) != before]
     assert not changed, f"a test wrote into a shared finished run (copy it first): {changed}"
+
+
+@pytest.fixture(scope="session")
+def samples_8k(ray_session, bundle, tmp_path_factory) -> Path:
+    """RUN/samples.parquet of 8,000 samples of the session's bundle (seed 11, two CPU actors),
+    drawn once for the files that fit on them (tests/test_fit.py, tests/test_generation.py);
+    each copies them into a run directory of its own (copy_samples). Checked unchanged at the
+    session's end."""
+    from compute.sampling import Resources, sample_table
+
+    run = tmp_path_factory.mktemp("samples8k")
+    sample_table(bundle, 8000, 11, run, resources=Resources(2, 0.5, 0.0, 1), progress=False)
+    before = _file_hashes(run)
+    yield run / "samples.parquet"
+    assert _file_hashes(run) == before, f"a test wrote into the shared samples in {run} (copy them first)"
+
+
+def copy_samples(samples: Path, run: Path) -> Path:
+    """A run directory RUN holding a copy of `samples` (a samples.parquet file or dataset directory)."""
+    import shutil
+
+    run.mkdir(parents=True, exist_ok=True)
+    (shutil.copytree if samples.is_dir() else shutil.copy2)(samples, run / samples.name)
+    return run
 
 
 def run_job(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 600):
