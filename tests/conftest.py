@@ -29,6 +29,18 @@ def bundle_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def attributes_dir(tmp_path_factory) -> Path:
+    """The synthetic-attributes model exported once, at the default resolution, as
+    `python -m jobs.export --model synthetic-attributes` does (tests/test_attributes_model.py
+    checks the bundle, tests/test_vocabulary.py runs the jobs on it)."""
+    from export.models import export_model
+
+    out = tmp_path_factory.mktemp("attributes") / "bundle"
+    export_model("synthetic-attributes", out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One real local Ray instance for the whole session, on loopback only."""
     import ray

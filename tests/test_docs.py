@@ -51,7 +51,8 @@ Q = r"python3 -m venv \.venv && \.venv/bin/pip install -e \"\.\[cpu,test\]\" && 
 COVERED: list[tuple[str, str, tuple[str, ...]]] = [
     (Q + r"pytest$", "test_quickstart.py::test_readme_quick_start_is_what_ci_runs", (".ci/run",)),
     (Q + r"jobs\.vectorfind$", "test_generation.py::test_main_job_end_to_end_and_reuse", ()),
-    (r"python -m jobs\.export --model synthetic-attributes ", "test_vocabulary.py::test_two_properties_one_grouping_score",
+    # the session fixture both test_attributes_model.py and test_vocabulary.py use
+    (r"python -m jobs\.export --model synthetic-attributes ", "conftest.py::attributes_dir",
      VIA + ('export_model("synthetic-attributes"',)),
     (r"python -m jobs\.vectorfind --bundle bundles/attributes ", "test_vocabulary.py::test_two_properties_one_grouping_score",
      ("smile=-1.5,-0.5,0.5,1.5",)),
