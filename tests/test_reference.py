@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from compute.bundle import load_bundle
 from compute.seeding import draw_codes
-from conftest import call_job, run_job
+from conftest import call_job
 from export.checkpoints import CheckpointError
 from export.ohlora import REFERENCE_MEDIANS, load_generator, load_scorer, write_random_checkpoints
 from export.property_cnn import SCORE_NAMES, SUBNETS, PropertyScoreCNN
@@ -259,7 +259,13 @@ def test_fp16_graphs_keep_float32_io_and_stay_close(reference_bundle):
 
 
 def test_reference_benchmark_runs_every_path():
-    result = run_job("jobs.benchmark", "reference", "--images", "4", "--batch-sizes", "2", "--fp16")
+    import torch
+
+    threads = torch.get_num_threads()  # the benchmark sets its own; in-process (it starts no Ray), given back
+    try:
+        result = call_job("jobs.benchmark.__main__", "reference", "--images", "4", "--batch-sizes", "2", "--fp16")
+    finally:
+        torch.set_num_threads(threads)
     assert result.returncode == 0, result.stderr[-2000:]
     for row in ("reference style", "torch eager, batch 2", "onnx runtime + io binding, batch 2",
                 "onnx runtime fp16 + io binding, batch 2", "fp16 vs fp32"):
