@@ -29,6 +29,18 @@ def bundle_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def attributes_dir(tmp_path_factory) -> Path:
+    """The synthetic-attributes model exported once, at the default resolution, as
+    `python -m jobs.export --model synthetic-attributes` does (tests/test_attributes_model.py
+    checks the bundle, tests/test_vocabulary.py runs the jobs on it)."""
+    from export.models import export_model
+
+    out = tmp_path_factory.mktemp("attributes") / "bundle"
+    export_model("synthetic-attributes", out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One real local Ray instance for the whole session, on loopback only."""
     import ray
@@ -48,6 +60,64 @@ def bundle(bundle_dir):
     from compute.bundle import load_bundle
 
     return load_bundle(bundle_dir)
+
+
+def _file_hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def finished_run(ray_session, bundle_dir, tmp_path_factory):
+    """finished_run(n=..., cases=..., ratio=..., seed=...): a run the main job finished on the
+    session's bundle with those settings (the rest the defaults), made once per session for
+    every test file that asks for the same settings, and the job's CompletedProcess. Shared:
+    read it, or run jobs that refuse before writing; a test that changes a run works on its own
+    copy (shutil.copytree). At the session's end each run must still hold the bytes it was made
+    with: a test that wrote into one fails there."""
+    made: dict[tuple, tuple[Path, subprocess.CompletedProcess, dict]] = {}
+
+    def finished(*, n: int, cases: int, ratio: float | None = None, seed: int = 0):
+        key = (n, cases, ratio, seed)
+        if key not in made:
+            run = tmp_path_factory.mktemp("finished") / "run"
+            flags = ["--n", str(n), "--cases", str(cases), "--seed", str(seed)]
+            flags += [] if ratio is None else ["--ratio", str(ratio)]
+            done = call_job("jobs.vectorfind", "--bundle", str(bundle_dir), "--out", str(run), *flags)
+            assert done.returncode == 0, done.stderr[-3000:]
+            made[key] = run, done, _file_hashes(run)
+        run, done, _ = made[key]
+        return run, done
+
+    yield finished
+    changed = [str(run) for run, _, before in made.values() if _file_hashes(run) != before]
+    assert not changed, f"a test wrote into a shared finished run (copy it first): {changed}"
+
+
+@pytest.fixture(scope="session")
+def samples_8k(ray_session, bundle, tmp_path_factory) -> Path:
+    """RUN/samples.parquet of 8,000 samples of the session's bundle (seed 11, two CPU actors),
+    drawn once for the files that fit on them (tests/test_fit.py, tests/test_generation.py);
+    each copies them into a run directory of its own (copy_samples). Checked unchanged at the
+    session's end."""
+    from compute.sampling import Resources, sample_table
+
+    run = tmp_path_factory.mktemp("samples8k")
+    sample_table(bundle, 8000, 11, run, resources=Resources(2, 0.5, 0.0, 1), progress=False)
+    before = _file_hashes(run)
+    yield run / "samples.parquet"
+    assert _file_hashes(run) == before, f"a test wrote into the shared samples in {run} (copy them first)"
+
+
+def copy_samples(samples: Path, run: Path) -> Path:
+    """A run directory RUN holding a copy of `samples` (a samples.parquet file or dataset directory)."""
+    import shutil
+
+    run.mkdir(parents=True, exist_ok=True)
+    (shutil.copytree if samples.is_dir() else shutil.copy2)(samples, run / samples.name)
+    return run
 
 
 def run_job(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 600):

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from compute.sessions import run_single
-from export.attributes import ATTRIBUTE_NAMES, NAME, SCORE_RENAMES, attributes_spec
-from export.onnx_bundle import export_bundle
+from export.attributes import ATTRIBUTE_NAMES, NAME, SCORE_RENAMES
 from export.scorer import load_shipped_scorer
 from export.world import IDENTITY, PARAMS, SCORED
 
@@ -23,12 +22,10 @@ R2_MARGIN = 0.03
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """(spec, bundle dir, manifest), exported once for the module."""
-    spec = attributes_spec()
-    out = tmp_path_factory.mktemp("attributes") / NAME
-    export_bundle(spec, out)
-    return spec, out, json.loads((out / "manifest.json").read_text())
+def exported(attributes_dir):
+    """(bundle dir, manifest): the session's export of the model (conftest; shared with
+    tests/test_vocabulary.py)."""
+    return attributes_dir, json.loads((attributes_dir / "manifest.json").read_text())
 
 
 def _run(bundle_dir, stem: str, array: np.ndarray) -> np.ndarray:
@@ -40,7 +37,7 @@ def _run(bundle_dir, stem: str, array: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def fresh_faces(exported):
     """w, images and bundle scores for 256 codes drawn from a seed no export step uses."""
-    _, bundle_dir, _ = exported
+    bundle_dir, _ = exported
     z = torch.randn(256, 515, generator=torch.Generator().manual_seed(31337)).numpy()
     w = _run(bundle_dir, "mapping", z)
     images = _run(bundle_dir, "synthesis", w)
@@ -48,7 +45,7 @@ def fresh_faces(exported):
 
 
 def test_manifest_names_order_and_parity(exported):
-    _, _, manifest = exported
+    _, manifest = exported
     assert manifest["model"] == NAME
     assert manifest["score_names"] == list(ATTRIBUTE_NAMES)
     assert manifest["score_names"][:3] != [SCORE_RENAMES[n] for n in SCORED[:3]]  # not the built-in order
@@ -78,7 +75,7 @@ def test_renamed_columns_equal_the_builtin_scorer(fresh_faces):
 
 
 def test_identity_probe_r2(exported, fresh_faces):
-    _, bundle_dir, manifest = exported
+    bundle_dir, manifest = exported
     for trait, measured in MEASURED_R2.items():
         assert manifest["identity_probe_r2"][trait] >= measured - R2_MARGIN, trait
     # The graph itself, on faces the fit never saw, against the world's truth graph.

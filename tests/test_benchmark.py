@@ -2,7 +2,7 @@
 figures are only meaningful at full size; these runs check the wiring, not the speed)."""
 from __future__ import annotations
 
-from conftest import run_job
+from conftest import call_job
 
 
 def test_fit_benchmark_prints_its_comparison(ray_session, bundle, tmp_path, capsys):
@@ -22,7 +22,7 @@ def test_sampling_benchmark_prints_its_ratios(ray_session, bundle, capsys):
 
 
 def test_benchmark_bad_input():
-    result = run_job("jobs.benchmark", "fit", "--n", "10")
+    result = call_job("jobs.benchmark.__main__", "fit", "--n", "10")
     assert result.returncode == 2 and "--n must be >= 1000" in result.stderr
 
 
@@ -39,10 +39,11 @@ def test_estimators_benchmark_compares_on_shared_cases(ray_session, bundle, tmp_
 
 
 def test_scale_benchmark_ends_with_its_line(tmp_path):
-    result = run_job("jobs.benchmark", "scale", "--n", "1500", "--out", str(tmp_path / "scale"))
+    # in-process: the benchmark itself starts one fresh driver per n
+    result = call_job("jobs.benchmark.__main__", "scale", "--n", "1500", "--out", str(tmp_path / "scale"))
     assert result.returncode == 0, result.stderr[-2000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("scale: n=1,500 driver peak ") and last.endswith(" images/s"), result.stdout
     assert not any((tmp_path / "scale").iterdir())  # each n's samples are removed after it
-    bad = run_job("jobs.benchmark", "scale", "--n", "0")
+    bad = call_job("jobs.benchmark.__main__", "scale", "--n", "0")
     assert bad.returncode == 2 and "--n values must be >= 1" in bad.stderr

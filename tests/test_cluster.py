@@ -97,7 +97,7 @@ def test_ray_job_submit_runs_the_main_job_on_a_local_cluster(ray_session, bundle
         assert started.returncode == 0, started.stderr[-2000:]
         out = tmp_path / "submitted"
         cmd = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".", "--",
-               "python", "-m", "jobs.vectorfind", "--out", str(out), "--n", "2400", "--cases", "12",
+               "python", "-m", "jobs.vectorfind", "--out", str(out), "--n", "1200", "--cases", "6",
                "--bundle", str(bundle_dir)]
         for attempt in range(10):  # the job agent may need a few seconds after `ray start`
             result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import REPO, call_job, run_job
+from conftest import REPO, call_job
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
@@ -51,7 +51,8 @@ Q = r"python3 -m venv \.venv && \.venv/bin/pip install -e \"\.\[cpu,test\]\" && 
 COVERED: list[tuple[str, str, tuple[str, ...]]] = [
     (Q + r"pytest$", "test_quickstart.py::test_readme_quick_start_is_what_ci_runs", (".ci/run",)),
     (Q + r"jobs\.vectorfind$", "test_generation.py::test_main_job_end_to_end_and_reuse", ()),
-    (r"python -m jobs\.export --model synthetic-attributes ", "test_vocabulary.py::test_two_properties_one_grouping_score",
+    # the session fixture both test_attributes_model.py and test_vocabulary.py use
+    (r"python -m jobs\.export --model synthetic-attributes ", "conftest.py::attributes_dir",
      VIA + ('export_model("synthetic-attributes"',)),
     (r"python -m jobs\.vectorfind --bundle bundles/attributes ", "test_vocabulary.py::test_two_properties_one_grouping_score",
      ("smile=-1.5,-0.5,0.5,1.5",)),
@@ -249,11 +250,19 @@ def test_job_synopses_on_a_small_run(two_property_run, bundle_dir, tmp_path):
 
 
 def test_torch_benchmarks_at_toy_sizes():
-    """`jobs.benchmark export` and `stylegan2` as documented, at toy sizes."""
-    done = run_job("jobs.benchmark", "export", "--seconds", "0.05", "--batch-size", "4")
-    assert done.returncode == 0 and "onnx runtime" in done.stdout, done.stderr[-2000:]
-    done = run_job("jobs.benchmark", "stylegan2", "--resolution", "16", "--images", "2", "--batch-sizes", "1")
-    assert done.returncode == 0 and "parity on 2 codes" in done.stdout, done.stderr[-2000:]
+    """`jobs.benchmark export` and `stylegan2` as documented, at toy sizes, in-process (they
+    start no Ray; each sets torch's thread count, given back after)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        done = call_job("jobs.benchmark.__main__", "export", "--seconds", "0.05", "--batch-size", "4")
+        assert done.returncode == 0 and "onnx runtime" in done.stdout, done.stderr[-2000:]
+        done = call_job("jobs.benchmark.__main__", "stylegan2", "--resolution", "16", "--images", "2",
+                        "--batch-sizes", "1")
+        assert done.returncode == 0 and "parity on 2 codes" in done.stdout, done.stderr[-2000:]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_ray_benchmarks_at_toy_sizes(two_property_run, bundle_dir, tmp_path, monkeypatch):

@@ -40,14 +40,12 @@ def _make_test(bundle_dir, run: Path, source: Path, *flags: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(bundle_dir, ray_session, tmp_path_factory) -> dict[str, Path]:
+def runs(bundle_dir, finished_run, tmp_path_factory) -> dict[str, Path]:
     """A small v7 run made by the main job, and from its samples a v6 (z) run and a layer-range run."""
     root = tmp_path_factory.mktemp("editor")
-    done = call_job("jobs.vectorfind", "--bundle", str(bundle_dir), "--out", str(root / "w"), "--n", "3000",
-                    "--cases", "12")
-    assert done.returncode == 0, done.stderr
-    return {"w": root / "w", "z": _make_test(bundle_dir, root / "z", root / "w", "--space", "z"),
-            "w:0-3": _make_test(bundle_dir, root / "layers", root / "w", "--space", "w:0-3")}
+    w, _ = finished_run(n=3000, cases=12)  # the session's, shared with tests/test_gallery.py: read only
+    return {"w": w, "z": _make_test(bundle_dir, root / "z", w, "--space", "z"),
+            "w:0-3": _make_test(bundle_dir, root / "layers", w, "--space", "w:0-3")}
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from compute.sampling import Resources, sample_table
 from compute.sessions import make_session, run_single
 from compute.tables import read_metadata, vector_matrix, write_parquet_atomic
 from compute.vectors_table import read_vectors
-from conftest import call_job
+from conftest import call_job, copy_samples
 from jobs import fit, import_vectors
 from vectors.errors import InputError
 from vectors.estimators import CV_GRID
@@ -24,10 +23,9 @@ N = 8000
 
 
 @pytest.fixture(scope="module")
-def run8k(ray_session, bundle, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run8k")
-    sample_table(bundle, N, 11, run, resources=Resources(2, 0.5, 0.0, 1), progress=False)
-    return run
+def run8k(samples_8k, tmp_path_factory):
+    """A run of the session's 8,000 samples (seed 11; shared with tests/test_generation.py), copied."""
+    return copy_samples(samples_8k, tmp_path_factory.mktemp("run8k"))
 
 
 @pytest.fixture(scope="module")

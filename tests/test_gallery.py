@@ -25,11 +25,10 @@ INSTALL = ("install them: apt-get install -y chromium chromium-driver (Debian), 
 
 
 @pytest.fixture(scope="module")
-def run(bundle_dir, ray_session, tmp_path_factory) -> Path:
-    """A small run made by the main job, which writes the gallery too."""
-    out = tmp_path_factory.mktemp("gallery") / "run"
-    done = call_job("jobs.vectorfind", "--bundle", str(bundle_dir), "--out", str(out), "--n", "3000", "--cases", "12")
-    assert done.returncode == 0, done.stderr
+def run(finished_run) -> Path:
+    """A small run made by the main job, which writes the gallery too (the session's, shared
+    with tests/test_editor.py: read only here)."""
+    out, done = finished_run(n=3000, cases=12)
     assert "picking page of the passed cases" in done.stdout
     return out
 

@@ -8,12 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import call_job, run_job
+from conftest import call_job, copy_samples, run_job
 
 from compute.fitting import fit_directions
 from compute.generation import CaseActor, DirectionSet, run_cases
 from compute.report import write_report
-from compute.sampling import Resources, sample_table
+from compute.sampling import Resources
 from compute.seeding import CASES, draw_codes
 from compute.sessions import make_session, run_single
 from compute.tables import read_metadata, with_metadata, write_parquet_atomic
@@ -30,9 +30,8 @@ GLOBAL = Method(group_by=())
 
 
 @pytest.fixture(scope="module")
-def fitted(ray_session, bundle, tmp_path_factory):
-    run = tmp_path_factory.mktemp("gen")
-    sample_table(bundle, N, 11, run, resources=TWO, progress=False)
+def fitted(ray_session, samples_8k, tmp_path_factory):
+    run = copy_samples(samples_8k, tmp_path_factory.mktemp("gen"))  # the session's N samples, seed 11 (test_fit's too)
     fit_directions(run, Method(), progress=False)
     fit_directions(run, Method(space="z"), out=run / "vectors_z.parquet", progress=False)
     fit_directions(run, GLOBAL, out=run / "vectors_global.parquet", progress=False)

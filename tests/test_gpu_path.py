@@ -12,7 +12,7 @@ from compute.engine import NullEngine, SampleEngine, prepare_graphs
 from compute.sampling import Resources, SamplingError, engine_spec, plan_resources, sample_table
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single, synthesize_and_score
-from conftest import run_job
+from conftest import call_job, run_job
 
 
 def test_a_gpu_machine_is_planned_one_actor_per_gpu_share(caplog):
@@ -67,8 +67,9 @@ def test_the_engine_pads_every_call_to_one_shape_and_matches_the_three_graphs(bu
     assert null_w.shape == w.shape and null_scores.shape == scores.shape and not null_w.any()
 
 
-def test_ceiling_benchmark_prints_its_line():
-    result = run_job("jobs.benchmark", "ceiling", "--resolution", "256", "--n", "4000")
+def test_ceiling_benchmark_prints_its_line(ray_session):
+    """In-process on the session's Ray (two CPUs, as a fresh local instance on CI has)."""
+    result = call_job("jobs.benchmark.__main__", "ceiling", "--resolution", "256", "--n", "4000")
     assert result.returncode == 0, result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("ceiling: ") and last.endswith(" images/s"), result.stdout
@@ -76,9 +77,9 @@ def test_ceiling_benchmark_prints_its_line():
 
 
 def test_gpu_benchmark_help_and_its_one_line_refusal_without_a_gpu():
-    helped = run_job("jobs.benchmark", "gpu", "--help")
+    helped = call_job("jobs.benchmark.__main__", "gpu", "--help")
     assert helped.returncode == 0 and "--call-sizes" in helped.stdout
-    refused = run_job("jobs.benchmark", "gpu")
+    refused = call_job("jobs.benchmark.__main__", "gpu")
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and len(lines) == 1 and "needs an NVIDIA GPU" in lines[0], refused.stderr
     assert "Traceback" not in refused.stderr

@@ -295,25 +295,28 @@ def test_leftovers_of_a_killed_driver_do_not_block_the_rerun(ray_session, bundle
 
 # ---- item 13: one job at a time in a run directory -------------------------------------------
 
+# The lock tests' run: the session's finished run with these settings (shared with
+# tests/test_run_freshness.py), copied per test; each job below is given the run's own settings.
+LOCKED = {"n": 600, "seed": 0, "cases": 8, "ratio": 0.3}
+
+
 @pytest.fixture(scope="module")
-def finished_run(ray_session, bundle_dir, tmp_path_factory):
-    run = tmp_path_factory.mktemp("locked") / "run"
-    result = call_job("jobs.vectorfind", "--bundle", str(bundle_dir), "--out", str(run), "--n", str(N),
-                      "--seed", str(SEED), "--cases", str(CASES), "--ratio", RATIO)
-    assert result.returncode == 0, result.stderr[-3000:]
+def tested_run(finished_run):
+    run, _ = finished_run(**LOCKED)
     return run
 
 
 def _jobs(run, bundle_dir):
     common = ["--bundle", str(bundle_dir)]
+    n, seed, cases, ratio = (str(LOCKED[k]) for k in ("n", "seed", "cases", "ratio"))
     return {
-        "sample": ["jobs.sample", "--out", str(run), "--n", str(N), "--seed", str(SEED), *common],
-        "fit": ["jobs.fit", "--run", str(run), "--seed", str(SEED), "--ratio", RATIO],
-        "test": ["jobs.test", "--run", str(run), "--cases", str(CASES), "--seed", str(SEED), "--ratio", RATIO, *common],
+        "sample": ["jobs.sample", "--out", str(run), "--n", n, "--seed", seed, *common],
+        "fit": ["jobs.fit", "--run", str(run), "--seed", seed, "--ratio", ratio],
+        "test": ["jobs.test", "--run", str(run), "--cases", cases, "--seed", seed, "--ratio", ratio, *common],
         "report": ["jobs.report", "--run", str(run), *common],
         "gallery": ["jobs.gallery", "--run", str(run), *common],
-        "vectorfind": ["jobs.vectorfind", "--out", str(run), "--n", str(N), "--seed", str(SEED), "--cases", str(CASES),
-                       "--ratio", RATIO, *common],
+        "vectorfind": ["jobs.vectorfind", "--out", str(run), "--n", n, "--seed", seed, "--cases", cases,
+                       "--ratio", ratio, *common],
     }
 
 
@@ -323,9 +326,9 @@ def _write_lock(run, pid, host=None):
 
 
 @pytest.mark.parametrize("job", ["sample", "fit", "test", "report", "gallery", "vectorfind"])
-def test_a_live_holder_refuses_a_second_job(job, finished_run, bundle_dir, tmp_path):
+def test_a_live_holder_refuses_a_second_job(job, tested_run, bundle_dir, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
+    shutil.copytree(tested_run, run)
     files = _snapshot(p for p in run.rglob("*") if p.is_file())
     _write_lock(run, os.getpid())  # a live process on this host: this test's own
     line = _one_line(call_job(*_jobs(run, bundle_dir)[job]), 2, f"pid {os.getpid()} on {socket.gethostname()}")
@@ -336,17 +339,17 @@ def test_a_live_holder_refuses_a_second_job(job, finished_run, bundle_dir, tmp_p
     assert _snapshot(p for p in run.rglob("*") if p.is_file()) == files  # nothing written
 
 
-def test_a_lock_from_another_host_is_refused_and_says_how_to_clear_it(finished_run, bundle_dir, tmp_path):
+def test_a_lock_from_another_host_is_refused_and_says_how_to_clear_it(tested_run, bundle_dir, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
+    shutil.copytree(tested_run, run)
     _write_lock(run, 1, host="elsewhere.example")
     line = _one_line(call_job(*_jobs(run, bundle_dir)["report"]), 2, "pid 1 on elsewhere.example")
     assert f"delete {run / LOCK_FILE}" in line
 
 
-def test_a_stale_lock_is_taken_over(finished_run, bundle_dir, tmp_path):
+def test_a_stale_lock_is_taken_over(tested_run, bundle_dir, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
+    shutil.copytree(tested_run, run)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(gone.stdout)  # that process has exited: its pid is no longer alive
     _write_lock(run, dead)
@@ -358,16 +361,16 @@ def test_a_stale_lock_is_taken_over(finished_run, bundle_dir, tmp_path):
         assert not os.path.lexists(run / LOCK_FILE)
 
 
-def test_an_unreadable_lock_is_refused_with_its_path(finished_run, bundle_dir, tmp_path):
+def test_an_unreadable_lock_is_refused_with_its_path(tested_run, bundle_dir, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
+    shutil.copytree(tested_run, run)
     (run / LOCK_FILE).write_text("not json")
     _one_line(call_job(*_jobs(run, bundle_dir)["sample"]), 2, f"delete {run / LOCK_FILE}")
 
 
-def test_the_lock_is_released_when_the_job_fails(finished_run, bundle_dir, tmp_path):
+def test_the_lock_is_released_when_the_job_fails(tested_run, bundle_dir, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
+    shutil.copytree(tested_run, run)
     (run / "cases.parquet").write_bytes(b"PAR1 damaged")
     (run / "summary.json").unlink()
     _one_line(call_job(*_jobs(run, bundle_dir)["report"]), 2, "summary.json")
@@ -454,8 +457,8 @@ def test_a_killed_raylet_is_one_line_exit_2_and_the_rerun_resumes(bundle_dir, tm
 
     from conftest import REPO, run_job
 
-    run = tmp_path / "run"
-    args = ["jobs.sample", "--out", str(run), "--n", "6000", "--chunk-size", "500", "--seed", str(SEED),
+    run, n = tmp_path / "run", 3000  # 6 chunks: the raylet dies with 4 or 5 still to come
+    args = ["jobs.sample", "--out", str(run), "--n", str(n), "--chunk-size", "500", "--seed", str(SEED),
             "--bundle", str(bundle_dir), "--num-cpus", "2"]
     job = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
@@ -485,8 +488,8 @@ def test_a_killed_raylet_is_one_line_exit_2_and_the_rerun_resumes(bundle_dir, tm
     found = re.search(r"\(([\d,]+) computed, ([\d,]+) reused\)", rerun.stdout)
     assert found, rerun.stdout[-2000:]
     computed, reused = (int(x.replace(",", "")) for x in found.groups())
-    assert computed + reused == 6000 and reused >= 500 * len(kept), rerun.stdout[-2000:]
-    assert pq.read_table(run / "samples.parquet").num_rows == 6000
+    assert computed + reused == n and reused >= 500 * len(kept), rerun.stdout[-2000:]
+    assert pq.read_table(run / "samples.parquet").num_rows == n
     assert not os.path.lexists(run / LOCK_FILE)
 
 

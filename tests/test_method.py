@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_job
+from conftest import call_job
 from jobs.cli import parser
 from jobs.cli.method_args import add_method_arguments, method_from
 from vectors.edits import apply_edits
@@ -185,7 +185,7 @@ def test_bad_flags_are_input_errors(argv, message):
 def test_a_bad_method_file_is_one_line_exit_2_before_any_work(tmp_path):
     method_file = tmp_path / "m.json"
     method_file.write_text('{"properties": [{"name": "eyes", "schedule": [1, 1], "cutoff": 0.9}]}')
-    result = run_job("jobs.vectorfind", "--out", str(tmp_path / "run"), "--method", str(method_file))
+    result = call_job("jobs.vectorfind", "--out", str(tmp_path / "run"), "--method", str(method_file))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "at least 2 distinct" in result.stderr and not (tmp_path / "run").exists()
 

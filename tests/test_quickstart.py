@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO, run_job
+from conftest import REPO, call_job, run_job
 
 INSTALL = 'python3 -m venv .venv && .venv/bin/pip install -e ".[cpu,test]" && .venv/bin/python -m '
 
@@ -27,7 +27,7 @@ def test_faces_job_exports_the_builtin_model_into_the_cache(tmp_path):
 
 
 def test_faces_job_bad_count(tmp_path):
-    result = run_job("jobs.faces", "--count", "0", "--out", str(tmp_path / "f.png"))
+    result = call_job("jobs.faces", "--count", "0", "--out", str(tmp_path / "f.png"))
     assert result.returncode == 2 and "--count" in result.stderr
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from compute.bundle import load_bundle
 from compute.seeding import draw_codes
-from conftest import run_job
+from conftest import call_job
 from export.checkpoints import CheckpointError
 from export.ohlora import REFERENCE_MEDIANS, load_generator, load_scorer, write_random_checkpoints
 from export.property_cnn import SCORE_NAMES, SUBNETS, PropertyScoreCNN
@@ -203,7 +203,7 @@ def test_export_manifest_parity_and_dynamic_batch(checkpoints, reference_bundle)
 ])
 def test_export_cli_bad_input(tmp_path, checkpoints, args, message):
     fill = {"g": checkpoints[0], "s": checkpoints[1], "tmp": tmp_path}
-    result = run_job("jobs.export", *[a.format(**fill) for a in args], "--out", str(tmp_path / "b"))
+    result = call_job("jobs.export", *[a.format(**fill) for a in args], "--out", str(tmp_path / "b"))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
@@ -259,10 +259,16 @@ def test_fp16_graphs_keep_float32_io_and_stay_close(reference_bundle):
 
 
 def test_reference_benchmark_runs_every_path():
-    result = run_job("jobs.benchmark", "reference", "--images", "4", "--batch-sizes", "2", "--fp16")
+    import torch
+
+    threads = torch.get_num_threads()  # the benchmark sets its own; in-process (it starts no Ray), given back
+    try:
+        result = call_job("jobs.benchmark.__main__", "reference", "--images", "4", "--batch-sizes", "2", "--fp16")
+    finally:
+        torch.set_num_threads(threads)
     assert result.returncode == 0, result.stderr[-2000:]
     for row in ("reference style", "torch eager, batch 2", "onnx runtime + io binding, batch 2",
                 "onnx runtime fp16 + io binding, batch 2", "fp16 vs fp32"):
         assert row in result.stdout, result.stdout
-    bad = run_job("jobs.benchmark", "reference", "--batch-sizes", "4,x")
+    bad = call_job("jobs.benchmark.__main__", "reference", "--batch-sizes", "4,x")
     assert bad.returncode == 2 and "--batch-sizes" in bad.stderr

@@ -1,6 +1,6 @@
 """A run's report and gallery say when a later stage rewrote the results they were drawn from,
-and the jobs that only reuse a run's results start no Ray (issue 23). Real runs (one small main
-job per module, copied per test), the session's real Ray, real files."""
+and the jobs that only reuse a run's results start no Ray (issue 23). Real runs (a small run of the
+main job, made once per session, copied per test), the session's real Ray, real files."""
 from __future__ import annotations
 
 import json
@@ -21,11 +21,9 @@ STALE_LINE = re.compile(r"^stale after (jobs\.\w+): (.*); refresh with: (.*)$")
 
 
 @pytest.fixture(scope="module")
-def finished(ray_session, bundle_dir, tmp_path_factory):
-    run = tmp_path_factory.mktemp("fresh") / "run"
-    result = call_job("jobs.vectorfind", "--bundle", str(bundle_dir), "--out", str(run), "--n", str(N),
-                      "--cases", str(CASES), "--ratio", "0.3")
-    assert result.returncode == 0, result.stderr[-3000:]
+def finished(finished_run):
+    """The session's run with these settings (shared with tests/test_hostile_writes.py): read only."""
+    run, _ = finished_run(n=N, cases=CASES, ratio=0.3, seed=SEED)
     return run
 
 

@@ -21,15 +21,6 @@ RENAMED = {"eyes": "eye_open", "mouth": "smile", "pose": "yaw", "hair_color": "h
            "hair_length": "hair_len", "background_mean": "backdrop"}
 
 
-@pytest.fixture(scope="module")
-def attributes_dir(tmp_path_factory):
-    from export.models import export_model
-
-    out = tmp_path_factory.mktemp("attributes") / "bundle"
-    export_model("synthetic-attributes", out)
-    return out
-
-
 def _run(out, bundle_dir, *flags):
     vectorfind.main(["--bundle", str(bundle_dir), "--out", str(out), "--n", str(N), "--cases", str(CASES),
                      "--seed", "4", "--ratio", "0.25", *flags])
