@@ -161,10 +161,6 @@ class Place:
                 digest.update(block)
         return digest.hexdigest()
 
-    def open_input(self):
-        """The file open for reading, seekable (CSV and Parquet readers)."""
-        return self.fs.open_input_file(self.path)
-
     @contextmanager
     def open_write(self, text: bool = False, **text_args) -> Iterator:
         """A file object for the whole new file, made visible when the block ends without an
