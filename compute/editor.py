@@ -14,13 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compute.bundle import (
-    Bundle,
-    cache_root,
-    checked_graph,
-    load_bundle,
-    write_directory,
-)
+from compute.bundle import Bundle, cache_root, checked_graph, load_bundle, write_directory
 from compute.editor_graph import EditorError, build_editor
 from compute.runs import CASES_FILE, recorded_path
 from compute.sessions import images_per_call, make_session, run_single, synthesize

@@ -20,13 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from compute.sessions import (
-    call_images,
-    largest_activation,
-    make_session,
-    run_single,
-    synthesize_and_score,
-)
+from compute.sessions import call_images, largest_activation, make_session, run_single, synthesize_and_score
 
 log = logging.getLogger(__name__)
 # Images per GPU call at 256 px (scaled by pixels at other resolutions), measured on an H200

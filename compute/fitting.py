@@ -24,19 +24,8 @@ from compute.storage import Place, as_place
 from compute.vectors_table import write_vectors
 from vectors.errors import InputError
 from vectors.estimators import fit_and_measure
-from vectors.groups import (
-    Selection,
-    assign_groups,
-    group_medians,
-    group_sizes,
-    plan_selections,
-)
-from vectors.interop import (
-    boundary_name,
-    reference_csv_name,
-    write_boundary,
-    write_reference_csv,
-)
+from vectors.groups import Selection, assign_groups, group_medians, group_sizes, plan_selections
+from vectors.interop import boundary_name, reference_csv_name, write_boundary, write_reference_csv
 from vectors.method import Method
 from vectors.summary import mean_by_property
 from vectors.svm import SvmConfig, orthogonalize

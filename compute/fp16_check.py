@@ -19,15 +19,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
-from compute.fp16 import (
-    FLOAT32_INPUTS,
-    FP16_MAX,
-    REDUCTIONS,
-    SHAPE_ONLY,
-    _bad_scalar,
-    fp32_nodes,
-    prepare,
-)
+from compute.fp16 import FLOAT32_INPUTS, FP16_MAX, REDUCTIONS, SHAPE_ONLY, _bad_scalar, fp32_nodes, prepare
 
 
 @dataclass

@@ -17,14 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compute.seeding import CASES, draw_codes
-from compute.sessions import (
-    images_per_batch,
-    make_session,
-    num_ws,
-    resolve,
-    run_single,
-    synthesize_and_score,
-)
+from compute.sessions import images_per_batch, make_session, num_ws, resolve, run_single, synthesize_and_score
 from vectors.edits import apply_edits, case_directions, layer_codes
 from vectors.errors import InputError
 from vectors.groups import groups_of_matrix

@@ -19,32 +19,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from compute.fitting import (
-    direction_rows,
-    load_samples,
-    plan_fit,
-    read_selected,
-    selected_rows,
-    submit_fits,
-)
+from compute.fitting import direction_rows, load_samples, plan_fit, read_selected, selected_rows, submit_fits
 from compute.generation import run_cases
-from compute.runs import (
-    CASES_FILE,
-    GRID_DIR,
-    GRID_FILE,
-    SUMMARY_FILE,
-    VECTORS_FILE,
-    reusable,
-)
+from compute.runs import CASES_FILE, GRID_DIR, GRID_FILE, SUMMARY_FILE, VECTORS_FILE, reusable
 from compute.sampling import sample_table
 from compute.storage import Place, as_place
 from compute.tables import with_metadata, write_parquet_atomic
-from compute.testing import (
-    evaluate,
-    load_direction_set,
-    test_config,
-    write_test_outputs,
-)
+from compute.testing import evaluate, load_direction_set, test_config, write_test_outputs
 from compute.vectors_table import read_vectors, write_vectors
 from vectors.method import Method
 from vectors.summary import mean_by_property

@@ -16,14 +16,7 @@ import numpy as np
 from compute.code_spread import CodeSpread, code_spread
 from compute.plots import fig_text, md_code_fence, md_text, pyplot, to_rgb
 from compute.runlock import holding_run_lock
-from compute.runs import (
-    CASES_FILE,
-    REPORT_FILE,
-    SAMPLES_FILE,
-    SUMMARY_FILE,
-    VECTORS_FILE,
-    recorded_path,
-)
+from compute.runs import CASES_FILE, REPORT_FILE, SAMPLES_FILE, SUMMARY_FILE, VECTORS_FILE, recorded_path
 from compute.sessions import make_session, num_ws, run_single, synthesize
 from compute.storage import Place, as_place
 from compute.tables import read_metadata, read_table, vector_matrix

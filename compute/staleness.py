@@ -27,14 +27,7 @@ from pathlib import Path
 
 from compute.plots import md_text
 from compute.runlock import run_lock
-from compute.runs import (
-    CASES_FILE,
-    REPORT_FILE,
-    SUMMARY_FILE,
-    VECTORS_FILE,
-    recorded_path,
-    stored_config,
-)
+from compute.runs import CASES_FILE, REPORT_FILE, SUMMARY_FILE, VECTORS_FILE, recorded_path, stored_config
 from compute.storage import Place, as_place
 from vectors.errors import InputError
 

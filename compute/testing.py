@@ -19,23 +19,9 @@ import pyarrow.csv as pacsv
 from compute.generation import CaseResults, DirectionSet, run_cases
 from compute.run_record import write_record
 from compute.runlock import holding_run_lock
-from compute.runs import (
-    CASES_FILE,
-    PASSED_CSV,
-    PASSED_PARQUET,
-    SUMMARY_FILE,
-    VECTORS_FILE,
-    relative_to_run,
-    reusable,
-)
+from compute.runs import CASES_FILE, PASSED_CSV, PASSED_PARQUET, SUMMARY_FILE, VECTORS_FILE, relative_to_run, reusable
 from compute.storage import Place, as_place
-from compute.tables import (
-    vector_column,
-    vector_matrix,
-    with_metadata,
-    write_json_atomic,
-    write_parquet_atomic,
-)
+from compute.tables import vector_column, vector_matrix, with_metadata, write_json_atomic, write_parquet_atomic
 from compute.vectors_table import VectorsError, read_vectors
 from vectors.edits import direction_matrices
 from vectors.groups import group_medians

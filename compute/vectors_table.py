@@ -11,14 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from compute.storage import Place, as_place
-from compute.tables import (
-    read_metadata,
-    read_table,
-    vector_column,
-    vector_matrix,
-    with_metadata,
-    write_parquet_atomic,
-)
+from compute.tables import read_metadata, read_table, vector_column, vector_matrix, with_metadata, write_parquet_atomic
 from vectors.errors import InputError
 
 COLUMNS = ("space", "group", "property", "direction", "val_accuracy", "group_size", "k", "ratio",

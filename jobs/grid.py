@@ -20,20 +20,8 @@ from compute.grid import Cell, run_grid
 from compute.grid_report import write_grid_md
 from compute.sampling import check_sampling_input
 from compute.seeding import draw_codes
-from compute.sessions import (
-    images_per_call,
-    make_session,
-    run_single,
-    synthesize_and_score,
-)
-from jobs.cli import (
-    UsageError,
-    location_arg,
-    parse_list,
-    parser,
-    run_location,
-    run_main,
-)
+from compute.sessions import images_per_call, make_session, run_single, synthesize_and_score
+from jobs.cli import UsageError, location_arg, parse_list, parser, run_location, run_main
 from jobs.cli.bundles import resolve_bundle
 from jobs.cli.method_args import add_method_arguments, method_from
 from jobs.cli.ray import add_ray_arguments, add_resource_arguments, start
