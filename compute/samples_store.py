@@ -6,9 +6,10 @@ Sampling writes each chunk of ids as `sample_chunks/NNNNNN.parquet` as it comple
 every chunk is there and valid, the chunk directory is renamed to `samples.parquet` in one
 step, so the table is visible whole or not at all. Nothing is encoded twice: rewriting the
 chunks into one file read back and re-encoded every sample, which alone held the pipeline
-under 20,000 images/s on two cores (`jobs.benchmark ceiling`). Parts are read in file-name order, which is id order. In an object store the actors write
-the chunks straight into RUN/samples.parquet/ and a commit object written last lists them
-(COMMIT): until it is there the table does not exist, whatever chunks are.
+under 20,000 images/s on two cores (`jobs.benchmark ceiling`). Parts are read in file-name
+order, which is id order. In an object store the actors write the chunks straight into
+RUN/samples.parquet/ and a commit object written last lists them (COMMIT): until it is
+there the table does not exist, whatever chunks are.
 
 A stage that needs one latent column of many rows never reads the table whole: it streams
 the column a batch at a time (`iter_batches`, `finite_rows`) or reads just the rows it
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from compute.storage import Place, as_place
-from compute.tables import read_metadata, vector_matrix
+from compute.tables import read_metadata, read_table, vector_matrix
 
 # Rows per streamed batch. Decoding a batch of a list column holds about six times its codes
 # (levels, offsets, values): 12 MB for 1,024 rows of 512-dim float32 codes, measured with a
@@ -37,15 +38,10 @@ BATCH_ROWS = 1024
 COMMIT = "_commit.json"
 
 
-def where(path: Place | Path | str) -> Place:
-    """The samples table a path names, as a Place (local or in an object store)."""
-    return as_place(path)
-
-
 def parts(path: Path | Place) -> list[Place]:
     """The Parquet files of a samples table, in id order (hidden temp files are not parts; in
     an object store, the parts its commit object lists)."""
-    table = where(path)
+    table = as_place(path)
     if table.remote:
         record = _commit(table)
         return [table / name for name in record["parts"]] if record else []
@@ -57,7 +53,7 @@ def parts(path: Path | Place) -> list[Place]:
 def _commit(table: Place) -> dict | None:
     try:
         record = json.loads((table / COMMIT).read_bytes(limit=1 << 24))
-    except (FileNotFoundError, OSError, ValueError):
+    except (OSError, ValueError):
         return None
     names = record.get("parts") if isinstance(record, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) and n.endswith(".parquet") and "/" not in n
@@ -78,7 +74,7 @@ def commit(chunks: Place, table: Place, names: list[str], n: int) -> None:
 
 
 def exists(path: Path | Place) -> bool:
-    table = where(path)
+    table = as_place(path)
     return (table / COMMIT).is_file() if table.remote else table.exists()
 
 
@@ -86,19 +82,20 @@ def open_part(part: Place) -> pq.ParquetFile:
     return pq.ParquetFile(part.path, filesystem=part.fs)
 
 
-def _first(path: Path | Place) -> Place:
+def _existing_parts(path: Path | Place) -> list[Place]:
     files = parts(path)
     if not files:
-        raise ValueError(f"{where(path)} holds no Parquet parts")
-    return files[0]
+        raise ValueError(f"{as_place(path)} holds no Parquet parts")
+    return files
+
+
+def _first(path: Path | Place) -> Place:
+    return _existing_parts(path)[0]
 
 
 def read_samples(path: Path | Place, columns: list[str] | None = None) -> pa.Table:
     """The whole table (or these columns), in id order, with the first part's metadata."""
-    files = parts(path)
-    if not files:
-        raise ValueError(f"{where(path)} holds no Parquet parts")
-    tables = [pq.read_table(f.path, filesystem=f.fs, columns=columns) for f in files]
+    tables = [read_table(f, columns=columns) for f in _existing_parts(path)]
     metadata = tables[0].schema.metadata
     return pa.concat_tables([t.replace_schema_metadata(None) for t in tables]).replace_schema_metadata(metadata)
 
@@ -122,10 +119,7 @@ def num_rows(path: Path | Place) -> int:
 def iter_batches(path: Path | Place, columns: list[str], batch_size: int | None = None) -> Iterator[pa.RecordBatch]:
     """These columns of every row, in id order, one record batch at a time. A batch never
     spans row groups: one that did held both groups' decoded pages at once."""
-    files = parts(path)
-    if not files:
-        raise ValueError(f"{where(path)} holds no Parquet parts")
-    for part in files:
+    for part in _existing_parts(path):
         with open_part(part) as file:
             yield from _batches(file, columns, range(file.num_row_groups), batch_size)
 
@@ -188,9 +182,9 @@ def read_rows(path: Path | Place, column: str, rows: np.ndarray) -> np.ndarray:
                 start += size
             _take_from_groups(file, column, groups, offsets, rows, out)
     if width is None:
-        raise ValueError(f"{where(path)} holds no Parquet parts")
+        raise ValueError(f"{as_place(path)} holds no Parquet parts")
     if len(rows) and rows[-1] >= start:
-        raise ValueError(f"row {rows[-1]} is beyond the {start} rows of {where(path)}")
+        raise ValueError(f"row {rows[-1]} is beyond the {start} rows of {as_place(path)}")
     return out
 
 

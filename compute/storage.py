@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from compute.files import atomic_file, remove_leftovers, write_bytes_atomic
+from compute.files import atomic_file, remove_leftovers
 from vectors.errors import InputError
 
 SCHEMES = ("s3",)  # object stores this project tests (tests/test_object_storage.py) and supports
@@ -61,10 +61,11 @@ class Place:
     def joinpath(self, relative: str) -> Place:
         """The place `relative` ("a/b/c", plain names only) names below this one."""
         here = self
-        for name in relative.split("/"):
-            if not name or name in (".", ".."):
-                raise InputError(f"{relative!r} is not a plain path below {self}")
-            here = here / name
+        try:
+            for name in relative.split("/"):
+                here = here / name
+        except ValueError as exc:  # an empty, "." or ".." part: a path read from a file, so input
+            raise InputError(f"{relative!r} is not a plain path below {self}") from exc
         return here
 
     def __str__(self) -> str:
@@ -183,12 +184,8 @@ class Place:
             f.write(buffer.getbuffer())
 
     def write_bytes(self, data: bytes) -> None:
-        """Write the whole file so that readers see the old one or the new one, never a part:
-        a temp file renamed over it locally, a single PUT on an object store."""
-        if not self.remote:
-            write_bytes_atomic(self.path, data)
-            return
-        with self.fs.open_output_stream(self.path) as f:
+        """Write the whole file so that readers see the old one or the new one, never a part."""
+        with self.open_write() as f:
             f.write(data)
 
     def write_text(self, text: str, encoding: str = "utf-8") -> None:
