@@ -166,8 +166,9 @@ def export_editor(run: Place | Path, out: Path, bundle=None, overwrite: bool = F
         raise EditorError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
     edits = read_run(run, bundle if bundle is None or isinstance(bundle, Bundle) else load_bundle(bundle))
     bundle = edits.bundle
-    for source, what in ((run, "the run"), (as_place(bundle.path), "the model bundle")):
-        if not source.remote and out.resolve() in [Path(source.key()), *Path(source.key()).parents]:
+    local_sources = [] if run.remote else [(Path(run.key()), "the run")]
+    for source, what in [*local_sources, (Path(bundle.path).resolve(), "the model bundle")]:
+        if out.resolve() in [source, *source.parents]:
             raise EditorError(f"--out {out} would replace {what} ({source}) itself; choose another directory")
     from compute.fp16 import to_fp16
 

@@ -53,7 +53,7 @@ def stored_cases(run: Place | Path) -> StoredCases:
         raise RecheckError(f"{path} lacks columns {', '.join(missing)}")
     stats = {c: table[c].to_numpy(zero_copy_only=False) for c in columns}
     summary_path = run / SUMMARY_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = json.loads(summary_path.read_text(limit=1 << 26)) if summary_path.is_file() else {}
     return StoredCases(method, np.array(table["group"].to_pylist()), stats, summary.get("svm_val_accuracy"),
                        stability=summary.get("stability"))
 

@@ -83,6 +83,16 @@ def fetched_file(location: str | os.PathLike, limit: int = 1 << 26) -> Iterator[
         yield local
 
 
+def check_out_prefix(where: Place, overwrite: bool) -> list[str]:
+    """Refuse a store prefix that cannot be written, or that holds objects without `overwrite`
+    (before any work: jobs.export calls it first); returns the names already there."""
+    check_reachable(where)
+    before = where.files()
+    if before and not overwrite:
+        raise InputError(f"--out {where} holds objects; pass --overwrite to replace them")
+    return before
+
+
 def upload_directory(local: Path, where: Place, overwrite: bool = False) -> list[str]:
     """Put a flat directory made on this machine (a bundle or an editor: graphs and
     manifest.json) under the store prefix `where`: each file one PUT, the manifest last, so a
@@ -90,10 +100,7 @@ def upload_directory(local: Path, where: Place, overwrite: bool = False) -> list
     graph refuses it by the manifest's sha256. Objects of an earlier export that the new one
     lacks are removed after. A prefix that holds objects is replaced only with `overwrite`.
     Returns the names written."""
-    check_reachable(where)
-    before = where.files()
-    if before and not overwrite:
-        raise InputError(f"--out {where} holds objects; pass --overwrite to replace them")
+    before = check_out_prefix(where, overwrite)
     names = sorted(p.name for p in local.iterdir() if p.is_file())
     for name in sorted(names, key=lambda n: n == "manifest.json"):  # the manifest last
         with open(local / name, "rb") as src, where.fs.open_output_stream((where / name).path) as dst:

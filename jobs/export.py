@@ -79,9 +79,7 @@ def main(argv=None) -> None:
     options = export_options(args)
     started = time.perf_counter()
     print(f"exporting {model} to {args.out} (torch -> ONNX, then a parity check in ONNX Runtime)", flush=True)
-    from export.models import (
-        export_model,  # torch only now: --help and input errors stay fast
-    )
+    from export.models import export_model  # torch only now: --help and input errors stay fast
     from export.onnx_bundle import ExportError
 
     try:
@@ -101,17 +99,16 @@ def out_directory(location, overwrite: bool) -> Iterator[Path]:
     temporary one whose files go up when the export has finished (compute.transfer: the
     manifest last). A store prefix in use without --overwrite is refused before any work."""
     from compute.storage import is_remote, place
-    from compute.transfer import upload_directory
+    from compute.transfer import check_out_prefix, upload_directory
 
     if not is_remote(location):
         yield Path(location)
         return
-    where = run_location(location)
-    if where.files() and not overwrite:
-        raise UsageError(f"--out {where} holds objects; pass --overwrite to replace them")
+    where = place(location)
+    check_out_prefix(where, overwrite)
     with tempfile.TemporaryDirectory(prefix="vectorfind-export-") as tmp:
         yield Path(tmp) / "out"
-        upload_directory(Path(tmp) / "out", place(location), overwrite)
+        upload_directory(Path(tmp) / "out", where, overwrite)
 
 
 def export_options(args):
