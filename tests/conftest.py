@@ -63,10 +63,9 @@ def bundle(bundle_dir):
 
 
 def _file_hashes(root: Path) -> dict[str, str]:
-    import hashlib
+    from compute.files import sha256_file
 
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="session")
@@ -162,7 +161,6 @@ class Capped:
 
     def __getattr__(self, name):  # get_inputs, get_outputs, get_providers
         return getattr(self.session, name)
-
 
 
 @pytest.fixture(scope="session")

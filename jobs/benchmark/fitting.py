@@ -9,15 +9,8 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from compute.fitting import (
-    direction_rows,
-    gather_fits,
-    load_samples,
-    plan_fit,
-    read_selected,
-    selected_rows,
-    submit_fits,
-)
+from compute.fitting import (direction_rows, gather_fits, load_samples, plan_fit, read_selected, selected_rows,
+                             submit_fits)
 from compute.sampling import sample_table
 from jobs.benchmark.timing import seconds_of
 from vectors.method import Method

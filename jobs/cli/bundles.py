@@ -36,11 +36,7 @@ def resolve_bundle(path: str | Path | None, resolution: int = DEFAULT_RESOLUTION
             return replace(bundle, source=str(place(path))) if is_remote(path) else bundle
         target = builtin_bundle_path(resolution)
         if not (target / "manifest.json").is_file():
-            from export.models import (  # torch only when exporting
-                ExportOptions,
-                ModelError,
-                export_model,
-            )
+            from export.models import ExportOptions, ModelError, export_model  # torch only when exporting
 
             print(f"exporting the built-in synthetic model to {target} (first use) ...", flush=True)
             try:
@@ -88,14 +84,8 @@ def run_bundle(run: Path, given: str | Path | None, resolution: int = DEFAULT_RE
     hash the run's own files recorded; without it, a cached built-in bundle of that hash, else
     the built-in model as before (default=False: None, for callers with their own lookup), and
     a run of another model is asked for --bundle at once."""
-    from compute.run_record import (
-        BundleMismatch,
-        BundleMoved,
-        describe,
-        files_bundle,
-        manifest_sha256,
-        read_record,
-    )
+    from compute.run_record import (BundleMismatch, BundleMoved, describe, files_bundle, manifest_sha256,
+                                    read_record)
 
     record = read_record(run)
     if record is not None:
