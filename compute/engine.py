@@ -159,10 +159,11 @@ class SampleEngine:
         if "fused" in graphs:
             try:
                 session = make_session(graphs["fused"], spec.threads, True, memory, cuda_graph=spec.cuda_graph,
-                                       nhwc=True)
+                                       fp16=True, nhwc=True)
             except Exception as exc:  # a layout ONNX Runtime cannot apply to some node: keep NCHW
                 log.warning("NHWC layout refused (%s); running NCHW", str(exc).splitlines()[0][:200])
-                session = make_session(graphs["fused"], spec.threads, True, memory, cuda_graph=spec.cuda_graph)
+                session = make_session(graphs["fused"], spec.threads, True, memory, cuda_graph=spec.cuda_graph,
+                                       fp16=True)
             # No GPU after all (make_session has warned): the CPU runs the fp32 graph, exactly.
             self.session = session if session.get_providers()[0] == "CUDAExecutionProvider" else None
         if self.session is None:

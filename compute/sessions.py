@@ -26,21 +26,27 @@ CALL_PIXELS = {"cpu": 64 * 64 * 64, "cuda": 512 * 64 * 64}
 ACTIVATION_BYTES = {"cpu": 128 << 20, "cuda": 1 << 30}
 PREFER_NHWC = False  # measured slower for fp16 on an H200 (1,209 vs 1,370 images/s); see cuda_options
 CUDNN_SEARCH = "HEURISTIC"  # see cuda_options; jobs.benchmark gpu measures it against EXHAUSTIVE
+USE_TF32 = True  # see cuda_options; jobs.benchmark gpu turns it off for its float32 reference scores
 _warned_cpu_fallback = False  # one warning per process, not one per session
 
 
-def cuda_options(gpu_mem_bytes: int | None = None, cuda_graph: bool = False, nhwc: bool = False) -> dict:
+def cuda_options(gpu_mem_bytes: int | None = None, cuda_graph: bool = False, fp16: bool = False,
+                 nhwc: bool = False) -> dict:
     """CUDAExecutionProvider settings, each a stated choice:
     - the arena grows only by what a call asks for, up to the actor's share of the GPU
       (unbounded, it kept what the largest call ever needed: 54 GB for 4 actors);
-    - TF32 on: fp32 convolutions ran 2.4x faster with it on an H200 (1,334 vs 556 images/s),
-      differing from torch's fp32 by ~2e-2 relative at 1024 px; fp16 graphs do not use it;
+    - TF32 on for float32 graphs: their convolutions ran 2.4x faster with it on an H200
+      (1,334 vs 556 images/s), differing from torch's fp32 by ~2e-2 relative at 1024 px.
+      Off for fp16 graphs (`fp16`): their convolutions are fp16 anyway, and their float32
+      parts are there for precision, which TF32 (fp16's 10-bit mantissa) would take from
+      the mapping's and the styles' matrix products;
     - cuDNN's heuristic algorithm choice: as fast as the exhaustive search at steady state
       on an H200 (fp32, 256 px), without the search's seconds per shape at every actor start;
     - a CUDA graph only when asked: it needs every node on the GPU and fixed buffers;
     - NHWC layout only where a caller allows it (fp16 graphs) and PREFER_NHWC is set: off,
       since it was slower on an H200 (fp16 1,209 vs 1,370 images/s; fp32 synthesis -19%)."""
-    options = {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "1", "cudnn_conv_algo_search": CUDNN_SEARCH}
+    options = {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "1" if USE_TF32 and not fp16 else "0",
+               "cudnn_conv_algo_search": CUDNN_SEARCH}
     if gpu_mem_bytes:
         options["gpu_mem_limit"] = str(int(gpu_mem_bytes))
     if cuda_graph:
@@ -51,8 +57,9 @@ def cuda_options(gpu_mem_bytes: int | None = None, cuda_graph: bool = False, nhw
 
 
 def make_session(model_bytes: bytes, threads: int = 1, use_gpu: bool = False, gpu_mem_bytes: int | None = None,
-                 cuda_graph: bool = False, nhwc: bool = False) -> ort.InferenceSession:
-    """A session with `threads` intra-op threads, on CUDA when asked and really available.
+                 cuda_graph: bool = False, fp16: bool = False, nhwc: bool = False) -> ort.InferenceSession:
+    """A session with `threads` intra-op threads, on CUDA when asked and really available;
+    `fp16` says the graph is compute.fp16's (CUDA settings: cuda_options).
 
     onnxruntime-gpu reports CUDA as available even on machines without a GPU and then falls
     back silently, so success is read from the providers the session actually got.
@@ -66,7 +73,8 @@ def make_session(model_bytes: bytes, threads: int = 1, use_gpu: bool = False, gp
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if use_gpu:
-        providers = [("CUDAExecutionProvider", cuda_options(gpu_mem_bytes, cuda_graph, nhwc)), "CPUExecutionProvider"]
+        cuda = cuda_options(gpu_mem_bytes, cuda_graph, fp16, nhwc)
+        providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # ORT's own note; ours below says it once
         session = ort.InferenceSession(model_bytes, options, providers=providers)

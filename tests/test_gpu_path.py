@@ -83,3 +83,22 @@ def test_gpu_benchmark_help_and_its_one_line_refusal_without_a_gpu():
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and len(lines) == 1 and "needs an NVIDIA GPU" in lines[0], refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_cuda_settings_are_stated_choices():
+    """What an fp16 sampling session asks of CUDA: TF32 off (its float32 islands are there for
+    precision, and TF32 rounds matrix inputs as fp16 does), the arena bounded by the actor's
+    share; float32 graphs keep TF32 on (2.4x faster on an H200), unless a benchmark turns it
+    off for its reference scores."""
+    from compute import sessions
+
+    half = sessions.cuda_options(8 << 30, fp16=True)
+    full = sessions.cuda_options()
+    assert (half["use_tf32"], half["gpu_mem_limit"], half["arena_extend_strategy"]) == ("0", str(8 << 30),
+                                                                                     "kSameAsRequested")
+    assert full["use_tf32"] == "1" and "gpu_mem_limit" not in full and "prefer_nhwc" not in half
+    saved, sessions.USE_TF32 = sessions.USE_TF32, False
+    try:
+        assert sessions.cuda_options()["use_tf32"] == "0"
+    finally:
+        sessions.USE_TF32 = saved

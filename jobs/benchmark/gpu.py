@@ -6,7 +6,8 @@ Property Score CNN, random weights in the reference's key layout), in one run:
       device buffers), fp32 and fp16 over a sweep of images per call; cuDNN's heuristic vs
       exhaustive search and a CUDA graph at the best fp16 call size;
   (c) the Ray pipeline, `python -m jobs.sample` with its default GPU flags;
-  (d) fp16 vs fp32 scores on the same codes, as a share of each score's spread;
+  (d) fp16 and fp32 (TF32) scores vs fp32 without TF32 on the same codes, as a share of
+      each score's spread;
 with GPU utilisation and per-process GPU memory sampled by nvidia-smi throughout. Every
 path warms up at the shape it times. Ends with one `gpu:` line of images/s and ratios.
 """
@@ -125,6 +126,8 @@ def bench_onnx(bundle, codes: np.ndarray, call_sizes: list[int], use_gpu: bool) 
         base = engine_spec(bundle, Resources(1, 1.0, 1.0 if use_gpu else 0.0, 1, fp16=precision == "fp16"))
         started = time.perf_counter()
         prepared = prepare_graphs(graphs, base)
+        if precision == "fp32":
+            results["scores"]["exact"] = exact_scores(bundle, prepared, codes[:1024], call_sizes[0], use_gpu)
         print(f"  prepared the {precision} graph in {time.perf_counter() - started:.1f}s", flush=True)
         for call in call_sizes:
             engine = SampleEngine(prepared, engine_spec(bundle, Resources(
@@ -163,6 +166,24 @@ def bench_onnx(bundle, codes: np.ndarray, call_sizes: list[int], use_gpu: bool) 
     return results
 
 
+def exact_scores(bundle, prepared: dict, codes: np.ndarray, call: int, use_gpu: bool) -> np.ndarray:
+    """Scores of the float32 graph with TF32 off: the reference the fp16 and fp32 rows are
+    compared with in (d). TF32 rounds convolution inputs to fp16's 10-bit mantissa, so the
+    fp32 rows' scores are not exact themselves."""
+    from compute import sessions
+    from compute.engine import SampleEngine
+    from compute.sampling import Resources, engine_spec
+
+    saved, sessions.USE_TF32 = sessions.USE_TF32, False
+    try:
+        engine = SampleEngine(prepared, engine_spec(bundle, Resources(
+            1, 1.0, 1.0 if use_gpu else 0.0, 1, fp16=False, call_images=call)))
+        return engine(codes)[1]
+    finally:
+        sessions.USE_TF32 = saved
+        gc.collect()
+
+
 def bench_pipeline(bundle_dir: Path, out: Path, n: int) -> tuple[float, float | None, str]:
     import shutil
 
@@ -196,12 +217,16 @@ def bench_gpu(out: Path, images: int, call_sizes: list[int], n: int, use_gpu: bo
         torch_rates = bench_torch(bundle_dir, codes, 256, use_gpu)
         onnx = bench_onnx(bundle, codes, call_sizes, use_gpu)
     print(f"  (a, b) {single.summary()}", flush=True)
-    s32, s16 = onnx["scores"]["fp32"], onnx["scores"]["fp16"]
-    spread = s32.std(axis=0)
-    relative = np.abs(s16 - s32).max(axis=0) / np.where(spread > 0, spread, 1)
-    nans = int(np.isnan(s16).sum() + np.isnan(s32).sum())
-    print("  (d) fp16 vs fp32 on 1,024 codes, max |difference| / score spread: "
-          + ", ".join(f"{name} {r:.2%}" for name, r in zip(bundle.score_names, relative)) + f"; NaN: {nans}")
+    exact = onnx["scores"]["exact"]
+    spread = np.where(exact.std(axis=0) > 0, exact.std(axis=0), 1)
+    drift = {label: np.abs(onnx["scores"][key] - exact).max(axis=0) / spread
+             for label, key in (("fp16", "fp16"), ("fp32 with TF32", "fp32"))}
+    relative = drift["fp16"]
+    nans = int(sum(np.isnan(s).sum() for s in onnx["scores"].values()))
+    for label, values in drift.items():
+        print(f"  (d) {label} vs fp32 without TF32 on 1,024 codes, max |difference| / score spread: "
+              + ", ".join(f"{name} {r:.2%}" for name, r in zip(bundle.score_names, values)))
+    print(f"  (d) NaN: {nans}")
     with GpuMonitor() as piped:
         total, steady, _ = bench_pipeline(bundle_dir, out, n)
     print(f"  (c) {piped.summary()}", flush=True)

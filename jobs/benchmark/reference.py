@@ -35,7 +35,7 @@ def bench_reference(images: int, batch_sizes: list[int], threads: int, gpu: bool
     if fp16:
         from compute.fp16 import to_fp16
 
-        half = {stem: make_session(to_fp16(graphs[stem]), threads, gpu) for stem in ("synthesis", "scorer")}
+        half = {stem: make_session(to_fp16(graphs[stem]), threads, gpu, fp16=True) for stem in ("synthesis", "scorer")}
     mapping, synthesis, scorer = (torch_engine(m.to(device), device) for m in (spec.mapping, spec.synthesis, spec.scorer))
     codes = draw_codes(0, np.arange(images), spec.z_dim)
     rates = {}
