@@ -216,19 +216,19 @@ SMALL_SCHEDULE = ("--eyes=-1.2,1.2", "--mouth=-1.8,1.8", "--pose=-1.8,0.6")
 def test_main_job_and_reference_vectors_run_on_the_reference_bundle(tmp_path, reference_bundle, ray_session):
     """A tiny vectorfind run, then the reference's CSV vectors imported and tested on the bundle.
 
-    Lean on purpose (in-process, 32 samples, one global group): 256-px images cost about
+    Lean on purpose (in-process, 16 samples, one global group): 256-px images cost about
     0.2 s each on two cores, and what this pins is that every stage runs on this bundle."""
     from jobs import import_vectors, test, vectorfind
 
     run = tmp_path / "run"
-    vectorfind.main(["--bundle", str(reference_bundle), "--out", str(run), "--n", "32", "--group-by", "none",
+    vectorfind.main(["--bundle", str(reference_bundle), "--out", str(run), "--n", "16", "--group-by", "none",
                      "--ratio", "0.5", "--cases", "2", *SMALL_SCHEDULE])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["cases"] == 2 and summary["edits_per_case"] == 8 and (run / "report.md").is_file()
     import pyarrow.parquet as pq
 
     samples = pq.read_table(run / "samples.parquet")
-    assert samples.num_rows == 32 and "background_std" in samples.column_names
+    assert samples.num_rows == 16 and "background_std" in samples.column_names
 
     rng = np.random.default_rng(0)
     csv_dir = tmp_path / "csv"
