@@ -29,8 +29,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from compute import fp16
-from compute.fp16 import FLOAT32_INPUTS, FP16_MAX, REDUCTIONS, SHAPE_ONLY, _bad_scalar, fp32_nodes, prepare
+from compute.fp16 import (FLOAT32_INPUTS, FP16_MAX, REDUCTIONS, SHAPE_ONLY, _bad_scalar, _subgraphs, fp32_nodes,
+                          prepare)
 
 
 @dataclass
@@ -143,7 +143,7 @@ def fp16_emulation(model_bytes: bytes, islands: set[str] | None = None) -> bytes
 
     stored16 = set()  # outputs of fp16 nodes: rounded where they are made, read by everyone so
     for node in graph.node:
-        if node.name in islands or fp16._subgraphs(node):
+        if node.name in islands or _subgraphs(node):
             continue
         for i, name in enumerate(node.input):
             if (is_float(name) and name not in stored16 and node.op_type not in SHAPE_ONLY
@@ -177,8 +177,9 @@ def emulated_session(model_bytes: bytes, threads: int = 2) -> ort.InferenceSessi
 def fp16_drift(model_bytes: bytes, feeds: Iterable[dict[str, np.ndarray]], islands: set[str] | None = None,
                output: int = 0, threads: int = 2) -> np.ndarray:
     """How far the fp16 graph's output moves from the float32 graph's on these feeds, per
-    column of a 2-D output (one for any other): max |fp16 - fp32| / the column's standard deviation over
-    every row of every feed, with fp16 emulated as a GPU computes it (`fp16_emulation`)."""
+    column of a 2-D output (one for any other): max |fp16 - fp32| / the column's standard
+    deviation over every row of every feed, with fp16 emulated as a GPU computes it
+    (`fp16_emulation`)."""
     full = emulated_session(model_bytes, threads)
     half = emulated_session(fp16_emulation(model_bytes, islands), threads)
     name = full.get_outputs()[output].name
