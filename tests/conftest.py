@@ -41,8 +41,10 @@ def attributes_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One real local Ray instance for the whole session, on loopback only."""
+def ray_session(s3_server):
+    """One real local Ray instance for the whole session, on loopback only. Started after the
+    S3 test server, so its workers have the store's AWS variables, as a cluster's processes
+    have those of the environment `ray start` ran in: jobs on store runs run in-process."""
     import ray
 
     from jobs.cli.ray import stay_on_loopback

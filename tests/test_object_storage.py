@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, call_job, run_job
+from conftest import REPO, call_job
 from test_reliability import _full_pipe, _group_ends
 
 from vectors.errors import InputError
@@ -70,9 +70,7 @@ def test_main_job_on_s3_reruns_and_resumes_to_the_same_bytes(bundle_dir, s3_serv
     assert "_commit.json" not in left and len(left) == 3  # chunks, but no table
     s3.fs.delete_file(f"{s3.bucket}/runs/killed/samples.parquet/000001.parquet")  # as if killed before it
 
-    # A job of its own, whose Ray instance's workers have the store's variables (the test
-    # session's instance started before they were set, like a cluster started without them).
-    resumed = run_job("jobs.vectorfind", "--out", where, *flags)
+    resumed = call_job("jobs.vectorfind", "--out", where, *flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(1,024 computed, 1,976 reused)" in resumed.stdout, resumed.stdout
     assert f"{where}/report.md" in resumed.stdout
@@ -107,7 +105,7 @@ def test_main_job_on_s3_reruns_and_resumes_to_the_same_bytes(bundle_dir, s3_serv
     assert report.returncode == 0, report.stderr
 
 
-def test_grid_on_s3_with_a_bundle_from_the_store_killed_after_its_fits(bundle_dir, s3_server):
+def test_grid_on_s3_with_a_bundle_from_the_store_killed_after_its_fits(bundle_dir, s3_server, ray_session):
     """Each phase's results go up when it ends: a grid killed (SIGKILL) once it has started
     testing has its fitted cells in the store, and the rerun reuses them."""
     s3 = s3_server
@@ -126,7 +124,7 @@ def test_grid_on_s3_with_a_bundle_from_the_store_killed_after_its_fits(bundle_di
     assert {"grid/w-n1000-r0.2/vectors.parquet", "grid/w-n2000-r0.2/vectors.parquet"} <= set(keys), sorted(keys)
     assert "grid.parquet" not in keys
 
-    result = run_job(*args)
+    result = call_job(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("vectors.parquet (same settings)") == 2, result.stdout
     keys = _keys(s3, "runs/grid")
