@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper
 
 from compute.sessions import call_images, largest_activation, make_session, run_single, synthesize_and_score
+
+if TYPE_CHECKING:  # onnx is imported where graphs are built, on the driver: actors only run them
+    import onnx
 
 log = logging.getLogger(__name__)
 # Images per GPU call at 256 px (scaled by pixels at other resolutions), measured on an H200
@@ -53,6 +55,8 @@ def _opset(model: onnx.ModelProto) -> int:
 
 def _broadcast_graph(w_dim: int, num_ws: int, opset: int) -> onnx.ModelProto:
     """w [B, D] -> ws [B, L, D]: the per-layer codes of an unedited face, on the device."""
+    from onnx import TensorProto, helper
+
     shape = helper.make_tensor("layers_shape", TensorProto.INT64, [3], [1, num_ws, 1])
     axes = helper.make_tensor("axis_1", TensorProto.INT64, [1], [1])
     graph = helper.make_graph(
@@ -66,7 +70,8 @@ def _broadcast_graph(w_dim: int, num_ws: int, opset: int) -> onnx.ModelProto:
 def fuse_sampling_graph(mapping: bytes, synthesis: bytes, scorer: bytes, w_dim: int, num_ws: int | None) -> bytes:
     """One graph z -> (w, scores) from the bundle's three. Raises ValueError if they cannot be
     brought to one opset."""
-    from onnx import compose, version_converter
+    import onnx
+    from onnx import TensorProto, compose, helper, version_converter
 
     models = [onnx.load_from_string(b) for b in (mapping, synthesis, scorer)]
     opset = max(_opset(m) for m in models)

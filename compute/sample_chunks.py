@@ -12,17 +12,20 @@ way the driver holds at most a chunk's bytes at a time: its memory does not grow
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from compute.bundle import Bundle
 from compute.engine import EngineSpec, NullEngine, SampleEngine
 from compute.seeding import draw_codes
 from compute.sessions import resolve
 from compute.storage import Place
 from compute.tables import read_metadata, read_table, vector_column, with_metadata
+
+if TYPE_CHECKING:  # not at run time: the actors of this module never load a bundle, nor onnx with it
+    from compute.bundle import Bundle
 
 CHUNK_DIR = "sample_chunks"
 

@@ -14,7 +14,6 @@ import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
 
 from vectors.errors import InputError
 
@@ -99,6 +98,10 @@ def train_svm(x_pos: np.ndarray, x_neg: np.ndarray, cfg: SvmConfig = SvmConfig()
               random_state: int | None = None) -> TrainedSvm:
     """One classifier, x_pos (label 1) against x_neg (label 0); `random_state` seeds liblinear's
     coordinate descent (None: NumPy's global generator, as the reference did)."""
+    # Here, not at the top: every job and test-stage actor imports this module (for SvmConfig),
+    # and only fits need scikit-learn, which takes about a second to import.
+    from sklearn.exceptions import ConvergenceWarning
+
     x = np.concatenate([x_pos, x_neg]).astype(np.float64)
     y = np.r_[np.ones(len(x_pos)), np.zeros(len(x_neg))]
     mean, std = np.zeros(x.shape[1]), np.ones(x.shape[1])
