@@ -47,3 +47,8 @@ def test_scale_benchmark_ends_with_its_line(tmp_path):
     assert not any((tmp_path / "scale").iterdir())  # each n's samples are removed after it
     bad = call_job("jobs.benchmark.__main__", "scale", "--n", "0")
     assert bad.returncode == 2 and "--n values must be >= 1" in bad.stderr
+
+
+def test_test_benchmark_refuses_a_sample_count_below_one_before_ray():
+    bad = call_job("jobs.benchmark.__main__", "test", "--n", "0")
+    assert bad.returncode == 2 and "--n, --cases and --reference-cases must be >= 1" in bad.stderr

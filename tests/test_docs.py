@@ -269,7 +269,7 @@ def test_ray_benchmarks_at_toy_sizes(two_property_run, bundle_dir, tmp_path, mon
     """`jobs.benchmark test`, `grid`, `editor` and `estimators --bundle`, at toy sizes, on the session's Ray."""
     monkeypatch.chdir(tmp_path)  # they keep their runs under the working directory
     bundle = str(bundle_dir)
-    for args in (("test", "--cases", "2", "--reference-cases", "1"),
+    for args in (("test", "--n", "2000", "--cases", "2", "--reference-cases", "1"),
                  ("grid", "--n", "400", "--ratio", "0.2", "--cases", "2"),
                  ("estimators", "--bundle", bundle, "--n", "1000", "--seeds", "0", "--cases", "2",
                   "--estimators", "ridge", "--out", str(tmp_path / "est"))):

@@ -24,6 +24,7 @@ def main(argv=None) -> None:
     fitting.add_argument("--run", type=Path, default=None, help="run directory with n samples "
                                                                 "(default: runs/benchmark-fit-N)")
     testing = sub.add_parser("test", help="generation test stage vs a reference-style JPEG loop")
+    testing.add_argument("--n", type=int, default=8000, help="samples the timed directions are fitted on")
     testing.add_argument("--cases", type=int, default=200)
     testing.add_argument("--reference-cases", type=int, default=20)
     grid = sub.add_parser("grid", help="one grid run vs the whole method once per cell")
@@ -129,8 +130,8 @@ def main(argv=None) -> None:
         raise UsageError("--n must be >= 1 and --reference-n >= 4")
     if args.which == "fit" and args.n < 1000:
         raise UsageError("--n must be >= 1000")
-    if args.which == "test" and (args.cases < 1 or args.reference_cases < 1):
-        raise UsageError("--cases and --reference-cases must be >= 1")
+    if args.which == "test" and (args.n < 1 or args.cases < 1 or args.reference_cases < 1):
+        raise UsageError("--n, --cases and --reference-cases must be >= 1")
     if args.which == "scale":
         from jobs.benchmark.scale import bench_scale
 
@@ -163,7 +164,7 @@ def main(argv=None) -> None:
     elif args.which == "test":
         from jobs.benchmark.generation_test import bench_test
 
-        bench_test(bundle, args.cases, args.reference_cases, Path("runs/benchmark-test"))
+        bench_test(bundle, args.n, args.cases, args.reference_cases, Path("runs/benchmark-test"))
     elif args.which == "estimators":
         from compute.sampling import plan_resources
         from jobs.benchmark.estimators import bench_estimators

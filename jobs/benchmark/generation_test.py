@@ -1,7 +1,8 @@
 """test: images/s of the generation test stage (Ray Data actors, batched) vs the
 reference-style loop on the same model and directions: one edited image at a time, each
 through a JPEG file, scorer batch 1 (timed on `reference_cases` cases), once with the
-bundle's ONNX graphs and once in torch eager as the reference did."""
+bundle's ONNX graphs and once in torch eager as the reference did. The directions are
+fitted on `n` samples first (8,000 by default)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,13 +20,13 @@ from vectors.groups import groups_of_matrix
 from vectors.method import Method
 
 
-def bench_test(bundle, cases: int, reference_cases: int, run: Path) -> dict[str, float]:
+def bench_test(bundle, n: int, cases: int, reference_cases: int, run: Path) -> dict[str, float]:
     import torch
 
     from export.synthetic import synthetic_spec
 
     method = Method()
-    sample_table(bundle, 8000, 0, run, progress=False)
+    sample_table(bundle, n, 0, run, progress=False)
     direction_set, _, _ = load_direction_set(fit_directions(run, method, progress=False), bundle, method)
     weights = method.edit_weights()
     per_case = len(weights) + 1
