@@ -58,20 +58,21 @@ def to_fp16(model_bytes: bytes, keep_fp32: frozenset[str] = frozenset()) -> byte
     loops = sorted({n.op_type for n in all_nodes(model.graph) if n.op_type in ("Loop", "Scan")})
     if loops:
         raise ValueError(f"fp16 conversion does not handle {', '.join(loops)} nodes")
-    types = prepare(model)
-    islands = fp32_nodes(model, types) | {n.name for n in all_nodes(model.graph) if n.name in keep_fp32}
+    types, dims = prepare(model)
+    islands = fp32_nodes(model, types, dims) | {n.name for n in all_nodes(model.graph) if n.name in keep_fp32}
     _convert(model, types, islands)
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
 
-def prepare(model: onnx.ModelProto) -> dict[str, int]:
+def prepare(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, list]]:
     """Constants hoisted to initializers and every node named, in place; returns the element
-    type of every tensor (what to_fp16 and compute.fp16_check both start from)."""
+    type and the dims of every tensor (`tensor_info`: what to_fp16 and compute.fp16_check
+    both start from)."""
     for graph in reversed(all_graphs(model.graph)):  # innermost first: rewriting copies the branches
         _hoist_constants(graph)
     _name_nodes(model.graph)
-    return _float_types(model)
+    return tensor_info(model)
 
 
 def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
@@ -127,16 +128,25 @@ def _hoist_constants(graph: onnx.GraphProto) -> None:
     graph.node.extend(kept)
 
 
-def _float_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every tensor, in every scope, whose type ONNX shape inference can tell."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {}
+def tensor_info(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, list]]:
+    """Element type, and dims (an int, or None where unknown), of every tensor in every scope
+    that one ONNX shape inference can tell. data_prop follows the Shape -> Gather -> Concat
+    chains that a batch-sized constant input and reshapes are built from; without it a
+    synthesis' activations have no known rank. A graph it fails on is inferred without it."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # the inference raises several types
+        inferred = onnx.shape_inference.infer_shapes(model)
+    types, dims = {}, {}
     for graph in all_graphs(inferred.graph):
         types.update({t.name: t.data_type for t in graph.initializer})
         for value in (*graph.input, *graph.output, *graph.value_info):
             if value.type.HasField("tensor_type"):
                 types[value.name] = value.type.tensor_type.elem_type
-    return types
+                if value.type.tensor_type.HasField("shape"):
+                    dims[value.name] = [d.dim_value if d.HasField("dim_value") else None
+                                        for d in value.type.tensor_type.shape.dim]
+    return types, dims
 
 
 def _consumers(nodes: list[onnx.NodeProto]) -> dict[str, list]:
@@ -158,7 +168,7 @@ def _bad_scalar(tensor: onnx.TensorProto) -> bool:
     return bool(((values != 0) & (half == 0)).any() or (np.isfinite(values) & ~np.isfinite(half)).any())
 
 
-def fp32_nodes(model: onnx.ModelProto, types: dict[str, int]) -> set[str]:
+def fp32_nodes(model: onnx.ModelProto, types: dict[str, int], dims: dict[str, list]) -> set[str]:
     """Names of the nodes that stay float32 (the islands described in the module doc), in
     every scope: names are unique across an ONNX model's graphs, so one pass covers them."""
     graphs = all_graphs(model.graph)
@@ -171,7 +181,7 @@ def fp32_nodes(model: onnx.ModelProto, types: dict[str, int]) -> set[str]:
     floats = lambda names: [n for n in names if n and types.get(n) == TensorProto.FLOAT]  # noqa: E731
     outputs_of_graphs = {v.name for g in graphs for v in g.output}
     islands = {n.name for n in nodes if n.op_type in REDUCTIONS or bad_constants & set(n.input)}
-    islands |= _shared_nodes(graphs[0], nodes) | _small_nodes(model, nodes, types)
+    islands |= _shared_nodes(graphs[0], nodes) | _small_nodes(nodes, types, dims)
     changed = True
     while changed:  # a fixed point: each pass only adds nodes
         changed = False
@@ -204,19 +214,9 @@ def _shared_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> set[st
     return shared
 
 
-def _small_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto], types: dict[str, int]) -> set[str]:
+def _small_nodes(nodes: list[onnx.NodeProto], types: dict[str, int], dims: dict[str, list]) -> set[str]:
     """Nodes whose every float output holds at most SMALL_VALUES values per sample (every
     dim after the first known to ONNX shape inference; an unknown one is not small)."""
-    try:  # data_prop follows the Shape -> Concat chains that reshapes are built from
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # a graph the inference cannot read: no op is known to be small
-        return set()
-    dims = {}
-    for graph in all_graphs(inferred.graph):
-        for value in (*graph.input, *graph.output, *graph.value_info):
-            if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
-                dims[value.name] = [d.dim_value if d.HasField("dim_value") else None
-                                    for d in value.type.tensor_type.shape.dim]
 
     def small(name: str) -> bool:
         shape = dims.get(name)

@@ -29,8 +29,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from compute.fp16 import (FLOAT32_INPUTS, FP16_MAX, REDUCTIONS, SHAPE_ONLY, _bad_scalar, _subgraphs, fp32_nodes,
-                          prepare)
+from compute.fp16 import FLOAT32_INPUTS, FP16_MAX, REDUCTIONS, SHAPE_ONLY, _bad_scalar, _subgraphs, fp32_nodes, prepare
 
 
 @dataclass
@@ -64,8 +63,8 @@ def fp16_ranges(model_bytes: bytes, feeds: Iterable[dict[str, np.ndarray]], marg
     FP16_MAX / margin. `islands` overrides the fp32 nodes (a test passes an empty set to show
     what a plain fp16 conversion would overflow)."""
     model = onnx.load_from_string(model_bytes)
-    types = prepare(model)
-    islands = fp32_nodes(model, types) if islands is None else islands
+    types, dims = prepare(model)
+    islands = fp32_nodes(model, types, dims) if islands is None else islands
     graph = model.graph
     is_float = lambda n: bool(n) and types.get(n) == TensorProto.FLOAT  # noqa: E731
     held16, reductions = set(), {}
@@ -115,8 +114,8 @@ def fp16_emulation(model_bytes: bytes, islands: set[str] | None = None) -> bytes
     (`emulated_session`), so no pass folds a rounding away. Top-level graph only: If
     branches stay float32."""
     model = onnx.load_from_string(model_bytes)
-    types = prepare(model)
-    islands = fp32_nodes(model, types) if islands is None else islands
+    types, dims = prepare(model)
+    islands = fp32_nodes(model, types, dims) if islands is None else islands
     graph = model.graph
     is_float = lambda n: bool(n) and types.get(n) == TensorProto.FLOAT  # noqa: E731
     constants = {t.name: t for t in graph.initializer}

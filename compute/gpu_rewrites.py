@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from compute.fp16 import tensor_info
+
 
 def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     """Initializers by the names nodes read them under, including through the Identity nodes
@@ -45,18 +47,6 @@ def _users(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     for value in graph.output:  # a graph output counts as a reader nothing may take away
         users.setdefault(value.name, []).append(None)
     return users
-
-
-def _shapes(model: onnx.ModelProto) -> dict[str, list]:
-    """Each tensor's dims as ONNX shape inference tells them (an int, or None where unknown)."""
-    # data_prop follows the Shape -> Gather -> Concat chains a batch-sized constant input is
-    # built from; without it the synthesis' activations have no known rank.
-    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    shapes = {}
-    for value in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    return shapes
 
 
 def merge_constant_adds(model: onnx.ModelProto) -> int:
@@ -108,7 +98,7 @@ def instance_norms_from_moments(model: onnx.ModelProto) -> int:
     """Rewrite `(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps)` [* s] in the main graph
     (see the module doc), in place; returns how many."""
     graph = model.graph
-    constants, users, shapes = _constants(graph), _users(graph), _shapes(model)
+    constants, users, shapes = _constants(graph), _users(graph), tensor_info(model)[1]
     producer = {out: node for node in graph.node for out in node.output}
     before: dict[int, list] = {}   # id(node) -> new nodes emitted just before it
     instead: dict[int, list] = {}  # id(node) -> the nodes that replace it ([] drops it)
