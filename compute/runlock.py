@@ -121,7 +121,7 @@ def acquire(run: Place | Path) -> dict | None:
         if holder is None:
             if not lock.is_regular():
                 raise RunLocked(f"{lock} is not a lock file of ours (a link or a directory); remove it and rerun")
-            age = time.time() - lock.fs.get_file_info(lock.path).mtime.timestamp()
+            age = time.time() - (lock.mtime() or time.time())  # gone meanwhile: just made
             raise RunLocked(f"{run} holds an unreadable lock file {lock.name} ({age:.0f} s old); if no "
                             f"vectorfind job is running on this directory, delete {lock} and rerun")
         if holder.get("host") != record["host"]:

@@ -100,6 +100,11 @@ class Place:
         info = self._info()
         return info.size if info.type == pafs.FileType.File else None
 
+    def mtime(self) -> float | None:
+        """When the file was last written (seconds since the epoch); None if there is no such file."""
+        info = self._info()
+        return info.mtime.timestamp() if info.type == pafs.FileType.File and info.mtime is not None else None
+
     def is_file(self) -> bool:
         """A file (locally: a link to one counts, a FIFO or device does not)."""
         return self._info().type == pafs.FileType.File

@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -365,7 +366,9 @@ def test_an_unreadable_lock_is_refused_with_its_path(tested_run, bundle_dir, tmp
     run = tmp_path / "run"
     shutil.copytree(tested_run, run)
     (run / LOCK_FILE).write_text("not json")
-    _one_line(call_job(*_jobs(run, bundle_dir)["sample"]), 2, f"delete {run / LOCK_FILE}")
+    os.utime(run / LOCK_FILE, (time.time() - 120, time.time() - 120))
+    line = _one_line(call_job(*_jobs(run, bundle_dir)["sample"]), 2, f"delete {run / LOCK_FILE}")
+    assert re.search(r"\((12\d) s old\)", line), line  # its age, from the file's time
 
 
 def test_the_lock_is_released_when_the_job_fails(tested_run, bundle_dir, tmp_path):
