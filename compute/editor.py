@@ -132,7 +132,15 @@ def check_parity(bundle: Bundle, edits: RunEdits, editor: bytes, editor_fp16: by
     found = [method.group_names[i] for i in used.reshape(len(rows), -1)[:, 0]]
     given = np.repeat([method.group_names.index(g) for g in stored], len(weights))
     image_given, _, _ = _run_editor(make_session(editor, threads=2), codes, tiled, given)
-    image16, scores16, used16 = _run_editor(make_session(editor_fp16, threads=2), codes, tiled, unset)
+    # editor_fp16.onnx must run, but on a CPU ONNX Runtime computes its ops in float32 and
+    # skips roundings a GPU makes, so its figures come from the fp16 emulation
+    # (compute.fp16_check), which rounds wherever the GPU stores fp16, in the If branch too.
+    cpu16 = _run_editor(make_session(editor_fp16, threads=2), codes, tiled, unset)
+    if not all(np.isfinite(out).all() for out in cpu16[:2]):
+        raise EditorError("editor parity failed: the fp16 editor's images or scores are not finite")
+    from compute.fp16_check import emulated_session, fp16_emulation
+
+    image16, scores16, used16 = _run_editor(emulated_session(fp16_emulation(editor)), codes, tiled, unset)
     parity = {"case_ids": cases["case_id"].to_numpy()[rows].tolist(),
               "weights": [[float(str(v)) for v in row] for row in weights],  # float32 as written
               "images": len(codes), "tolerance": PARITY_TOLERANCE,

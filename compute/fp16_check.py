@@ -29,7 +29,17 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from compute.fp16 import FLOAT32_INPUTS, FP16_MAX, REDUCTIONS, SHAPE_ONLY, _bad_scalar, _subgraphs, fp32_nodes, prepare
+from compute.fp16 import (
+    FLOAT32_INPUTS,
+    FP16_MAX,
+    REDUCTIONS,
+    SHAPE_ONLY,
+    _bad_scalar,
+    _subgraphs,
+    all_graphs,
+    fp32_nodes,
+    prepare,
+)
 
 
 @dataclass
@@ -110,56 +120,64 @@ def fp16_ranges(model_bytes: bytes, feeds: Iterable[dict[str, np.ndarray]], marg
 
 def fp16_emulation(model_bytes: bytes, islands: set[str] | None = None) -> bytes:
     """The float32 graph rounded to fp16 wherever `compute.fp16.to_fp16` would hold a value in
-    fp16 (see the module doc), as `Cast` there and back; run it with graph optimisations off
-    (`emulated_session`), so no pass folds a rounding away. Top-level graph only: If
-    branches stay float32."""
+    fp16 (see the module doc), as `Cast` there and back, in every scope (an If's branches
+    too); run it with graph optimisations off (`emulated_session`), so no pass folds a
+    rounding away."""
     model = onnx.load_from_string(model_bytes)
     types, dims = prepare(model)
     islands = fp32_nodes(model, types, dims) if islands is None else islands
-    graph = model.graph
+    graphs = all_graphs(model.graph)
     is_float = lambda n: bool(n) and types.get(n) == TensorProto.FLOAT  # noqa: E731
-    constants = {t.name: t for t in graph.initializer}
-    rounded: dict[str, str] = {}           # tensor -> its fp16-rounded twin
-    after: dict[str, list] = {}            # producer node name ("" for graph inputs) -> nodes to emit after it
-    producer = {out: node.name for node in graph.node for out in node.output}
+    constants = {t.name: t for g in graphs for t in g.initializer}
+    producer = {out: node.name for g in graphs for node in g.node for out in node.output}
+    after: dict[tuple[int, str], list] = {}  # (graph, producer name; "" for its start) -> nodes after it
+    rounded: dict[tuple[int, str], str] = {}  # (graph, tensor) -> its fp16-rounded twin there
 
-    def round_pair(source: str, target: str, anchor: str) -> None:
-        after.setdefault(anchor, []).extend([
+    def round_pair(graph: onnx.GraphProto, source: str, target: str, anchor: str) -> None:
+        after.setdefault((id(graph), anchor), []).extend([
             helper.make_node("Cast", [source], [f"{target}__as16"], to=TensorProto.FLOAT16, name=f"{target}__to16"),
             helper.make_node("Cast", [f"{target}__as16"], [target], to=TensorProto.FLOAT, name=f"{target}__back")])
 
-    def twin(name: str) -> str:
-        if name not in rounded:
-            rounded[name] = f"{name}__r16"
+    def twin(graph: onnx.GraphProto, depth: int, name: str) -> str:
+        """`name` rounded to fp16, made in the reader's graph: names are unique across scopes,
+        so a branch's twin of an outer tensor carries the branch's index."""
+        key = (id(graph), name)
+        if key not in rounded:
+            rounded[key] = f"{name}__r16" if depth == 0 else f"{name}__r16_{depth}"
             if name in constants:
-                array = numpy_helper.to_array(constants[name])
                 with np.errstate(over="ignore"):
-                    graph.initializer.append(numpy_helper.from_array(
-                        array.astype(np.float16).astype(np.float32), rounded[name]))
+                    half = numpy_helper.to_array(constants[name]).astype(np.float16).astype(np.float32)
+                graph.initializer.append(numpy_helper.from_array(half, rounded[key]))
             else:
-                round_pair(name, rounded[name], producer.get(name, ""))
-        return rounded[name]
+                home = {out for node in graph.node for out in node.output}
+                round_pair(graph, name, rounded[key], producer[name] if name in home else "")
+        return rounded[key]
 
     stored16 = set()  # outputs of fp16 nodes: rounded where they are made, read by everyone so
-    for node in graph.node:
-        if node.name in islands or _subgraphs(node):
-            continue
-        for i, name in enumerate(node.input):
-            if (is_float(name) and name not in stored16 and node.op_type not in SHAPE_ONLY
-                    and (node.op_type, i) not in FLOAT32_INPUTS):
-                node.input[i] = twin(name)
-        for j, out in enumerate(node.output):
-            if is_float(out):
-                node.output[j] = f"{out}__fp16_raw"
-                round_pair(node.output[j], out, node.name)
-                stored16.add(out)
-    ordered = list(after.get("", []))
-    for node in graph.node:
-        ordered.append(node)
-        ordered.extend(after.get(node.name, []))
-    del graph.node[:]
-    graph.node.extend(ordered)
-    del graph.value_info[:]
+    for depth, graph in enumerate(graphs):  # outermost first, so a branch finds its outer tensors classified
+        for node in graph.node:
+            if node.name in islands or _subgraphs(node):
+                continue
+            for i, name in enumerate(node.input):
+                if (is_float(name) and name not in stored16 and node.op_type not in SHAPE_ONLY
+                        and (node.op_type, i) not in FLOAT32_INPUTS):
+                    node.input[i] = twin(graph, depth, name)
+            for j, out in enumerate(node.output):
+                if is_float(out):
+                    node.output[j] = f"{out}__fp16_raw"
+                    round_pair(graph, node.output[j], out, node.name)
+                    stored16.add(out)
+    for graph in reversed(graphs):  # innermost first: reordering a graph copies its If nodes' branches
+        ordered = list(after.get((id(graph), ""), []))
+        for node in graph.node:
+            ordered.append(node)
+            ordered.extend(after.get((id(graph), node.name), []))
+        copies = [onnx.NodeProto() for _ in ordered]
+        for copy, node in zip(copies, ordered):
+            copy.CopyFrom(node)
+        del graph.node[:]
+        graph.node.extend(copies)
+        del graph.value_info[:]
     onnx.checker.check_model(model)
     return model.SerializeToString()
 

@@ -165,7 +165,8 @@ def export_editor(args) -> None:
     print(f"parity vs the test stage on {len(parity['case_ids'])} cases x {len(parity['weights'])} weights: "
           f"max abs diff image {parity['image_max_abs_diff']:.2e}, scores {parity['scores_max_abs_diff']:.2e} "
           f"(tolerance {parity['tolerance']:g}); groups found = stored for {parity['groups_equal']} of "
-          f"{len(parity['case_ids'])}; fp16 vs fp32 image {parity['fp16_image_max_abs_diff']:.2e}")
+          f"{len(parity['case_ids'])}; fp16 vs fp32 (GPU rounding emulated) image "
+          f"{parity['fp16_image_max_abs_diff']:.2e}, scores {parity['fp16_scores_max_abs_diff']:.2e}")
 
 
 if __name__ == "__main__":

@@ -180,6 +180,29 @@ def test_the_emulation_rounds_where_a_gpu_stores_fp16():
     assert np.array_equal(exact_y, (x + c) * k) and not np.array_equal(y, exact_y)
 
 
+def test_the_emulation_rounds_inside_if_branches_too():
+    """The editor draws its base image in an If branch: the emulation rounds there as well,
+    reading the outer graph's input and constant through twins of the branch's own."""
+    from onnx import TensorProto, helper
+
+    x = np.random.default_rng(1).standard_normal((3, 5000)).astype(np.float32)
+    c, k = np.float32(0.1), np.float32(3.3)
+    big = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, 5000])  # noqa: E731
+    then = helper.make_graph([helper.make_node("Add", ["x", "c"], ["a"]), helper.make_node("Mul", ["a", "k"], ["t"])],
+                             "then", [], [big("t")], [numpy_helper.from_array(np.array(k), "k")])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [], [big("e")])
+    graph = helper.make_graph([helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=other)], "g",
+                              [big("x"), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])], [big("y")],
+                              [numpy_helper.from_array(np.array(c), "c")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    session = emulated_session(fp16_emulation(model))
+
+    h = lambda v: np.asarray(v, np.float32).astype(np.float16).astype(np.float32)  # noqa: E731
+    taken, = session.run(None, {"x": x, "flag": np.array(True)})
+    assert np.array_equal(taken, h(h(h(x) + h(c)) * h(k))) and not np.array_equal(taken, (x + c) * k)
+    assert np.array_equal(session.run(None, {"x": x, "flag": np.array(False)})[0], -h(x))
+
+
 def test_emulated_fp16_drift_of_the_sampling_graph(bundle):
     """The fused graph a GPU actor runs (compute.engine), on the built-in world: its fp16 scores,
     emulated as a GPU computes them, stay within 1% of each score's spread (0.33% here; 1.75%
