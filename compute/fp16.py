@@ -19,11 +19,14 @@ overflow or underflow in fp16 on CUDA, which stay float32:
   fp16's rounding of the constant came out of the norm 8-15 times larger. Keeping that
   4x4 layer in float32 cut the emulated fp16 images' error (compute.fp16_check) 2.5-fold;
 - every op whose outputs hold at most SMALL_VALUES values per sample: the mapping network,
-  the styles, a norm's moments, a scorer's head, maps no bigger than 64x64. Their cost is
-  nothing beside one 256-px activation (4 million values per sample); in float32 they
-  halved the emulated fp16 scores' error of the reference architecture. With both rules
-  the built-in world's fp16 scores move 0.33% of each score's spread instead of 1.75%
-  (docs/gpu.md).
+  the styles, a norm's moments, a scorer's head, maps no bigger than 64x64, and a
+  StyleGAN's whole 4x4 layer at 512 channels (8,192 values). Their cost is nothing beside
+  one 256-px activation (4 million values per sample): the 4x4 layer's convolution is 75
+  MFLOP of the reference's 55 GFLOP per image. In float32 they halved the emulated fp16
+  scores' error of the reference architecture, and the 4x4 layer's per-sample ops halved
+  most of it again (3.0-8.3% -> 1.8-3.9% of each score's spread; 4,096 values left them
+  fp16). With both rules the built-in world's fp16 scores move 0.33% of each score's
+  spread instead of 1.75% (docs/gpu.md).
 
 onnxconverter-common's converter left the reductions in fp16 (NaN on CUDA; CPUs upcast, so
 it looked fine there) and emitted invalid graphs when told to block them. `fp16_ranges`
@@ -47,7 +50,7 @@ FLOAT32_INPUTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
 # Ops that read only their input's shape or pass it on untouched: no cast in front of them.
 SHAPE_ONLY = {"Shape", "Size"}
 FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
-SMALL_VALUES = 4096  # values per sample up to which an op stays float32 (see the module doc)
+SMALL_VALUES = 8192  # values per sample up to which an op stays float32 (see the module doc)
 
 
 def to_fp16(model_bytes: bytes, keep_fp32: frozenset[str] = frozenset()) -> bytes:
@@ -132,7 +135,11 @@ def tensor_info(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, list]
     """Element type, and dims (an int, or None where unknown), of every tensor in every scope
     that one ONNX shape inference can tell. data_prop follows the Shape -> Gather -> Concat
     chains that a batch-sized constant input and reshapes are built from; without it a
-    synthesis' activations have no known rank. A graph it fails on is inferred without it."""
+    synthesis' activations have no known rank. A graph it fails on is inferred without it.
+    The inference sees no outer scope's constant values inside an If branch, so a branch's
+    Unsqueeze or Reshape of an outer axes tensor loses every shape after it: it runs on a
+    copy in which each branch holds its own copy of the integer constants it reads."""
+    model = _with_branch_constants(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # the inference raises several types
@@ -147,6 +154,22 @@ def tensor_info(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, list]
                     dims[value.name] = [d.dim_value if d.HasField("dim_value") else None
                                         for d in value.type.tensor_type.shape.dim]
     return types, dims
+
+
+def _with_branch_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model`, or a copy whose branches hold the outer integer constants they read."""
+    if len(all_graphs(model.graph)) == 1:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graphs = all_graphs(copy.graph)
+    integers = {t.name: t for g in graphs for t in g.initializer
+                if t.data_type in (TensorProto.INT64, TensorProto.INT32)}
+    for graph in graphs[1:]:
+        own = {t.name for t in graph.initializer}
+        reads = {name for node in graph.node for name in node.input}
+        graph.initializer.extend(integers[name] for name in sorted(reads & integers.keys() - own))
+    return copy
 
 
 def _consumers(nodes: list[onnx.NodeProto]) -> dict[str, list]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from compute.fp16 import FP16_MAX, to_fp16
+from compute.fp16 import FP16_MAX, all_nodes, fp32_nodes, prepare, to_fp16
 from compute.fp16_check import emulated_session, fp16_drift, fp16_emulation, fp16_ranges
 from compute.gpu_rewrites import rewrite_for_gpu
 from compute.seeding import draw_codes
@@ -99,10 +99,11 @@ def test_fp16_synthesis_stays_in_range(family):
     full = run_single(make_session(synthesis, 2), next(iter(feed.values())))
     half = run_single(make_session(to_fp16(synthesis), 2), next(iter(feed.values())))
     assert np.isfinite(half).all() and np.abs(half - full).max() < 0.1  # images in [-1, 1]
-    # The largest pixel difference of 32 images, as a share of the pixels' spread: 6.2% for
-    # genforce (35% before its constant input layer stayed float32), 0.8% for StyleGAN2.
+    # The largest pixel difference of 32 images, as a share of the pixels' spread: 5.6% for
+    # genforce (35% before its constant input layer stayed float32, 6.2% before its 4x4
+    # layer did), about 0.7% for StyleGAN2.
     drift = fp16_drift(synthesis, [feed])[0]
-    assert 0 < drift < 0.1, drift
+    assert 0 < drift < 0.08, drift
 
 
 @pytest.mark.parametrize("name", ["synthetic", "synthetic-hard"])
@@ -153,6 +154,17 @@ def test_scorers_and_the_editor_stay_in_range(bundle):
     report = fp16_ranges(editor, feeds)
     assert report.fp16_tensors > 10 and not report.violations, report.violations[:5]
 
+    # The base image is drawn in an If branch. Shape inference reaches into it (the outer
+    # axes constants are copied there), so its synthesis and scorer keep the same float32
+    # islands as the edited image's; without the copy the branch's synthesis was all fp16.
+    model = onnx.load_from_string(editor)
+    types, dims = prepare(model)
+    islands = fp32_nodes(model, types, dims)
+    in_fp16 = lambda scope: sorted(  # noqa: E731
+        (n.name.split("/", 1)[1], str(dims.get(n.output[0], "?")[1:])) for n in all_nodes(model.graph)
+        if n.name.startswith(scope) and n.name not in islands and types.get(n.output[0]) == onnx.TensorProto.FLOAT)
+    assert len(in_fp16("base/")) > 5 and in_fp16("base/") == in_fp16("edit/")
+
 
 def test_the_emulation_rounds_where_a_gpu_stores_fp16():
     """Checked by hand: (x + c) * k in fp16 rounds x, c and k as they are read, the sum and the
@@ -161,13 +173,13 @@ def test_the_emulation_rounds_where_a_gpu_stores_fp16():
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((4, 5000)).astype(np.float32)  # over SMALL_VALUES per sample: fp16
+    x = rng.standard_normal((4, 9000)).astype(np.float32)  # over SMALL_VALUES per sample: fp16
     c, k = np.float32(0.1), np.float32(3.3)  # neither is an fp16 number
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "c"], ["a"]), helper.make_node("Mul", ["a", "k"], ["y"]),
          helper.make_node("ReduceMean", ["y"], ["r"], axes=[1], keepdims=0)],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 5000])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5000]),
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 9000])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 9000]),
          helper.make_tensor_value_info("r", TensorProto.FLOAT, [None])],
         [numpy_helper.from_array(np.array(c), "c"), numpy_helper.from_array(np.array(k), "k")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
@@ -185,9 +197,9 @@ def test_the_emulation_rounds_inside_if_branches_too():
     reading the outer graph's input and constant through twins of the branch's own."""
     from onnx import TensorProto, helper
 
-    x = np.random.default_rng(1).standard_normal((3, 5000)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((3, 9000)).astype(np.float32)
     c, k = np.float32(0.1), np.float32(3.3)
-    big = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, 5000])  # noqa: E731
+    big = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, 9000])  # noqa: E731
     then = helper.make_graph([helper.make_node("Add", ["x", "c"], ["a"]), helper.make_node("Mul", ["a", "k"], ["t"])],
                              "then", [], [big("t")], [numpy_helper.from_array(np.array(k), "k")])
     other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [], [big("e")])
