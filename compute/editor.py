@@ -111,6 +111,23 @@ def _run_editor(session, codes: np.ndarray, weights: np.ndarray, groups: np.ndar
     return [np.concatenate(outputs) for outputs in zip(*parts)]
 
 
+def _fp16_parity(editor: bytes, editor_fp16: bytes, codes, weights, groups, per_case: int) -> dict:
+    """How far editor_fp16.onnx moves the editor's outputs on a GPU. It must run, but on a CPU
+    ONNX Runtime computes its ops in float32 and skips roundings a GPU makes, so the figures
+    come from the fp16 emulation (compute.fp16_check), which rounds wherever a GPU stores
+    fp16, in the If branch too; both sides run as written, so they are fp16's alone."""
+    from compute.fp16_check import emulated_session, fp16_emulation
+
+    cpu_run = _run_editor(make_session(editor_fp16, threads=2), codes, weights, groups)
+    if not all(np.isfinite(out).all() for out in cpu_run[:2]):
+        raise EditorError("editor parity failed: the fp16 editor's images or scores are not finite")
+    image, scores, used = _run_editor(emulated_session(editor), codes, weights, groups)
+    image16, scores16, used16 = _run_editor(emulated_session(fp16_emulation(editor)), codes, weights, groups)
+    return {"fp16_image_max_abs_diff": float(np.abs(image16 - image).max()),
+            "fp16_scores_max_abs_diff": float(np.abs(scores16 - scores).max()),
+            "fp16_groups_equal": int((used16 == used).sum() // per_case)}
+
+
 def check_parity(bundle: Bundle, edits: RunEdits, editor: bytes, editor_fp16: bytes) -> dict:
     """Editor images vs the test stage's edit code (apply_edits, layer_codes, run_single
     through the bundle's graphs) on some of the run's cases; groups found vs stored."""
@@ -132,15 +149,6 @@ def check_parity(bundle: Bundle, edits: RunEdits, editor: bytes, editor_fp16: by
     found = [method.group_names[i] for i in used.reshape(len(rows), -1)[:, 0]]
     given = np.repeat([method.group_names.index(g) for g in stored], len(weights))
     image_given, _, _ = _run_editor(make_session(editor, threads=2), codes, tiled, given)
-    # editor_fp16.onnx must run, but on a CPU ONNX Runtime computes its ops in float32 and
-    # skips roundings a GPU makes, so its figures come from the fp16 emulation
-    # (compute.fp16_check), which rounds wherever the GPU stores fp16, in the If branch too.
-    cpu16 = _run_editor(make_session(editor_fp16, threads=2), codes, tiled, unset)
-    if not all(np.isfinite(out).all() for out in cpu16[:2]):
-        raise EditorError("editor parity failed: the fp16 editor's images or scores are not finite")
-    from compute.fp16_check import emulated_session, fp16_emulation
-
-    image16, scores16, used16 = _run_editor(emulated_session(fp16_emulation(editor)), codes, tiled, unset)
     parity = {"case_ids": cases["case_id"].to_numpy()[rows].tolist(),
               "weights": [[float(str(v)) for v in row] for row in weights],  # float32 as written
               "images": len(codes), "tolerance": PARITY_TOLERANCE,
@@ -149,9 +157,7 @@ def check_parity(bundle: Bundle, edits: RunEdits, editor: bytes, editor_fp16: by
               "scores_max_abs_diff": float(np.abs(scores - want_scores).max()),
               "groups_found": found, "groups_stored": stored,
               "groups_equal": int(sum(f == s for f, s in zip(found, stored))),
-              "fp16_image_max_abs_diff": float(np.abs(image16 - image).max()),
-              "fp16_scores_max_abs_diff": float(np.abs(scores16 - scores).max()),
-              "fp16_groups_equal": int((used16 == used).sum() // len(weights))}
+              **_fp16_parity(editor, editor_fp16, codes, tiled, unset, len(weights))}
     worst = max(parity["image_max_abs_diff"], parity["image_max_abs_diff_given_groups"])
     if not worst <= PARITY_TOLERANCE or found != stored:
         raise EditorError(f"editor parity failed: images differ from the test stage's by up to {worst:.2e} "

@@ -186,9 +186,10 @@ def test_fp16_variant_takes_and_gives_fp32(runs, editors):
     assert half_scores.dtype == np.float32 and 0 < np.abs(half_scores - full_scores).max() < 0.05
     # The manifest's fp16 figures emulate a GPU's rounding (compute.fp16_check), in the If
     # branch that finds the groups too: images exact here, scores moved, groups kept.
-    parity = json.loads((editors["w"] / "manifest.json").read_text())["parity"]
-    assert parity["fp16_image_max_abs_diff"] == 0 and 0 < parity["fp16_scores_max_abs_diff"] < 0.05
-    assert parity["fp16_groups_equal"] == len(parity["case_ids"])
+    for editor in editors.values():
+        parity = json.loads((editor / "manifest.json").read_text())["parity"]
+        assert parity["fp16_image_max_abs_diff"] == 0 and 0 < parity["fp16_scores_max_abs_diff"] < 0.05
+        assert parity["fp16_groups_equal"] == len(parity["case_ids"])
 
 
 PLAIN = """
