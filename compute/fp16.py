@@ -172,6 +172,19 @@ def _with_branch_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
+def runs_in_fp16(node: onnx.NodeProto, islands: set[str]) -> bool:
+    """An op to_fp16 converts: not an island, and not an If, whose branches are converted on
+    their own and whose outputs stay float32."""
+    return node.name not in islands and not _subgraphs(node)
+
+
+def fp16_inputs(node: onnx.NodeProto, types: dict[str, int]) -> list[int]:
+    """Indices of the inputs an fp16 op reads in fp16: its float tensors, except those it
+    reads only for their shape and those ONNX types float32 whatever the data's type."""
+    return [i for i, name in enumerate(node.input) if name and types.get(name) == TensorProto.FLOAT
+            and node.op_type not in SHAPE_ONLY and (node.op_type, i) not in FLOAT32_INPUTS]
+
+
 def _consumers(nodes: list[onnx.NodeProto]) -> dict[str, list]:
     users: dict[str, list] = {}
     for node in nodes:
@@ -270,8 +283,7 @@ def _convert(model: onnx.ModelProto, types: dict[str, int], islands: set[str]) -
     is_float = lambda name: bool(name) and types.get(name) == TensorProto.FLOAT  # noqa: E731
     # fp16 nodes make fp16 float outputs; island nodes and If nodes (whose branches end in
     # float32 outputs) make float32 ones.
-    produced16 = {o for g in graphs for n in g.node
-                  if n.name not in islands and not _subgraphs(n) for o in n.output if is_float(o)}
+    produced16 = {o for g in graphs for n in g.node if runs_in_fp16(n, islands) for o in n.output if is_float(o)}
     casts: dict[tuple[int, str | None], list] = {}  # (graph id, producer or None) -> casts to emit
     twins: dict[tuple[str, int], str] = {}
 
@@ -299,12 +311,11 @@ def _convert(model: onnx.ModelProto, types: dict[str, int], islands: set[str]) -
                 renamed[value.name] = f"{value.name}__fp16_out"
     for graph in graphs:
         for node in graph.node:
-            in_fp16 = node.name not in islands and not _subgraphs(node)
+            in_fp16 = runs_in_fp16(node, islands)
+            halves = set(fp16_inputs(node, types)) if in_fp16 else set()
             for i, name in enumerate(node.input):
-                if not is_float(name) or node.op_type in SHAPE_ONLY:
-                    continue
-                keep32 = not in_fp16 or (node.op_type, i) in FLOAT32_INPUTS
-                node.input[i] = twin(name, TensorProto.FLOAT if keep32 else TensorProto.FLOAT16)
+                if is_float(name) and node.op_type not in SHAPE_ONLY:  # a Shape reads any type
+                    node.input[i] = twin(name, TensorProto.FLOAT16 if i in halves else TensorProto.FLOAT)
             if in_fp16:
                 for attr in node.attribute:
                     if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:

@@ -29,17 +29,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from compute.fp16 import (
-    FLOAT32_INPUTS,
-    FP16_MAX,
-    REDUCTIONS,
-    SHAPE_ONLY,
-    _bad_scalar,
-    _subgraphs,
-    all_graphs,
-    fp32_nodes,
-    prepare,
-)
+from compute.fp16 import FP16_MAX, REDUCTIONS, _bad_scalar, all_graphs, fp16_inputs, fp32_nodes, prepare, runs_in_fp16
 
 
 @dataclass
@@ -79,11 +69,10 @@ def fp16_ranges(model_bytes: bytes, feeds: Iterable[dict[str, np.ndarray]], marg
     is_float = lambda n: bool(n) and types.get(n) == TensorProto.FLOAT  # noqa: E731
     held16, reductions = set(), {}
     for node in graph.node:
-        if node.name in islands:
+        if not runs_in_fp16(node, islands):
             continue
         held16.update(o for o in node.output if is_float(o))
-        held16.update(n for i, n in enumerate(node.input)
-                      if is_float(n) and node.op_type not in SHAPE_ONLY and (node.op_type, i) not in FLOAT32_INPUTS)
+        held16.update(node.input[i] for i in fp16_inputs(node, types))
         if node.op_type in REDUCTIONS and is_float(node.input[0]):
             reductions[node.name] = (node.input[0], _axes(node, model))
     report = RangeReport(limit=FP16_MAX / margin, fp16_tensors=len(held16), fp32_nodes=len(islands))
@@ -129,7 +118,7 @@ def fp16_emulation(model_bytes: bytes, islands: set[str] | None = None) -> bytes
     graphs = all_graphs(model.graph)
     is_float = lambda n: bool(n) and types.get(n) == TensorProto.FLOAT  # noqa: E731
     constants = {t.name: t for g in graphs for t in g.initializer}
-    producer = {out: node.name for g in graphs for node in g.node for out in node.output}
+    producer = {out: (id(g), node.name) for g in graphs for node in g.node for out in node.output}
     after: dict[tuple[int, str], list] = {}  # (graph, producer name; "" for its start) -> nodes after it
     rounded: dict[tuple[int, str], str] = {}  # (graph, tensor) -> its fp16-rounded twin there
 
@@ -148,20 +137,19 @@ def fp16_emulation(model_bytes: bytes, islands: set[str] | None = None) -> bytes
                 with np.errstate(over="ignore"):
                     half = numpy_helper.to_array(constants[name]).astype(np.float16).astype(np.float32)
                 graph.initializer.append(numpy_helper.from_array(half, rounded[key]))
-            else:
-                home = {out for node in graph.node for out in node.output}
-                round_pair(graph, name, rounded[key], producer[name] if name in home else "")
+            else:  # after its producer in the same graph; first, if it comes from outside
+                made_in, made_by = producer.get(name, (None, ""))
+                round_pair(graph, name, rounded[key], made_by if made_in == id(graph) else "")
         return rounded[key]
 
     stored16 = set()  # outputs of fp16 nodes: rounded where they are made, read by everyone so
     for depth, graph in enumerate(graphs):  # outermost first, so a branch finds its outer tensors classified
         for node in graph.node:
-            if node.name in islands or _subgraphs(node):
+            if not runs_in_fp16(node, islands):
                 continue
-            for i, name in enumerate(node.input):
-                if (is_float(name) and name not in stored16 and node.op_type not in SHAPE_ONLY
-                        and (node.op_type, i) not in FLOAT32_INPUTS):
-                    node.input[i] = twin(graph, depth, name)
+            for i in fp16_inputs(node, types):
+                if node.input[i] not in stored16:
+                    node.input[i] = twin(graph, depth, node.input[i])
             for j, out in enumerate(node.output):
                 if is_float(out):
                     node.output[j] = f"{out}__fp16_raw"
@@ -201,10 +189,15 @@ def fp16_drift(model_bytes: bytes, feeds: Iterable[dict[str, np.ndarray]], islan
     half = emulated_session(fp16_emulation(model_bytes, islands), threads)
     name = full.get_outputs()[output].name
     pairs = [(full.run([name], feed)[0], half.run([name], feed)[0]) for feed in feeds]
-    exact = np.concatenate([p[0] for p in pairs]).astype(np.float64)
-    approx = np.concatenate([p[1] for p in pairs]).astype(np.float64)
+    exact, approx = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
     columns = exact.shape[-1] if exact.ndim == 2 else 1  # scores per column; images as one
-    exact, approx = exact.reshape(-1, columns), approx.reshape(-1, columns)
+    return spread_share(exact.reshape(-1, columns), approx.reshape(-1, columns))
+
+
+def spread_share(exact: np.ndarray, approx: np.ndarray) -> np.ndarray:
+    """max |approx - exact| per column of [rows, columns] arrays, as a share of the column's
+    standard deviation in `exact` (a column that does not vary: as is)."""
+    exact, approx = exact.astype(np.float64), approx.astype(np.float64)
     spread = exact.std(axis=0)
     return np.abs(approx - exact).max(axis=0) / np.where(spread > 0, spread, 1.0)
 

@@ -115,23 +115,28 @@ def bench_torch(bundle_dir: Path, codes: np.ndarray, batch: int, use_gpu: bool) 
     return rates
 
 
+def _spec(bundle, use_gpu: bool, fp16: bool, call: int | None = None, cuda_graph: bool = False):
+    """One single-threaded engine on the whole GPU (or the CPU), as a sampling actor builds it."""
+    from compute.sampling import Resources, engine_spec
+
+    return engine_spec(bundle, Resources(1, 1.0, 1.0 if use_gpu else 0.0, 1, fp16=fp16, call_images=call,
+                                         cuda_graph=cuda_graph))
+
+
 def bench_onnx(bundle, codes: np.ndarray, call_sizes: list[int], use_gpu: bool) -> dict:
     from compute import sessions
     from compute.engine import SampleEngine, prepare_graphs
-    from compute.sampling import Resources, engine_spec
 
     graphs = {s: bundle.graph_bytes(s) for s in ("mapping", "synthesis", "scorer")}
     results: dict = {"rates": {}, "scores": {}}
     for precision in ("fp32", "fp16"):
-        base = engine_spec(bundle, Resources(1, 1.0, 1.0 if use_gpu else 0.0, 1, fp16=precision == "fp16"))
         started = time.perf_counter()
-        prepared = prepare_graphs(graphs, base)
+        prepared = prepare_graphs(graphs, _spec(bundle, use_gpu, precision == "fp16"))
         if precision == "fp32":
             results["scores"]["exact"] = exact_scores(bundle, prepared, codes[:1024], call_sizes[0], use_gpu)
         print(f"  prepared the {precision} graph in {time.perf_counter() - started:.1f}s", flush=True)
         for call in call_sizes:
-            engine = SampleEngine(prepared, engine_spec(bundle, Resources(
-                1, 1.0, 1.0 if use_gpu else 0.0, 1, fp16=precision == "fp16", call_images=call)))
+            engine = SampleEngine(prepared, _spec(bundle, use_gpu, precision == "fp16", call))
             rate = _rate(lambda: engine(codes), len(codes))
             results["rates"][(precision, call)] = rate
             print(f"  (b) onnx runtime {precision}, {call:4d} images per call: {rate:9,.0f} images/s", flush=True)
@@ -150,8 +155,7 @@ def bench_onnx(bundle, codes: np.ndarray, call_sizes: list[int], use_gpu: bool) 
             sessions.PREFER_NHWC = variant.get("nhwc", saved_nhwc)
             try:
                 started = time.perf_counter()
-                engine = SampleEngine(prepared, engine_spec(bundle, Resources(
-                    1, 1.0, 1.0, 1, call_images=best, cuda_graph=variant.get("cuda_graph", False))))
+                engine = SampleEngine(prepared, _spec(bundle, True, True, best, variant.get("cuda_graph", False)))
                 engine(codes[:best])
                 first = time.perf_counter() - started
                 rate = _rate(lambda: engine(codes), len(codes))
@@ -172,12 +176,10 @@ def exact_scores(bundle, prepared: dict, codes: np.ndarray, call: int, use_gpu: 
     fp32 rows' scores are not exact themselves."""
     from compute import sessions
     from compute.engine import SampleEngine
-    from compute.sampling import Resources, engine_spec
 
     saved, sessions.USE_TF32 = sessions.USE_TF32, False
     try:
-        engine = SampleEngine(prepared, engine_spec(bundle, Resources(
-            1, 1.0, 1.0 if use_gpu else 0.0, 1, fp16=False, call_images=call)))
+        engine = SampleEngine(prepared, _spec(bundle, use_gpu, False, call))
         return engine(codes)[1]
     finally:
         sessions.USE_TF32 = saved
@@ -217,9 +219,9 @@ def bench_gpu(out: Path, images: int, call_sizes: list[int], n: int, use_gpu: bo
         torch_rates = bench_torch(bundle_dir, codes, 256, use_gpu)
         onnx = bench_onnx(bundle, codes, call_sizes, use_gpu)
     print(f"  (a, b) {single.summary()}", flush=True)
-    exact = onnx["scores"]["exact"]
-    spread = np.where(exact.std(axis=0) > 0, exact.std(axis=0), 1)
-    drift = {label: np.abs(onnx["scores"][key] - exact).max(axis=0) / spread
+    from compute.fp16_check import spread_share
+
+    drift = {label: spread_share(onnx["scores"]["exact"], onnx["scores"][key])
              for label, key in (("fp16", "fp16"), ("fp32 with TF32", "fp32"))}
     relative = drift["fp16"]
     nans = int(sum(np.isnan(s).sum() for s in onnx["scores"].values()))
