@@ -166,6 +166,11 @@ def test_scorers_and_the_editor_stay_in_range(bundle):
     assert len(in_fp16("base/")) > 5 and in_fp16("base/") == in_fp16("edit/")
 
 
+def _rounded(values) -> np.ndarray:
+    """float32 values rounded to fp16 and back, as a GPU stores them."""
+    return np.asarray(values, np.float32).astype(np.float16).astype(np.float32)
+
+
 def test_the_emulation_rounds_where_a_gpu_stores_fp16():
     """Checked by hand: (x + c) * k in fp16 rounds x, c and k as they are read, the sum and the
     product as they are stored; the mean after it is an fp32 island that reads the stored
@@ -185,8 +190,7 @@ def test_the_emulation_rounds_where_a_gpu_stores_fp16():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
     y, r = emulated_session(fp16_emulation(model)).run(None, {"x": x})
 
-    h = lambda v: np.asarray(v, np.float32).astype(np.float16).astype(np.float32)  # noqa: E731
-    stored = h(h(h(x) + h(c)) * h(k))
+    stored = _rounded(_rounded(_rounded(x) + _rounded(c)) * _rounded(k))
     assert np.array_equal(y, stored) and np.allclose(r, stored.mean(1), rtol=1e-6, atol=0)
     exact_y, _ = emulated_session(model).run(None, {"x": x})
     assert np.array_equal(exact_y, (x + c) * k) and not np.array_equal(y, exact_y)
@@ -209,10 +213,10 @@ def test_the_emulation_rounds_inside_if_branches_too():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
     session = emulated_session(fp16_emulation(model))
 
-    h = lambda v: np.asarray(v, np.float32).astype(np.float16).astype(np.float32)  # noqa: E731
     taken, = session.run(None, {"x": x, "flag": np.array(True)})
-    assert np.array_equal(taken, h(h(h(x) + h(c)) * h(k))) and not np.array_equal(taken, (x + c) * k)
-    assert np.array_equal(session.run(None, {"x": x, "flag": np.array(False)})[0], -h(x))
+    stored = _rounded(_rounded(_rounded(x) + _rounded(c)) * _rounded(k))
+    assert np.array_equal(taken, stored) and not np.array_equal(taken, (x + c) * k)
+    assert np.array_equal(session.run(None, {"x": x, "flag": np.array(False)})[0], -_rounded(x))
 
 
 def test_emulated_fp16_drift_of_the_sampling_graph(bundle):

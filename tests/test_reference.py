@@ -248,13 +248,14 @@ def test_fp16_graphs_keep_float32_io_and_stay_close(reference_bundle):
     from compute.fp16 import SMALL_VALUES, tensor_info, to_fp16
 
     data = (reference_bundle / "scorer.onnx").read_bytes()
-    half = ort.InferenceSession(to_fp16(data), providers=["CPUExecutionProvider"])
+    converted = to_fp16(data)
+    half = ort.InferenceSession(converted, providers=["CPUExecutionProvider"])
     assert [i.type for i in half.get_inputs()] == ["tensor(float)"]
     assert [o.type for o in half.get_outputs()] == ["tensor(float)"]
     image = np.random.default_rng(2).uniform(-1, 1, (2, 3, 256, 256)).astype(np.float32)
     full = _run(ort.InferenceSession(data, providers=["CPUExecutionProvider"]), image)
     np.testing.assert_allclose(_run(half, image), full, atol=2e-3)
-    initializers = {t.name: t.data_type for t in onnx.load_from_string(to_fp16(data)).graph.initializer}
+    initializers = {t.name: t.data_type for t in onnx.load_from_string(converted).graph.initializer}
     # Convolution weights in FLOAT16 where the convolution's output is large; the last small
     # convolutions and the head's products stay float32 (compute.fp16.SMALL_VALUES).
     model = onnx.load_from_string(data)
