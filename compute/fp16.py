@@ -13,20 +13,16 @@ overflow or underflow in fp16 on CUDA, which stay float32:
 - any op with a scalar constant that fp16 rounds to 0 or to inf (an epsilon of 1e-8, a
   number above 65,504);
 - every op computed from weights and shapes alone, whose values every sample shares (a
-  StyleGAN's learned constant input, tiled to the batch, plus its noise and bias). They
-  cost next to nothing, and in fp16 they lost the most: the first instance norm of the
-  reference generator subtracts a channel mean 8-15 times the channel's spread there, so
-  fp16's rounding of the constant came out of the norm 8-15 times larger. Keeping that
-  4x4 layer in float32 cut the emulated fp16 images' error (compute.fp16_check) 2.5-fold;
+  StyleGAN's learned constant input, tiled to the batch, plus its noise and bias): the
+  reference generator's first instance norm subtracts a channel mean 8-15 times the
+  channel's spread there, so fp16's rounding of the constant came out 8-15 times larger;
 - every op whose outputs hold at most SMALL_VALUES values per sample: the mapping network,
   the styles, a norm's moments, a scorer's head, maps no bigger than 64x64, and a
-  StyleGAN's whole 4x4 layer at 512 channels (8,192 values). Their cost is nothing beside
-  one 256-px activation (4 million values per sample): the 4x4 layer's convolution is 75
-  MFLOP of the reference's 55 GFLOP per image. In float32 they halved the emulated fp16
-  scores' error of the reference architecture, and the 4x4 layer's per-sample ops halved
-  most of it again (3.0-8.3% -> 1.8-3.9% of each score's spread; 4,096 values left them
-  fp16). With both rules the built-in world's fp16 scores move 0.33% of each score's
-  spread instead of 1.75% (docs/gpu.md).
+  StyleGAN's whole 4x4 layer at 512 channels (its convolution is 75 MFLOP of the 256-px
+  reference's 55 GFLOP per image). Both rules cost next to nothing beside one 256-px
+  activation, and cut the emulated fp16 error (compute.fp16_check) several-fold: the
+  reference's scores move 1.8-3.9% of each score's spread instead of 6.8-18.6%, the
+  built-in world's 0.33% instead of 1.75% (docs/gpu.md has each step).
 
 onnxconverter-common's converter left the reductions in fp16 (NaN on CUDA; CPUs upcast, so
 it looked fine there) and emitted invalid graphs when told to block them. `fp16_ranges`
@@ -334,22 +330,26 @@ def _convert(model: onnx.ModelProto, types: dict[str, int], islands: set[str]) -
         casts.setdefault((id(home[original]), producer), []).append(out)
         for cast in [c for cs in casts.values() for c in cs if c is not out]:
             cast.input[:] = [inner if i == original else i for i in cast.input]
-    # Innermost scopes first: rewriting a graph copies its nodes, If nodes with their
-    # branches, so the branches must be final by then.
-    for graph in reversed(graphs):
-        ordered = list(casts.get((id(graph), None), []))
-        for node in graph.node:
-            ordered.append(node)
-            ordered.extend(casts.get((id(graph), node.name), []))
-        copies = []
-        for node in ordered:
-            copy = onnx.NodeProto()
-            copy.CopyFrom(node)
-            copies.append(copy)
-        del graph.node[:]
-        graph.node.extend(copies)
+    for graph in reversed(graphs):  # innermost first (insert_nodes)
+        insert_nodes(graph, casts)
         used = {n for g in all_graphs(graph) for node in g.node for n in node.input}
         kept = [t for t in graph.initializer if t.name in used or t.name in {o.name for o in graph.output}]
         del graph.initializer[:]
         graph.initializer.extend(kept)
-        del graph.value_info[:]
+
+
+def insert_nodes(graph: onnx.GraphProto, new: dict[tuple[int, str | None], list]) -> None:
+    """Each list of `new` nodes keyed (id(graph), a node's name) goes right after that node,
+    one keyed (id(graph), None) first. The graph's nodes become copies (its own nodes die
+    with `del`), and its inferred value_info goes, stale now. Call it innermost graph first:
+    rewriting a graph copies its If nodes with their branches, which must be final by then."""
+    ordered = list(new.get((id(graph), None), []))
+    for node in graph.node:
+        ordered.append(node)
+        ordered.extend(new.get((id(graph), node.name), []))
+    copies = [onnx.NodeProto() for _ in ordered]
+    for copy, node in zip(copies, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+    del graph.value_info[:]

@@ -29,7 +29,17 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from compute.fp16 import FP16_MAX, REDUCTIONS, _bad_scalar, all_graphs, fp16_inputs, fp32_nodes, prepare, runs_in_fp16
+from compute.fp16 import (
+    FP16_MAX,
+    REDUCTIONS,
+    _bad_scalar,
+    all_graphs,
+    fp16_inputs,
+    fp32_nodes,
+    insert_nodes,
+    prepare,
+    runs_in_fp16,
+)
 
 
 @dataclass
@@ -119,10 +129,10 @@ def fp16_emulation(model_bytes: bytes, islands: set[str] | None = None) -> bytes
     is_float = lambda n: bool(n) and types.get(n) == TensorProto.FLOAT  # noqa: E731
     constants = {t.name: t for g in graphs for t in g.initializer}
     producer = {out: (id(g), node.name) for g in graphs for node in g.node for out in node.output}
-    after: dict[tuple[int, str], list] = {}  # (graph, producer name; "" for its start) -> nodes after it
+    after: dict[tuple[int, str | None], list] = {}  # (graph, producer name; None: its start) -> nodes after it
     rounded: dict[tuple[int, str], str] = {}  # (graph, tensor) -> its fp16-rounded twin there
 
-    def round_pair(graph: onnx.GraphProto, source: str, target: str, anchor: str) -> None:
+    def round_pair(graph: onnx.GraphProto, source: str, target: str, anchor: str | None) -> None:
         after.setdefault((id(graph), anchor), []).extend([
             helper.make_node("Cast", [source], [f"{target}__as16"], to=TensorProto.FLOAT16, name=f"{target}__to16"),
             helper.make_node("Cast", [f"{target}__as16"], [target], to=TensorProto.FLOAT, name=f"{target}__back")])
@@ -138,8 +148,8 @@ def fp16_emulation(model_bytes: bytes, islands: set[str] | None = None) -> bytes
                     half = numpy_helper.to_array(constants[name]).astype(np.float16).astype(np.float32)
                 graph.initializer.append(numpy_helper.from_array(half, rounded[key]))
             else:  # after its producer in the same graph; first, if it comes from outside
-                made_in, made_by = producer.get(name, (None, ""))
-                round_pair(graph, name, rounded[key], made_by if made_in == id(graph) else "")
+                made_in, made_by = producer.get(name, (None, None))
+                round_pair(graph, name, rounded[key], made_by if made_in == id(graph) else None)
         return rounded[key]
 
     stored16 = set()  # outputs of fp16 nodes: rounded where they are made, read by everyone so
@@ -155,17 +165,8 @@ def fp16_emulation(model_bytes: bytes, islands: set[str] | None = None) -> bytes
                     node.output[j] = f"{out}__fp16_raw"
                     round_pair(graph, node.output[j], out, node.name)
                     stored16.add(out)
-    for graph in reversed(graphs):  # innermost first: reordering a graph copies its If nodes' branches
-        ordered = list(after.get((id(graph), ""), []))
-        for node in graph.node:
-            ordered.append(node)
-            ordered.extend(after.get((id(graph), node.name), []))
-        copies = [onnx.NodeProto() for _ in ordered]
-        for copy, node in zip(copies, ordered):
-            copy.CopyFrom(node)
-        del graph.node[:]
-        graph.node.extend(copies)
-        del graph.value_info[:]
+    for graph in reversed(graphs):  # innermost first (insert_nodes)
+        insert_nodes(graph, after)
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
