@@ -153,14 +153,16 @@ def tensor_info(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, list]
 
 
 def _with_branch_constants(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model`, or a copy whose branches hold the outer integer constants they read."""
+    """`model`, or a copy whose branches hold the outer integer constants they read. Only
+    small ones (axes, shapes: what inference needs), so a hostile graph cannot multiply a
+    large tensor by its number of branches."""
     if len(all_graphs(model.graph)) == 1:
         return model
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graphs = all_graphs(copy.graph)
     integers = {t.name: t for g in graphs for t in g.initializer
-                if t.data_type in (TensorProto.INT64, TensorProto.INT32)}
+                if t.data_type in (TensorProto.INT64, TensorProto.INT32) and np.prod(t.dims, dtype=np.int64) <= 16}
     for graph in graphs[1:]:
         own = {t.name for t in graph.initializer}
         reads = {name for node in graph.node for name in node.input}

@@ -15,7 +15,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from compute.fp16 import FP16_MAX, all_nodes, fp32_nodes, prepare, to_fp16
+from compute.fp16 import FP16_MAX, all_nodes, fp32_nodes, prepare, tensor_info, to_fp16
 from compute.fp16_check import emulated_session, fp16_drift, fp16_emulation, fp16_ranges
 from compute.gpu_rewrites import rewrite_for_gpu
 from compute.seeding import draw_codes
@@ -233,3 +233,32 @@ def test_emulated_fp16_drift_of_the_sampling_graph(bundle):
     drift = fp16_drift(fused, [{z: codes[lo:lo + 64]} for lo in range(0, CODES, 64)], output=1)
     assert drift.shape == (len(bundle.score_names),) and 0.0005 < drift.max() < 0.01, drift
 
+
+
+def test_branches_get_only_small_outer_integer_constants_for_shape_inference():
+    """tensor_info copies the outer axes and shape constants a branch reads into it (ONNX's
+    inference cannot see outer values), but not a large integer tensor: a hostile graph must
+    not multiply one by its number of branches."""
+    from onnx import TensorProto, helper
+
+    from compute.fp16 import _with_branch_constants
+
+    big = numpy_helper.from_array(np.arange(100_000, dtype=np.int64), "table")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    branch = lambda name: helper.make_graph(  # noqa: E731
+        [helper.make_node("Unsqueeze", ["x", "axes"], [f"{name}_u"]),
+         helper.make_node("Gather", ["table", "i"], [f"{name}_g"])], name, [],
+        [helper.make_tensor_value_info(f"{name}_u", TensorProto.FLOAT, None)])
+    choose = helper.make_node("If", ["flag"], ["y"], then_branch=branch("a"), else_branch=branch("b"))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8]),
+              helper.make_tensor_value_info("i", TensorProto.INT64, [3]),
+              helper.make_tensor_value_info("flag", TensorProto.BOOL, [])]
+    graph = helper.make_graph([choose], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [big, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    copy = _with_branch_constants(model)
+    branches = [a.g for a in copy.graph.node[0].attribute]
+    assert [[t.name for t in b.initializer] for b in branches] == [["axes"], ["axes"]]
+    assert all(not b.initializer for b in (a.g for a in model.graph.node[0].attribute))  # the model is untouched
+    _, dims = tensor_info(model)
+    assert dims["a_u"] == [None, 1, 8] and dims["b_u"] == [None, 1, 8]
