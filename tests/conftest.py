@@ -1,9 +1,11 @@
 """Shared fixtures: the synthetic world and one exported bundle per test session."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -134,18 +136,37 @@ def call_job(name: str, *args: str) -> subprocess.CompletedProcess:
     seconds each). For jobs that fail before Ray starts or use the session's Ray."""
     import contextlib
     import importlib
-    import io
 
     from jobs.cli import run_main
 
     module = importlib.import_module(f"jobs.{name.removeprefix('jobs.')}")
     out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(_JobOnly(out, sys.stdout)), contextlib.redirect_stderr(_JobOnly(err, sys.stderr)):
         try:
             run_main(module.main, list(args))
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
     return subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())
+
+
+class _JobOnly(io.TextIOBase):
+    """What call_job captures: the job's own writes. The session's Ray forwards its processes'
+    log lines (an earlier test's actors, a GCS error about them) from threads of its own at any
+    time; a job run as a user runs it has no such lines from a Ray it did not start, so those
+    threads keep writing where they wrote before."""
+
+    RAY_FORWARDERS = ("ray_print_logs", "ray_listen_error_messages")
+
+    def __init__(self, captured, passthrough):
+        super().__init__()
+        self.captured, self.passthrough = captured, passthrough
+
+    def write(self, text: str) -> int:
+        ray_thread = threading.current_thread().name in self.RAY_FORWARDERS
+        return (self.passthrough if ray_thread else self.captured).write(text)
+
+    def flush(self) -> None:
+        self.passthrough.flush()
 
 
 class Capped:
