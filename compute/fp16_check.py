@@ -29,17 +29,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from compute.fp16 import (
-    FP16_MAX,
-    REDUCTIONS,
-    _bad_scalar,
-    all_graphs,
-    fp16_inputs,
-    fp32_nodes,
-    insert_nodes,
-    prepare,
-    runs_in_fp16,
-)
+from compute.fp16 import FP16_MAX, REDUCTIONS, _bad_scalar, fp16_inputs, fp32_nodes, runs_in_fp16
+from compute.onnx_scopes import all_graphs, insert_nodes, prepare
 
 
 @dataclass

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from compute.fp16 import tensor_info
+from compute.onnx_scopes import tensor_info
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:

@@ -15,9 +15,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from compute.fp16 import FP16_MAX, all_nodes, fp32_nodes, prepare, tensor_info, to_fp16
+from compute.fp16 import FP16_MAX, fp32_nodes, to_fp16
 from compute.fp16_check import emulated_session, fp16_drift, fp16_emulation, fp16_ranges
 from compute.gpu_rewrites import rewrite_for_gpu
+from compute.onnx_scopes import all_nodes, prepare, tensor_info
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single
 from export.onnx_bundle import to_onnx_bytes
@@ -241,7 +242,7 @@ def test_branches_get_only_small_outer_integer_constants_for_shape_inference():
     not multiply one by its number of branches."""
     from onnx import TensorProto, helper
 
-    from compute.fp16 import _with_branch_constants
+    from compute.onnx_scopes import _with_branch_constants
 
     big = numpy_helper.from_array(np.arange(100_000, dtype=np.int64), "table")
     axes = numpy_helper.from_array(np.array([1], np.int64), "axes")

@@ -245,7 +245,8 @@ def test_main_job_and_reference_vectors_run_on_the_reference_bundle(tmp_path, re
 
 
 def test_fp16_graphs_keep_float32_io_and_stay_close(reference_bundle):
-    from compute.fp16 import SMALL_VALUES, tensor_info, to_fp16
+    from compute.fp16 import SMALL_VALUES, to_fp16
+    from compute.onnx_scopes import tensor_info
 
     data = (reference_bundle / "scorer.onnx").read_bytes()
     converted = to_fp16(data)
