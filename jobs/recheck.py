@@ -17,7 +17,7 @@ from pathlib import Path
 from compute.recheck import recheck, reference_cases, stored_cases
 from jobs.cli import location_arg, parser, run_location, run_main
 from jobs.cli.method_args import parse_cutoffs
-from vectors.method import PASS_RULES
+from vectors.method_values import PASS_RULES
 from vectors.summary import results_table
 
 

@@ -7,7 +7,7 @@ are argparse.SUPPRESS by default: "not given" is then visible, and the help show
 seeds' values in words instead of a misleading `None`.
 
 Flags are only parsed here: numbers are read as text and converted by
-vectors.method.parse_setting, and every value is checked by Method's own validation, so a
+vectors.method_values.parse_setting, and every value is checked by Method's own validation, so a
 value is refused with the same one-line message (and the same bounds) from a flag as from a
 method file; no flag is checked by argparse (whose refusals are two lines).
 """
@@ -18,16 +18,8 @@ from dataclasses import replace
 
 from jobs.cli import UsageError, parse_floats
 from vectors.estimators import ESTIMATORS
-from vectors.method import (
-    DUALS,
-    MEDIAN_SOURCES,
-    PASS_RULES,
-    Method,
-    default_property,
-    load_method,
-    parse_setting,
-    svm_settings,
-)
+from vectors.method import Method, default_property, load_method
+from vectors.method_values import DUALS, MEDIAN_SOURCES, PASS_RULES, parse_setting, svm_settings
 from vectors.svm import SOLVERS
 
 SHORTHANDS = ("eyes", "mouth", "pose")  # the seeds' per-property schedule flags
@@ -139,7 +131,7 @@ def _schedules(given: dict) -> dict[str, tuple[float, ...]]:
 
 def parse_cutoffs(text: str, properties) -> dict[str, float]:
     """NAME=C,NAME=C or C,C,C (one per property, in the method's order); each number is read
-    and bounded by vectors.method.parse_setting, as a cutoff in a method file is."""
+    and bounded by vectors.method_values.parse_setting, as a cutoff in a method file is."""
     items = [t.strip() for t in text.split(",") if t.strip()]
     named = [t for t in items if "=" in t]
     if named and len(named) != len(items):
