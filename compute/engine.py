@@ -156,7 +156,7 @@ class SampleEngine:
             return
         memory = None
         if spec.use_gpu:
-            from compute.gpus import gpu_memory_bytes
+            from compute.resources import gpu_memory_bytes
 
             total = gpu_memory_bytes()
             memory = int(total * spec.gpu_share) if total else None

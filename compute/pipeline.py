@@ -36,7 +36,7 @@ def run_method(run: Place | Path, bundle, method: Method = Method(), n: int = 80
                progress: bool = True) -> dict:
     """Sample n faces, fit the method's directions, test them on `cases` fresh faces and write
     RUN/report.md and RUN/gallery.html; returns the test summary. Needs a connected Ray instance."""
-    from compute.sampling import plan_resources
+    from compute.resources import plan_resources
 
     check_run_input(bundle, method, n, cases, seed, run)
     resources = resources or plan_resources()

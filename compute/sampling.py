@@ -17,7 +17,6 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,8 @@ import pyarrow as pa
 
 from compute import samples_store
 from compute.bundle import Bundle
-from compute.engine import EngineSpec, prepare_graphs
+from compute.engine import prepare_graphs
+from compute.resources import Resources, engine_spec, plan_resources
 from compute.runlock import check_unlocked, holding_run_lock
 from compute.runs import SAMPLES_FILE, check_writable, normalized
 from compute.sample_chunks import (
@@ -60,70 +60,6 @@ def default_chunk_size(n: int) -> int:
 
 class SamplingError(InputError):
     """Bad sampling input, or a run directory that belongs to another run."""
-
-
-def engine_spec(bundle: Bundle, resources: Resources) -> EngineSpec:
-    """The engine an actor of these resources builds for this bundle."""
-    return EngineSpec(z_dim=bundle.z_dim, w_dim=bundle.w_dim, num_ws=bundle.num_ws, resolution=bundle.resolution,
-                      scores=len(bundle.score_names), use_gpu=resources.gpus_per_actor > 0,
-                      threads=resources.threads, fp16=resources.fp16, gpu_share=min(1.0, resources.gpus_per_actor),
-                      call_images=resources.call_images, cuda_graph=resources.cuda_graph)
-
-
-@dataclass(frozen=True)
-class Resources:
-    actors: int
-    cpus_per_actor: float
-    gpus_per_actor: float
-    threads: int
-    fp16: bool = True                # GPU actors only: fp16 graphs with fp32 islands
-    call_images: int | None = None   # images per inference call; None: the device's measured default
-    cuda_graph: bool = False
-
-
-def plan_resources(actors: int | None = None, cpus_per_actor: float | None = None,
-                   gpus_per_actor: float | None = None, totals: dict | None = None, *, fp16: bool = True,
-                   call_images: int | None = None, cuda_graph: bool = False) -> Resources:
-    """Defaults that use the cluster without starving Ray Data's own tasks.
-
-    Actors that take every CPU deadlock the pipeline (its read tasks never get one), so the
-    actors together must leave one CPU free (half of a one-CPU cluster); a plan that does
-    not is refused rather than left to wait forever. ONNX Runtime gets one intra-op thread
-    per whole CPU of the actor, at least one. `gpus_per_actor` None means: the measured
-    share (compute.gpus.DEFAULT_GPU_SHARE) where the cluster has GPUs, else CPU actors; GPU
-    actors number GPUs / share. `totals` ({"CPU": n, "GPU": m}) defaults to the connected
-    cluster's resources; jobs pass a local instance's before starting it.
-    """
-    from compute.gpus import DEFAULT_GPU_SHARE
-
-    if totals is None:
-        import ray
-
-        totals = ray.cluster_resources()
-    cpus, gpus = float(totals.get("CPU", 1)), float(totals.get("GPU", 0))
-    if gpus_per_actor is None:
-        gpus_per_actor = DEFAULT_GPU_SHARE if gpus > 0 else 0.0
-    if gpus_per_actor < 0 or (cpus_per_actor is not None and cpus_per_actor <= 0):
-        raise SamplingError("CPUs per actor must be > 0 and GPUs per actor >= 0")
-    if gpus_per_actor > 0 and gpus < gpus_per_actor:
-        log.warning("asked for %s GPU per actor but the cluster has %s GPUs: actors wait until "
-                    "GPU nodes join (the cluster autoscaler may add them)", gpus_per_actor, gpus)
-    if actors is None:
-        actors = max(1, int(gpus // gpus_per_actor + 1e-9)) if gpus_per_actor > 0 and gpus else max(1, int(cpus))
-    if actors < 1:
-        raise SamplingError(f"the actor count must be >= 1, got {actors}")
-    if cpus_per_actor is None:
-        cpus_per_actor = max(0.25, min(1.0, (cpus - 1) / actors)) if cpus > 1 else 0.5
-    reserve = min(1.0, cpus / 2)
-    if cpus - actors * cpus_per_actor < reserve - 1e-9:
-        most = max(0.0, (cpus - reserve) / actors)
-        raise SamplingError(f"{actors} actors x {cpus_per_actor:g} CPUs leave Ray Data less than {reserve:g} of the "
-                            f"cluster's {cpus:g} CPUs for its own tasks, and the pipeline would wait forever; "
-                            f"use fewer actors or at most {most:g} CPUs per actor")
-    if call_images is not None and call_images < 1:
-        raise SamplingError(f"images per call must be >= 1, got {call_images}")
-    threads = max(1, int(cpus_per_actor))
-    return Resources(actors, float(cpus_per_actor), float(gpus_per_actor), threads, fp16, call_images, cuda_graph)
 
 
 def sampling_config(bundle: Bundle, n: int, seed: int, chunk_size: int) -> dict:

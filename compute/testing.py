@@ -112,7 +112,7 @@ def test_config(method: Method, cases: int, seed: int, run: Place | Path, vector
 def run_test(run: Place | Path, bundle, method: Method = Method(), cases: int = 500, seed: int = 0, resources=None,
              vectors_path: Place | Path | None = None, progress: bool = True) -> dict:
     """Run (or reuse, if RUN holds a test made with the same settings) the generation test."""
-    from compute.sampling import plan_resources
+    from compute.resources import plan_resources
 
     run = as_place(run)
     vectors_path = as_place(vectors_path or run / VECTORS_FILE)

@@ -105,7 +105,8 @@ def samples_8k(ray_session, bundle, tmp_path_factory) -> Path:
     drawn once for the files that fit on them (tests/test_fit.py, tests/test_generation.py);
     each copies them into a run directory of its own (copy_samples). Checked unchanged at the
     session's end."""
-    from compute.sampling import Resources, sample_table
+    from compute.resources import Resources
+    from compute.sampling import sample_table
 
     run = tmp_path_factory.mktemp("samples8k")
     sample_table(bundle, 8000, 11, run, resources=Resources(2, 0.5, 0.0, 1), progress=False)

@@ -27,7 +27,7 @@ def test_benchmark_bad_input():
 
 
 def test_estimators_benchmark_compares_on_shared_cases(ray_session, bundle, tmp_path, capsys):
-    from compute.sampling import Resources
+    from compute.resources import Resources
     from jobs.benchmark.estimators import bench_estimators
 
     rows = bench_estimators(bundle, tmp_path, 2000, [0, 1], 4, ["svm", "ridge"], 0.2, Resources(2, 0.5, 0.0, 1))

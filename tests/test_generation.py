@@ -13,7 +13,7 @@ from conftest import call_job, copy_samples, run_job
 from compute.fitting import fit_directions
 from compute.generation import CaseActor, DirectionSet, run_cases
 from compute.report import write_report
-from compute.sampling import Resources
+from compute.resources import Resources
 from compute.seeding import CASES, draw_codes
 from compute.sessions import make_session, run_single
 from compute.tables import read_metadata, with_metadata, write_parquet_atomic

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from compute.engine import NullEngine, SampleEngine, prepare_graphs
-from compute.sampling import Resources, SamplingError, engine_spec, plan_resources, sample_table
+from compute.resources import ResourceError, Resources, engine_spec, plan_resources
+from compute.sampling import sample_table
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single, synthesize_and_score
 from conftest import call_job, run_job
@@ -27,7 +28,7 @@ def test_a_gpu_machine_is_planned_one_actor_per_gpu_share(caplog):
     with caplog.at_level(logging.WARNING):
         plan_resources(totals={"CPU": 4, "GPU": 0}, gpus_per_actor=0.5)
     assert "GPU nodes join" in caplog.text  # asked for GPUs the cluster lacks: still said
-    with pytest.raises(SamplingError, match="images per call"):
+    with pytest.raises(ResourceError, match="images per call"):
         plan_resources(totals={"CPU": 2}, call_images=0)
 
 

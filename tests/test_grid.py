@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from compute.fitting import fit_directions
-from compute.sampling import Resources, sample_table
+from compute.resources import Resources
+from compute.sampling import sample_table
 from compute.vectors_table import read_vectors
 from conftest import call_job
 from jobs import grid

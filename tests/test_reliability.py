@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, call_job
 
-from compute.sampling import Resources, sample_table
+from compute.resources import Resources
+from compute.sampling import sample_table
 from vectors.interop import reference_csv_name, write_reference_csv
 from vectors.method import Method
 

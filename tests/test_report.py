@@ -17,7 +17,8 @@ from compute.code_spread import code_spread, projected_std
 from compute.fitting import fit_directions
 from compute.grid_report import check_grid_columns
 from compute.report import write_report
-from compute.sampling import Resources, sample_table
+from compute.resources import Resources
+from compute.sampling import sample_table
 from compute.tables import (
     read_metadata,
     vector_column,

@@ -18,13 +18,8 @@ import pytest
 from conftest import REPO, Capped, call_job, run_job
 
 from compute import samples_store
-from compute.sampling import (
-    Resources,
-    SampleActor,
-    SamplingError,
-    engine_spec,
-    sample_table,
-)
+from compute.resources import Resources, engine_spec
+from compute.sampling import SampleActor, SamplingError, sample_table
 from compute.seeding import draw_codes
 from compute.sessions import make_session, run_single
 from compute.tables import read_metadata, vector_matrix

@@ -105,7 +105,7 @@ def main(argv=None) -> None:
             raise UsageError("--call-sizes must be >= 1, --images at least the largest call size, --n >= 1000")
         import onnxruntime
 
-        from compute.gpus import local_gpu_count
+        from compute.resources import local_gpu_count
 
         if local_gpu_count() < 1 or "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
             raise UsageError("jobs.benchmark gpu needs an NVIDIA GPU and onnxruntime-gpu (pip install -e '.[gpu]'); "
@@ -153,7 +153,7 @@ def main(argv=None) -> None:
 
         bench_sampling(bundle, args.n, args.reference_n)
     elif args.which == "ceiling":
-        from compute.sampling import plan_resources
+        from compute.resources import plan_resources
         from jobs.benchmark.ceiling import bench_ceiling
 
         bench_ceiling(bundle, args.resolution, args.n, plan_resources())
@@ -166,7 +166,7 @@ def main(argv=None) -> None:
 
         bench_test(bundle, args.n, args.cases, args.reference_cases, Path("runs/benchmark-test"))
     elif args.which == "estimators":
-        from compute.sampling import plan_resources
+        from compute.resources import plan_resources
         from jobs.benchmark.estimators import bench_estimators
 
         out = args.out or Path("runs/benchmark-estimators") / bundle.manifest["model"]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from compute.fitting import fit_directions
 from compute.generation import run_cases
-from compute.sampling import plan_resources, sample_table
+from compute.resources import plan_resources
+from compute.sampling import sample_table
 from compute.seeding import CASES, draw_codes
 from compute.sessions import make_session
 from compute.testing import load_direction_set

@@ -117,7 +117,7 @@ def bench_torch(bundle_dir: Path, codes: np.ndarray, batch: int, use_gpu: bool) 
 
 def _spec(bundle, use_gpu: bool, fp16: bool, call: int | None = None, cuda_graph: bool = False):
     """One single-threaded engine on the whole GPU (or the CPU), as a sampling actor builds it."""
-    from compute.sampling import Resources, engine_spec
+    from compute.resources import Resources, engine_spec
 
     return engine_spec(bundle, Resources(1, 1.0, 1.0 if use_gpu else 0.0, 1, fp16=fp16, call_images=call,
                                          cuda_graph=cuda_graph))

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from compute.grid import run_grid
 from compute.pipeline import run_method
-from compute.sampling import plan_resources
+from compute.resources import plan_resources
 from jobs.benchmark.timing import seconds_of
 from vectors.method import Method
 

@@ -15,7 +15,8 @@ from jobs.benchmark.timing import images_per_second
 def bench_sampling(bundle, n: int, reference_n: int, batch_size: int = 512) -> dict[str, float]:
     import torch
 
-    from compute.sampling import plan_resources, sample_table
+    from compute.resources import plan_resources
+    from compute.sampling import sample_table
     from export.synthetic import synthetic_spec
 
     mapping, synthesis, scorer = (make_session(bundle.graph_bytes(s), threads=2)

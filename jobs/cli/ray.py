@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from compute.gpus import DEFAULT_GPU_SHARE, local_gpu_count
+from compute.resources import DEFAULT_GPU_SHARE, local_gpu_count
 
 
 def add_ray_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,7 +72,7 @@ def quiet_routine_warnings() -> None:
 def start(args):
     """Connect to Ray as the job's flags say and plan the actor resources. On a local
     instance the plan is checked before Ray starts (its CPUs are known in advance)."""
-    from compute.sampling import plan_resources
+    from compute.resources import plan_resources
     from jobs.cli import UsageError
 
     if args.num_cpus is not None and not args.num_cpus > 0:
