@@ -12,8 +12,9 @@ that builds data and nothing else: a persistent object becomes a `PersistentReco
 (class name, constructor arguments, attributes, tensors, children) and its source is
 kept as text, never executed; tensors are rebuilt from their storages by
 `torch.load(..., weights_only=True)`; numpy scalars and arrays from their raw bytes,
-numeric dtypes only. Any other global (`os.system`, `builtins.eval`, ...) is refused
-before it is called, so a hostile file fails with a `CheckpointError` and runs nothing.
+numeric dtypes only (export/pickle_data.py). Any other global (`os.system`,
+`builtins.eval`, ...) is refused before it is called, so a hostile file fails with a
+`CheckpointError` and runs nothing.
 
 What a small file can make the reader build is bounded too (issue 22): the pickle has at
 most `MAX_OPCODES` opcodes (counted in a first pass that builds nothing; a network pickle's
@@ -29,18 +30,26 @@ from __future__ import annotations
 import builtins
 import collections
 import contextvars
-import io
 import pickle
 import pickletools
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 
-from export.checkpoints import CheckpointError, check_torch_zip, describe, refused_global, torch_refusal
+from export.checkpoints import CheckpointError, describe
+from export.pickle_data import (
+    NUMPY_NDARRAY,
+    NumpyArray,
+    NumpyDType,
+    Refused,
+    load_storage,
+    numpy_reconstruct,
+    numpy_scalar,
+    rebuild_parameter,
+    rebuild_tensor,
+)
 
 # nn.Module bookkeeping in a pickled module's state: the training flag and hook tables.
 _MODULE_INTERNALS = frozenset({
@@ -50,7 +59,6 @@ _MODULE_INTERNALS = frozenset({
     "_forward_pre_hooks_with_kwargs", "_state_dict_hooks", "_state_dict_pre_hooks",
     "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_init_args", "_init_kwargs",
 })
-_NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex: plain bytes, no Python objects
 # What one file may make the reader build. A real network pickle (ffhq.pkl: G, D, G_ema and
 # the augment pipe) has a few thousand settings and tensors, modules nest 5 deep and its
 # settings 4 deep; these bounds are far above that and far below what exhausts a machine.
@@ -60,10 +68,6 @@ MAX_DEPTH = 64                # nesting of lists, tuples and dicts
 MAX_NETWORK_DEPTH = 32        # nesting of persistent networks
 MAX_NETWORK_ITEMS = 100_000    # modules and tensors under one network, shared ones counted each time
 _budget: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("nvidia_pickle_budget", default=None)
-
-
-class _Refused(Exception):
-    """Raised by a stand-in while unpickling; `read_nvidia_pickle` adds the path."""
 
 
 @dataclass(eq=False)
@@ -87,7 +91,7 @@ class PersistentRecord:
     items: int = field(default=1, repr=False)   # modules and tensors in its tree, as walk() and state_dict() see it
 
     def __setstate__(self, state):  # a file's BUILD opcode may not patch a record
-        raise _Refused("tries to overwrite a recorded network's state")
+        raise Refused("tries to overwrite a recorded network's state")
 
     def __reduce__(self):  # copies rebuild from the fields, never through __setstate__
         return PersistentRecord, tuple(getattr(self, f.name) for f in fields(self))
@@ -136,7 +140,7 @@ def _spend(count: int) -> None:
         return
     budget[0] -= count
     if budget[0] < 0:
-        raise _Refused(f"expands to more than {MAX_OBJECTS:,} objects (containers shared through the "
+        raise Refused(f"expands to more than {MAX_OBJECTS:,} objects (containers shared through the "
                        f"pickle's memo and copied out, e.g. a 'billion laughs' file); no network pickle "
                        f"has that many")
 
@@ -148,12 +152,12 @@ def _plain(value, depth: int = 0):
     time they are reached, and containers nest at most MAX_DEPTH deep: a pickle cannot make
     this copy grow without bound or recurse past Python's stack.
     """
-    if isinstance(value, _NumpyArray):
+    if isinstance(value, NumpyArray):
         return value.value
     if not isinstance(value, (dict, list, tuple)):
         return value
     if depth >= MAX_DEPTH:
-        raise _Refused(f"nests lists, tuples or dicts more than {MAX_DEPTH} deep; no network pickle does")
+        raise Refused(f"nests lists, tuples or dicts more than {MAX_DEPTH} deep; no network pickle does")
     _spend(1 + len(value))
     if isinstance(value, dict):
         return {k: _plain(v, depth + 1) for k, v in value.items()}
@@ -166,7 +170,7 @@ def _table(state: dict, key: str, name: str) -> dict:
     if table is None:
         return {}
     if not isinstance(table, dict) or not all(isinstance(k, str) for k in table):
-        raise _Refused(f"holds a {name} whose {key} is not a table of names")
+        raise Refused(f"holds a {name} whose {key} is not a table of names")
     _spend(len(table))
     return table
 
@@ -174,133 +178,36 @@ def _table(state: dict, key: str, name: str) -> dict:
 def _persistent_record(meta) -> PersistentRecord:
     """Stand-in for `torch_utils.persistence._reconstruct_persistent_obj`: records, never execs."""
     if not isinstance(meta, dict) or not isinstance(meta.get("state"), dict):
-        raise _Refused("holds a persistent object whose meta is not a dict with a 'state' dict")
+        raise Refused("holds a persistent object whose meta is not a dict with a 'state' dict")
     if meta.get("type") != "class" or not isinstance(meta.get("class_name"), str):
-        raise _Refused(f"holds a persistent object of type {describe(meta.get('type'))} named "
+        raise Refused(f"holds a persistent object of type {describe(meta.get('type'))} named "
                        f"{describe(meta.get('class_name'))}; only classes are supported")
     name, state = describe(meta["class_name"], 60).strip("'"), meta["state"]
     if not all(isinstance(k, str) for k in state):
-        raise _Refused(f"holds a {name} whose state is not a table of attribute names")
+        raise Refused(f"holds a {name} whose state is not a table of attribute names")
     tensors = {}
     for table in ("_parameters", "_buffers"):
         tensors.update({k: v for k, v in _table(state, table, name).items() if v is not None})
     children = {k: v for k, v in _table(state, "_modules", name).items() if v is not None}
     for key, value in list(tensors.items()) + list(children.items()):
         if not isinstance(value, torch.Tensor if key in tensors else PersistentRecord):
-            raise _Refused(f"holds a {name} whose {describe(key)} is a {type(value).__name__}, "
+            raise Refused(f"holds a {name} whose {describe(key)} is a {type(value).__name__}, "
                            f"not a tensor or a persistent network")
     depth = 1 + max((child.depth for child in children.values()), default=0)
     items = 1 + len(tensors) + sum(child.items for child in children.values())
     if depth > MAX_NETWORK_DEPTH or items > MAX_NETWORK_ITEMS:
-        raise _Refused(f"holds a {name} whose sub-networks nest {depth} deep with {items:,} modules and tensors "
+        raise Refused(f"holds a {name} whose sub-networks nest {depth} deep with {items:,} modules and tensors "
                        f"(shared ones counted each time); a network has at most {MAX_NETWORK_DEPTH} levels and "
                        f"{MAX_NETWORK_ITEMS:,} of them")
     init_args, init_kwargs = state.get("_init_args", ()), state.get("_init_kwargs", {})
     if not isinstance(init_args, (tuple, list)) or not isinstance(init_kwargs, dict):
-        raise _Refused(f"holds a {name} whose constructor arguments are not a tuple and a dict")
+        raise Refused(f"holds a {name} whose constructor arguments are not a tuple and a dict")
     attributes = {k: _plain(v) for k, v in state.items() if k not in _MODULE_INTERNALS}
     src = meta.get("module_src")
     version = meta.get("version")
     return PersistentRecord(meta["class_name"], tuple(_plain(init_args)), _plain(init_kwargs), attributes, tensors,
                             children, version if isinstance(version, int) and not isinstance(version, bool) else None,
                             src if isinstance(src, str) else "", depth, items)
-
-
-def _load_storage(data) -> torch.storage.TypedStorage:
-    """Stand-in for `torch.storage._load_from_bytes`, which would call torch.load unrestricted."""
-    if not isinstance(data, (bytes, bytearray)):
-        raise _Refused(f"holds a tensor storage given as {type(data).__name__}, not bytes")
-    data = bytes(data)
-    if data[:4] == b"PK\x03\x04":  # torch.load would read it as a zip archive: bounded first, like a file
-        try:
-            check_torch_zip(Path("the storage"), data)
-        except CheckpointError as exc:
-            raise _Refused(f"holds a tensor storage whose zip archive is refused ({str(exc).split(': ', 1)[-1]})") \
-                from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TypedStorage deprecation notices
-            storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            nbytes = storage.nbytes() if isinstance(storage, torch.storage.TypedStorage) else 0
-    except Exception as exc:  # torch raises several types for corrupt or unsafe bytes
-        found = refused_global(exc)
-        if found:  # the global by name; never torch's advice to load without the safe mode
-            raise _Refused(f"holds a tensor storage whose data pickles {found}, which a safe load refuses "
-                           f"and never runs") from None
-        raise _Refused(f"holds a tensor storage that cannot be read ({torch_refusal(exc)})") from None
-    if not isinstance(storage, torch.storage.TypedStorage):
-        raise _Refused(f"holds a tensor storage that is a {type(storage).__name__}")
-    if nbytes > len(data):
-        raise _Refused(f"holds a tensor storage of {nbytes:,} bytes stored in {len(data):,}")
-    return storage
-
-
-def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
-    """Stand-in for `torch._utils._rebuild_tensor_v2`: a view of the storage; hooks ignored."""
-    if not isinstance(storage, torch.storage.TypedStorage):
-        raise _Refused(f"holds a tensor built on a {type(storage).__name__}, not a storage")
-    try:
-        return torch._utils._rebuild_tensor(storage, int(offset), tuple(size), tuple(stride))
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise _Refused(f"holds a tensor whose size/stride do not fit its storage ({exc})") from None
-
-
-def _rebuild_parameter(data, requires_grad=False, hooks=None, state=None):
-    """Stand-in for `torch._utils._rebuild_parameter[_with_state]`: the plain tensor."""
-    if not isinstance(data, torch.Tensor):
-        raise _Refused(f"holds a parameter whose data is a {type(data).__name__}")
-    return data
-
-
-class _NumpyDType:
-    """Stand-in for `numpy.dtype(name, align, copy)` + its byte-order state; numeric only."""
-
-    def __init__(self, name, align=False, copy=True):
-        if not isinstance(name, str) or len(name) > 8:
-            raise _Refused(f"holds a numpy dtype named {name!r}")
-        try:
-            self.dtype = np.dtype(name)
-        except TypeError:
-            raise _Refused(f"holds an unknown numpy dtype {name!r}") from None
-        if self.dtype.kind not in _NUMERIC_KINDS:
-            raise _Refused(f"holds a numpy dtype {name!r}, not a numeric one")
-
-    def __setstate__(self, state):
-        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">"):
-            self.dtype = self.dtype.newbyteorder(state[1])
-
-
-def _numpy_scalar(dtype, data):
-    """Stand-in for `numpy.core.multiarray.scalar`: the value as a Python number."""
-    if not isinstance(dtype, _NumpyDType) or not isinstance(data, bytes) or len(data) != dtype.dtype.itemsize:
-        raise _Refused("holds a numpy scalar that is not a numeric value with its bytes")
-    return np.frombuffer(data, dtype.dtype)[0].item()
-
-
-class _NumpyArray:
-    """Stand-in for a pickled numpy array; the array is `.value` once its state is set."""
-
-    value: np.ndarray | None = None
-
-    def __setstate__(self, state):
-        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], _NumpyDType)
-                and isinstance(state[4], (bytes, bytearray))):
-            raise _Refused("holds a numpy array that is not numeric data with its bytes")
-        _, shape, dtype, fortran, data = state
-        try:
-            array = np.frombuffer(bytes(data), dtype.dtype).reshape(tuple(shape), order="F" if fortran else "C")
-        except (TypeError, ValueError) as exc:
-            raise _Refused(f"holds a numpy array whose bytes do not fit its shape ({exc})") from None
-        self.value = array.copy()
-
-
-def _numpy_reconstruct(cls, shape, typecode):
-    if cls is not _NUMPY_NDARRAY:
-        raise _Refused("holds a numpy array of a class other than ndarray")
-    return _NumpyArray()
-
-
-_NUMPY_NDARRAY = object()  # what the global numpy.ndarray resolves to: only a marker
 
 
 class _StandIn:
@@ -315,7 +222,7 @@ class _StandIn:
         return self._fn(*args)
 
     def __setstate__(self, state):  # BUILD calls this before it would set any attribute
-        raise _Refused(f"tries to modify the loader's {self._fn.__name__}")
+        raise Refused(f"tries to modify the loader's {self._fn.__name__}")
 
 
 # (module, name) -> what the global resolves to. Nothing here runs code named by the file.
@@ -323,17 +230,17 @@ ALLOWED_GLOBALS = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _StandIn(_persistent_record),
     ("dnnlib.util", "EasyDict"): EasyDict,
     ("dnnlib", "EasyDict"): EasyDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _StandIn(_rebuild_tensor),
-    ("torch._utils", "_rebuild_parameter"): _StandIn(_rebuild_parameter),
-    ("torch._utils", "_rebuild_parameter_with_state"): _StandIn(_rebuild_parameter),
-    ("torch.storage", "_load_from_bytes"): _StandIn(_load_storage),
+    ("torch._utils", "_rebuild_tensor_v2"): _StandIn(rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): _StandIn(rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _StandIn(rebuild_parameter),
+    ("torch.storage", "_load_from_bytes"): _StandIn(load_storage),
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("builtins", "set"): builtins.set,
     ("builtins", "frozenset"): builtins.frozenset,
-    ("numpy", "dtype"): _NumpyDType,
-    ("numpy", "ndarray"): _NUMPY_NDARRAY,
+    ("numpy", "dtype"): NumpyDType,
+    ("numpy", "ndarray"): NUMPY_NDARRAY,
     **{(f"numpy{core}.multiarray", name): _StandIn(fn) for core in (".core", "._core")  # numpy 1 / 2
-       for name, fn in (("scalar", _numpy_scalar), ("_reconstruct", _numpy_reconstruct))},
+       for name, fn in (("scalar", numpy_scalar), ("_reconstruct", numpy_reconstruct))},
 }
 
 
@@ -390,7 +297,7 @@ def read_nvidia_pickle(path) -> dict:
             return _plain(data)
         except CheckpointError:
             raise
-        except _Refused as exc:
+        except Refused as exc:
             raise CheckpointError(f"{path} {exc}; refusing to load it") from None
         except RecursionError:  # a structure nested past Python's stack on the way in
             raise CheckpointError(f"{path} nests its data deeper than Python can follow; no network pickle "
