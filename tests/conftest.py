@@ -142,7 +142,7 @@ def call_job(name: str, *args: str) -> subprocess.CompletedProcess:
 
     module = importlib.import_module(f"jobs.{name.removeprefix('jobs.')}")
     out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(_JobOnly(out, sys.stdout)), contextlib.redirect_stderr(_JobOnly(err, sys.stderr)):
+    with contextlib.redirect_stdout(JobOnly(out, sys.stdout)), contextlib.redirect_stderr(JobOnly(err, sys.stderr)):
         try:
             run_main(module.main, list(args))
         except SystemExit as exc:
@@ -150,11 +150,11 @@ def call_job(name: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())
 
 
-class _JobOnly(io.TextIOBase):
-    """What call_job captures: the job's own writes. The session's Ray forwards its processes'
-    log lines (an earlier test's actors, a GCS error about them) from threads of its own at any
-    time; a job run as a user runs it has no such lines from a Ray it did not start, so those
-    threads keep writing where they wrote before."""
+class JobOnly(io.TextIOBase):
+    """What call_job captures: the job's own writes. Ray's driver threads write at any time:
+    its error listener (the GCS's errors, e.g. about an earlier test's actor) and, on an
+    instance that forwards logs, its log printer. A job run as a user runs it shows no such
+    lines of a Ray it did not start, so those threads keep writing where they wrote before."""
 
     RAY_FORWARDERS = ("ray_print_logs", "ray_listen_error_messages")
 

@@ -28,7 +28,7 @@ import pytest
 
 from compute.files import atomic_file, atomic_path, remove_leftovers, write_bytes_atomic, write_text_atomic
 from compute.runlock import LOCK_FILE
-from conftest import call_job
+from conftest import JobOnly, call_job
 
 N, SEED, CASES, RATIO = 600, 3, 4, "0.3"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -402,8 +402,14 @@ def _lost_cluster_errors():
 
 
 @pytest.mark.parametrize("name", list(_lost_cluster_errors()))
-def test_a_lost_cluster_is_one_line_exit_2(name):
+def test_a_lost_cluster_is_one_line_exit_2(name, ray_session, monkeypatch):
+    """run_main disconnects from Ray before it exits; a recorder stands in for ray.shutdown,
+    so the session's instance (log forwarding off) lives on for the tests after this one,
+    which a real shutdown left to a Ray that ray.data started on its own (forwarding on)."""
     from jobs.cli import run_main
+
+    stops = []
+    monkeypatch.setattr(ray_session, "shutdown", lambda: stops.append(name))
 
     def main(argv):
         error = _lost_cluster_errors()[name]
@@ -420,6 +426,7 @@ def test_a_lost_cluster_is_one_line_exit_2(name):
     lines = err.getvalue().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: the Ray cluster lost "), lines
     assert lines[0].endswith("finished stages and sample chunks are kept; rerun the same command to resume")
+    assert stops == [name]
 
 
 def test_other_errors_keep_their_traceback():
@@ -436,9 +443,10 @@ def test_other_errors_keep_their_traceback():
 
 
 def _redirect_stderr(stream):
+    """stderr into `stream`, but for the lines the session's Ray forwards (conftest.JobOnly)."""
     import contextlib
 
-    return contextlib.redirect_stderr(stream)
+    return contextlib.redirect_stderr(JobOnly(stream, sys.stderr))
 
 
 def _descendants(pid):
