@@ -235,7 +235,6 @@ def test_emulated_fp16_drift_of_the_sampling_graph(bundle):
     assert drift.shape == (len(bundle.score_names),) and 0.0005 < drift.max() < 0.01, drift
 
 
-
 def test_branches_get_only_small_outer_integer_constants_for_shape_inference():
     """tensor_info copies the outer axes and shape constants a branch reads into it (ONNX's
     inference cannot see outer values), but not a large integer tensor: a hostile graph must

@@ -7,9 +7,10 @@ are argparse.SUPPRESS by default: "not given" is then visible, and the help show
 seeds' values in words instead of a misleading `None`.
 
 Flags are only parsed here: numbers are read as text and converted by
-vectors.method_values.parse_setting, and every value is checked by Method's own validation, so a
-value is refused with the same one-line message (and the same bounds) from a flag as from a
-method file; no flag is checked by argparse (whose refusals are two lines).
+vectors.method_values.parse_setting, and every value is checked by Method's own
+validation, so a value is refused with the same one-line message (and the same bounds)
+from a flag as from a method file; no flag is checked by argparse (whose refusals are two
+lines).
 """
 from __future__ import annotations
 
